@@ -1,0 +1,164 @@
+"""GSM8K loading: the real files parse completely, limits, the hub path, bad files, chat templates."""
+
+import json
+import time
+from pathlib import Path
+
+import datasets
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+from trl.data_utils import is_conversational
+
+from orchestrator.config import SYSTEM_PROMPT
+from orchestrator.errors import StudyError
+from workers.data import load_gsm8k, render_prompt
+from workers.rewards import correctness_reward, format_reward, parse_number
+
+GSM8K = Path(__file__).resolve().parents[2] / "shared/data/gsm8k"
+COLUMNS = ["question", "answer", "solution", "item", "prompt"]
+
+
+@pytest.fixture(scope="module")
+def gsm8k():
+    start = time.perf_counter()
+    splits = {split: load_gsm8k(str(GSM8K / f"{split}.jsonl"), split) for split in ("train", "test")}
+    return splits, time.perf_counter() - start
+
+
+def raw_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_every_gsm8k_record_loads_and_its_gold_is_credited(gsm8k):
+    splits, seconds = gsm8k
+    assert seconds < 10, f"loading both GSM8K files took {seconds:.1f} s"
+    assert {split: len(ds) for split, ds in splits.items()} == {"train": 7473, "test": 1319}
+    for split, ds in splits.items():
+        assert ds.column_names == COLUMNS
+        raw = raw_records(GSM8K / f"{split}.jsonl")
+        rows = ds.to_dict()
+        assert rows["question"] == [r["question"] for r in raw]
+        assert rows["solution"] == [r["answer"] for r in raw]
+        assert rows["item"] == list(range(len(raw)))
+        # The gold is the last line's number, as a clean number string that matches the original text.
+        for gold, solution in zip(rows["answer"], rows["solution"], strict=True):
+            last_line = solution.strip().splitlines()[-1]
+            assert last_line.startswith("####") and last_line[4:].replace(",", "").strip() == gold
+            assert parse_number(gold) is not None
+        completions = [[{"role": "assistant", "content": f"<think>\nwork\n</think>\n<answer>\n{gold}\n</answer>"}]
+                       for gold in rows["answer"]]
+        assert correctness_reward(completions, answer=rows["answer"]) == [1.0] * len(raw)
+        assert format_reward(completions) == [1.0] * len(raw)
+        # Shifting every gold by one must lose all credit: the check above is not vacuous.
+        shifted = [str(int(gold) + 1) for gold in rows["answer"]]
+        assert correctness_reward(completions, answer=shifted) == [0.0] * len(raw)
+
+
+def test_prompt_is_conversational_with_the_system_prompt(gsm8k):
+    splits, _ = gsm8k
+    row = splits["test"][3]
+    assert row["prompt"] == [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": row["question"]}]
+    assert is_conversational(row)  # so GRPOTrainer applies the chat template and yields message completions
+
+
+def test_limit_keeps_the_first_records(gsm8k):
+    splits, _ = gsm8k
+    first = load_gsm8k(str(GSM8K / "test.jsonl"), "test", limit=5, system_prompt="Answer briefly.")
+    assert len(first) == 5
+    assert first["item"][:] == [0, 1, 2, 3, 4]
+    assert first["question"][:] == splits["test"]["question"][:5]
+    assert first["prompt"][0][0] == {"role": "system", "content": "Answer briefly."}
+    assert len(load_gsm8k(str(GSM8K / "test.jsonl"), "test", limit=10**6)) == 1319
+    with pytest.raises(StudyError, match="positive integer"):
+        load_gsm8k(str(GSM8K / "test.jsonl"), "test", limit=0)
+
+
+def test_hub_id_loads_through_datasets_with_config_and_split(monkeypatch):
+    calls = []
+
+    def fake_load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        return datasets.Dataset.from_dict(
+            {"question": ["q0", "q1", "q2"], "answer": ["a\n#### 1,000", "b\n#### 2", "c\n#### $3"]}
+        )
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    ds = load_gsm8k("openai/gsm8k", "test", limit=2)
+    assert calls == [(("openai/gsm8k", "main"), {"split": "test"})]
+    assert ds.column_names == COLUMNS
+    assert ds["answer"][:] == ["1000", "2"]
+    assert ds["item"][:] == [0, 1]
+
+
+def test_hub_failure_is_a_study_error(monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(StudyError, match=r"'openai/gsm8k' \(config 'main', split 'train'\) could not be loaded"):
+        load_gsm8k("openai/gsm8k", "train")
+
+
+def test_hub_record_errors_name_the_record(monkeypatch):
+    monkeypatch.setattr(
+        datasets, "load_dataset",
+        lambda *a, **k: datasets.Dataset.from_dict({"question": ["q0", "q1"], "answer": ["#### 1", "#### two"]}),
+    )
+    with pytest.raises(StudyError, match=r"openai/gsm8k \(main, split test\) record 1: gold answer 'two'"):
+        load_gsm8k("openai/gsm8k", "test")
+
+
+GOOD = '{"question": "q", "answer": "w\\n#### 4"}'
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        # Line 3 lacks its answer; the blank line 2 must be counted (the JSON reader skips it).
+        ([GOOD, "", '{"question": "q"}', GOOD], r"bad\.jsonl:3: field 'answer' must be a non-empty string"),
+        ([GOOD, GOOD, '{"answer": "#### 5"}'], r"bad\.jsonl:3: field 'question' must be a non-empty string"),
+        ([GOOD, '{"question": "q", "answer": "#### eighteen"}'], r"bad\.jsonl:2: gold answer 'eighteen'"),
+        ([GOOD, '{"question": "q", "answer": "#### 1e5"}'], r"bad\.jsonl:2: gold answer '1e5'"),
+        ([GOOD, GOOD, '{"question": "q", "answer": "no marker"}'], r"bad\.jsonl:3: answer has no '#### <number>'"),
+        ([GOOD, '{"question": "q", "answer": 4}'], r"bad\.jsonl:2: field 'answer' must be a non-empty string"),
+        (['{"question": "q", "solution": "#### 4"}'], r"bad\.jsonl:1: record has no 'answer' field"),
+        ([GOOD, '{"question": "q", "answer": '], r"bad\.jsonl:2: not valid JSON"),
+    ],
+)
+def test_bad_jsonl_names_file_and_line(tmp_path, lines, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(StudyError, match=message):
+        load_gsm8k(str(path), "train")
+
+
+def test_missing_file_is_a_study_error(tmp_path):
+    with pytest.raises(StudyError, match=r"missing\.jsonl does not exist"):
+        load_gsm8k(str(tmp_path / "missing.jsonl"), "train")
+
+
+def tiny_tokenizer(chat_template: str | None) -> PreTrainedTokenizerFast:
+    vocab = {"[UNK]": 0, "hello": 1}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def test_render_prompt_applies_the_chat_template_with_generation_prompt():
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "What is 2+2?"}]
+    text = render_prompt(tiny_tokenizer(CHAT_TEMPLATE), messages)
+    assert text == "<|system|>S<|end|><|user|>What is 2+2?<|end|><|assistant|>"
+
+
+def test_render_prompt_without_chat_template_is_a_study_error():
+    with pytest.raises(StudyError, match="has no chat template"):
+        render_prompt(tiny_tokenizer(None), [{"role": "user", "content": "hi"}])
