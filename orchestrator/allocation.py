@@ -1,0 +1,221 @@
+"""Per-layer LoRA rank allocation: pure functions, budget-exact by construction.
+
+The paper's Eq. 3 allocates ``r(l) = clip(round(S(l)/sum S * R_total), r_min, r_max)`` in multiples of 4.
+Rounding and clipping each break "same budget" on their own, so here the continuous allocation is first
+water-filled (a scale factor chosen so that the clipped values sum exactly to the budget), then floored to
+multiples, and the remaining units go to the layers with the largest fractional part (ties to the lower
+layer index). The result is always within bounds, always multiples, sums exactly to the budget, and is
+monotone in importance.
+
+>>> allocate("proportional", importance=[1, 1, 1, 9], rank=32, r_min=4, r_max=64, multiple=4)
+[24, 20, 20, 64]
+>>> sum(allocate("random", num_layers=28, rank=32, r_min=4, r_max=64, multiple=4, random_range=(16, 48), seed=0))
+896
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from orchestrator.errors import StudyError
+
+STRATEGIES = ("uniform", "proportional", "random", "reduced")
+
+
+def reduced_budget(num_layers: int, rank: int, fraction: float, multiple: int) -> int:
+    """The `reduced` strategy's total rank: ``fraction`` of the uniform budget, rounded to ``multiple``.
+
+    >>> reduced_budget(28, 32, 0.7, 4)
+    628
+    """
+    return int(round(num_layers * rank * fraction / multiple)) * multiple
+
+
+def distribute(weights: Sequence[float], budget: int, low: int, high: int, multiple: int) -> list[int]:
+    """Split ``budget`` over layers in proportion to ``weights``, within [low, high], in multiples.
+
+    >>> distribute([1, 2, 3], budget=24, low=4, high=12, multiple=4)
+    [4, 8, 12]
+    >>> distribute([0, 0, 1], budget=24, low=4, high=12, multiple=4)  # ties go to the lower layer index
+    [8, 4, 12]
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    n = len(w)
+    if n == 0:
+        raise StudyError("allocation: no layers to allocate over")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        bad = [i for i, x in enumerate(w) if not (math.isfinite(x) and x >= 0)]
+        raise StudyError(f"allocation: importance must be finite and >= 0; layer(s) {bad[:5]} are {w[bad[:5]].tolist()}")
+    if w.sum() == 0:
+        raise StudyError("allocation: every layer has zero importance; the profile carries no gradient signal")
+    if budget % multiple:
+        raise StudyError(f"allocation: budget {budget} is not a multiple of {multiple}")
+    if not n * low <= budget <= n * high:
+        raise StudyError(
+            f"allocation: budget {budget} is infeasible for {n} layers within [{low}, {high}] "
+            f"(possible totals: {n * low}..{n * high})"
+        )
+    ideal = _water_fill(w, budget, low, high)
+    units = ideal / multiple
+    floors = np.floor(units + 1e-9).astype(np.int64)
+    remainder = budget // multiple - int(floors.sum())
+    frac = units - floors
+    # Largest fractional part first; ties by higher importance (keeps the result monotone), then by layer
+    # index (np.lexsort sorts by the last key first).
+    order = np.lexsort((np.arange(n), -w, -np.round(frac, 12)))
+    ranks = floors.copy()
+    for i in order:
+        if remainder <= 0:
+            break
+        if (ranks[i] + 1) * multiple <= high:
+            ranks[i] += 1
+            remainder -= 1
+    result = [int(r) * multiple for r in ranks]
+    # Invariants the paper's comparison rests on; a failure here is a bug, not bad input.
+    assert sum(result) == budget and all(low <= r <= high and r % multiple == 0 for r in result), result
+    return result
+
+
+def _water_fill(w: np.ndarray, budget: int, low: int, high: int) -> np.ndarray:
+    """Continuous ranks clip(lam * w, low, high) with lam chosen so they sum to ``budget``.
+
+    Zero-weight layers sit at ``low`` unless the weighted layers are all at ``high`` and budget is left,
+    in which case the zero-weight layers share the rest equally.
+    """
+    w = w / w.max()  # scale-free: lam then stays in a sane float range whatever the units of S(l)
+    # A layer below 1e-9 of the hottest is treated as zero-weight: its continuous share would be far below one
+    # rank unit anyway, and it keeps lam finite. Its true weight still breaks rounding ties (see distribute).
+    pos = w > 1e-9
+    n_pos, n_zero = int(pos.sum()), int((~pos).sum())
+    saturated = n_pos * high + n_zero * low
+    if saturated <= budget:
+        return np.where(pos, float(high), low + (budget - saturated) / max(n_zero, 1))
+
+    def total(lam: float) -> float:
+        return float(np.where(pos, np.clip(lam * w, low, high), low).sum())
+
+    lo_lam, hi_lam = 0.0, 1.0
+    while total(hi_lam) < budget:
+        hi_lam *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo_lam + hi_lam)
+        if total(mid) < budget:
+            lo_lam = mid
+        else:
+            hi_lam = mid
+    x = np.where(pos, np.clip(hi_lam * w, low, high), float(low))
+    # Bisection leaves a float error far below one rank unit; spread it over layers not at a bound.
+    free = (x > low) & (x < high)
+    if free.any():
+        x[free] += (budget - x.sum()) / free.sum()
+    return x
+
+
+def allocate(
+    strategy: str,
+    *,
+    rank: int,
+    r_min: int,
+    r_max: int,
+    multiple: int,
+    importance: Sequence[float] | None = None,
+    num_layers: int | None = None,
+    reduced_fraction: float = 0.7,
+    random_range: tuple[int, int] = (16, 48),
+    seed: int = 0,
+) -> list[int]:
+    """Per-layer ranks for one strategy.
+
+    ``uniform``: every layer ``rank``. ``proportional``: Eq. 3 on ``importance``, total ``L x rank``.
+    ``random``: seeded draw in ``random_range`` (multiples of ``multiple``), rescaled to total ``L x rank``.
+    ``reduced``: proportional with :func:`reduced_budget`.
+
+    >>> allocate("uniform", num_layers=3, rank=32, r_min=4, r_max=64, multiple=4)
+    [32, 32, 32]
+    >>> allocate("reduced", importance=[1, 1, 2, 4], rank=32, r_min=4, r_max=64, multiple=4)
+    [12, 12, 20, 44]
+    """
+    if strategy not in STRATEGIES:
+        raise StudyError(f"allocation: unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if importance is not None:
+        importance = list(importance)
+        if num_layers is not None and num_layers != len(importance):
+            raise StudyError(f"allocation: importance has {len(importance)} layers but the model has {num_layers}")
+        num_layers = len(importance)
+    if num_layers is None or num_layers < 1:
+        raise StudyError("allocation: need the number of layers (or an importance per layer)")
+    if rank % multiple or r_min % multiple or r_max % multiple:
+        raise StudyError(f"allocation: rank ({rank}), r_min ({r_min}) and r_max ({r_max}) must be multiples of {multiple}")
+    if strategy == "uniform":
+        return [rank] * num_layers
+    if strategy == "random":
+        lo, hi = random_range
+        rng = np.random.default_rng(seed)
+        draw = rng.integers(lo // multiple, hi // multiple + 1, size=num_layers) * multiple
+        return distribute(draw.astype(float), num_layers * rank, lo, hi, multiple)
+    if importance is None:
+        raise StudyError(f"allocation: strategy {strategy!r} needs the layer importance S(l) from a profile")
+    budget = num_layers * rank
+    if strategy == "reduced":
+        budget = reduced_budget(num_layers, rank, reduced_fraction, multiple)
+    return distribute(importance, budget, r_min, r_max, multiple)
+
+
+def layer_importance(grad_norms: pandas.DataFrame) -> list[float]:  # noqa: F821 - pandas imported lazily
+    """Eq. 2: S(l) = mean over profiled steps of the sum over modules of the gradient norm.
+
+    ``grad_norms`` has columns step, layer, module, grad_norm for ONE run. Non-finite norms make the
+    importance undefined, so they are an error here (they are kept and flagged in the profile itself).
+
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"step": [1, 1, 2, 2], "layer": [0, 1, 0, 1], "module": ["q_proj"] * 4,
+    ...                    "grad_norm": [1.0, 3.0, 3.0, 5.0]})
+    >>> layer_importance(df)
+    [2.0, 4.0]
+    """
+    import numpy as np
+
+    if grad_norms.empty:
+        raise StudyError("profile: no rows, so no layer importance can be computed")
+    bad = grad_norms[~np.isfinite(grad_norms["grad_norm"].to_numpy(dtype=float))]
+    if len(bad):
+        first = bad.iloc[0]
+        raise StudyError(
+            f"profile: {len(bad)} non-finite gradient norm(s) (first at step {first['step']}, layer "
+            f"{first['layer']}, {first['module']}); the importance S(l) is undefined"
+        )
+    per_step = grad_norms.groupby(["step", "layer"], sort=True)["grad_norm"].sum()
+    steps = grad_norms["step"].nunique()
+    # Divide by the number of profiled steps (not per-layer counts) so a layer missing a step is not inflated.
+    layers = per_step.groupby(level="layer").sum() / steps
+    expected = list(range(int(layers.index.max()) + 1))
+    if list(layers.index) != expected:
+        missing = sorted(set(expected) - set(layers.index))
+        raise StudyError(f"profile: layers {missing[:5]} have no rows; a profile must cover every layer")
+    return [float(v) for v in layers.to_numpy()]
+
+
+def importance_from_profile(path: str, run_id: str | None = None) -> list[float]:
+    """Layer importance from a profile .parquet (one run, or the rows of ``run_id``)."""
+    import pyarrow.lib
+    import pyarrow.parquet as pq
+
+    columns = ["run_id", "step", "layer", "module", "grad_norm"]
+    try:
+        table = pq.read_table(path, columns=columns)
+    except FileNotFoundError:
+        raise StudyError(f"profile {path} does not exist") from None
+    except (pyarrow.lib.ArrowInvalid, KeyError) as err:
+        raise StudyError(f"profile {path}: not a profile parquet with columns {columns} ({err})") from None
+    df = table.to_pandas()
+    runs = sorted(df["run_id"].unique())
+    if run_id is not None:
+        df = df[df["run_id"] == run_id]
+        if df.empty:
+            raise StudyError(f"profile {path}: no rows for run {run_id} (runs in file: {runs[:5]})")
+    elif len(runs) > 1:
+        raise StudyError(f"profile {path}: holds {len(runs)} runs ({runs[:5]}); pick one with --run-id")
+    return layer_importance(df)

@@ -1,0 +1,141 @@
+"""``rankstudy``: run | plan | analyze | allocate.
+
+Every problem that is the user's to fix is a :class:`~orchestrator.errors.StudyError` and comes out as one
+line ``error: ...`` with exit status 2; heavy imports (torch, Ray) happen only inside the commands that need
+them, so ``plan`` and ``allocate`` answer in about a second.
+
+    rankstudy plan configs/paper.yaml
+    rankstudy allocate --strategy proportional --importance 0.1,0.3,0.2 --rank 32
+    rankstudy run configs/laptop.yaml --output runs/laptop --set grpo.max_steps=20
+    rankstudy analyze runs/laptop
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from orchestrator.errors import StudyError
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from orchestrator.config import load_config
+    from orchestrator.plan import format_plan, plan_runs
+
+    config = load_config(args.config, args.set)
+    print(format_plan(config, plan_runs(config)))
+    return 0
+
+
+def _parse_importance(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise StudyError(f"--importance: expected comma-separated numbers or a .parquet profile, got {text!r}") from None
+    if not values:
+        raise StudyError("--importance: no values given")
+    return values
+
+
+def _cmd_allocate(args: argparse.Namespace) -> int:
+    from orchestrator.allocation import allocate, importance_from_profile
+
+    importance = None
+    if args.importance is not None:
+        if args.importance.endswith(".parquet") or Path(args.importance).is_file():
+            importance = importance_from_profile(args.importance, args.run_id)
+        else:
+            importance = _parse_importance(args.importance)
+    elif args.strategy in ("proportional", "reduced"):
+        raise StudyError(f"--strategy {args.strategy} needs --importance (values or a profile .parquet)")
+    elif args.num_layers is None:
+        raise StudyError(f"--strategy {args.strategy} needs --num-layers (or --importance to count layers)")
+    ranks = allocate(
+        args.strategy,
+        importance=importance,
+        num_layers=args.num_layers,
+        rank=args.rank,
+        r_min=args.r_min,
+        r_max=args.r_max,
+        multiple=args.multiple,
+        reduced_fraction=args.reduced_fraction,
+        random_range=(args.random_low, args.random_high),
+        seed=args.seed,
+    )
+    print(json.dumps(ranks))
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from dashboards.report import write_report
+
+    study_dir = Path(args.study_dir)
+    if not study_dir.is_dir():
+        raise StudyError(f"study directory {study_dir} does not exist")
+    html = write_report(study_dir)
+    print(f"report: {html}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from orchestrator.study import run_study
+
+    return run_study(args.config, args.set, output=args.output, analyze=not args.no_analyze)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rankstudy", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_config_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("config", help="study YAML, e.g. configs/paper.yaml")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value by dotted key, e.g. --set grpo.max_steps=20 (repeatable)")
+
+    p = sub.add_parser("run", help="run the strategy x seed grid on Ray and write Parquet results")
+    add_config_args(p)
+    p.add_argument("--output", help="study directory (default: runs/<name>); must be shared by all nodes")
+    p.add_argument("--no-analyze", action="store_true", help="skip the report at the end")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("plan", help="validate a config and print its run grid (loads no model)")
+    add_config_args(p)
+    p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser("analyze", help="write DIR/report/summary.json and DIR/report/index.html")
+    p.add_argument("study_dir")
+    p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser("allocate", help="print per-layer ranks as a JSON list")
+    p.add_argument("--strategy", required=True, choices=["uniform", "proportional", "random", "reduced"])
+    p.add_argument("--importance", help="comma-separated S(l) per layer, or a profile .parquet")
+    p.add_argument("--run-id", help="with a profile holding several runs: the run to use")
+    p.add_argument("--num-layers", type=int, help="layer count for uniform/random without --importance")
+    p.add_argument("--rank", type=int, required=True, help="uniform rank; budget = layers x rank")
+    p.add_argument("--r-min", type=int, default=4)
+    p.add_argument("--r-max", type=int, default=64)
+    p.add_argument("--multiple", type=int, default=4)
+    p.add_argument("--reduced-fraction", type=float, default=0.7)
+    p.add_argument("--random-low", type=int, default=16)
+    p.add_argument("--random-high", type=int, default=48)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_allocate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except StudyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; results written so far are kept, re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

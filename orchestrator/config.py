@@ -1,0 +1,269 @@
+"""The study config: frozen dataclasses with help text, loaded strictly from YAML.
+
+``load_config(path, overrides)`` is the only entry point: it parses the YAML, applies ``--set`` overrides,
+converts with :mod:`orchestrator.typed_yaml` (unknown keys and wrong types are errors) and validates each
+section in ``__post_init__`` with messages that name the key and say what is allowed.
+
+TRL's GRPO defaults differ from the paper (loss ``dapo`` not ``grpo``, beta 0.0 not 0.05, lr 1e-6 not 1e-5),
+so every GRPO setting the paper fixes is a field here with the paper's value as default, and the worker
+passes each one through explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from orchestrator.errors import ConfigError
+from orchestrator.typed_yaml import apply_override, from_dict
+
+STRATEGIES = ("uniform", "proportional", "random", "reduced")
+PROJECTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+REWARDS = ("format", "correctness")
+SYSTEM_PROMPT = (
+    "Respond in the following format:\n<think>\n...\n</think>\n<answer>\n...\n</answer>\n"
+    "Put your step-by-step reasoning inside <think> and only the final number inside <answer>."
+)
+
+
+def _help(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
+def is_local_path(source: str) -> bool:
+    """A data/model source is a local path (not a hub id) when it exists or looks like a file path."""
+    return (
+        source.startswith(("/", "./", "../", "~"))
+        or source.endswith((".jsonl", ".json", ".parquet"))
+        or os.path.exists(source)
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name_or_path: str = _help("Hub id (e.g. Qwen/Qwen2.5-1.5B-Instruct) or a local model directory.")
+    dtype: Literal["float32", "bfloat16", "float16"] = _help(
+        "Weights dtype for training; float32 on CPU (bf16 is slower there).", default="float32"
+    )
+    revision: str | None = _help("Hub revision (branch, tag or commit) to pin the model.", default=None)
+
+    def __post_init__(self):
+        if not self.name_or_path.strip():
+            raise ConfigError("name_or_path: must name a hub id or a local directory, got ''")
+        if self.name_or_path.startswith(("/", "./", "../")) and not Path(self.name_or_path).is_dir():
+            raise ConfigError(f"name_or_path: local model directory {self.name_or_path} does not exist")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str = _help("Training data: hub id (openai/gsm8k) or a local .jsonl with question/answer.")
+    test: str = _help("Test data: hub id (openai/gsm8k) or a local .jsonl with question/answer.")
+    hub_config: str = _help("Dataset config name used with a hub id.", default="main")
+    train_limit: int | None = _help("Use only the first N training questions (null = all).", default=None)
+    eval_limit: int | None = _help("Evaluate on the first N test items (null = all 1,319).", default=None)
+    system_prompt: str = _help("System prompt asking for the <think>/<answer> format.", default=SYSTEM_PROMPT)
+
+    def __post_init__(self):
+        for key in ("train", "test"):
+            source = getattr(self, key)
+            if is_local_path(source) and not Path(source).expanduser().is_file():
+                raise ConfigError(
+                    f"{key}: data file {source} does not exist (relative paths are resolved "
+                    f"against the current directory {os.getcwd()})"
+                )
+        for key in ("train_limit", "eval_limit"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{key}: must be a positive integer or null, got {value}")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = _help("Uniform LoRA rank per module; the budget is num_layers x rank.", default=32)
+    alpha: float = _help("LoRA alpha at the uniform rank; alpha/rank is kept constant per module.", default=64.0)
+    dropout: float = _help("LoRA dropout.", default=0.05)
+    target_modules: tuple[str, ...] = _help(
+        "Projection modules that get LoRA in every decoder layer.", default=PROJECTION_MODULES
+    )
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ConfigError(f"rank: must be a positive integer, got {self.rank}")
+        if not self.alpha > 0:  # also rejects .nan
+            raise ConfigError(f"alpha: must be positive, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
+        if not self.target_modules or len(set(self.target_modules)) != len(self.target_modules):
+            raise ConfigError(f"target_modules: must be a non-empty list without repeats, got {list(self.target_modules)}")
+
+
+@dataclass(frozen=True)
+class AllocationConfig:
+    r_min: int = _help("Smallest per-layer rank a non-uniform strategy may give.", default=4)
+    r_max: int = _help("Largest per-layer rank a non-uniform strategy may give.", default=64)
+    multiple: int = _help("Every allocated rank is a multiple of this.", default=4)
+    reduced_fraction: float = _help("Budget of the `reduced` strategy as a fraction of uniform.", default=0.7)
+    random_range: tuple[int, int] = _help("[low, high] ranks of the `random` control.", default=(16, 48))
+    profile_from: str = _help(
+        "Where proportional/reduced runs get layer importance: `uniform` (that seed's uniform run) "
+        "or a path to a profile .parquet.",
+        default="uniform",
+    )
+
+    def __post_init__(self):
+        if self.multiple < 1:
+            raise ConfigError(f"multiple: must be a positive integer, got {self.multiple}")
+        for key in ("r_min", "r_max"):
+            value = getattr(self, key)
+            if value < 1 or value % self.multiple:
+                raise ConfigError(f"{key}: must be a positive multiple of allocation.multiple ({self.multiple}), got {value}")
+        if self.r_min > self.r_max:
+            raise ConfigError(f"r_min: must be <= r_max ({self.r_max}), got {self.r_min}")
+        if not 0.0 < self.reduced_fraction <= 1.0:
+            raise ConfigError(f"reduced_fraction: must be in (0, 1], got {self.reduced_fraction}")
+        lo, hi = self.random_range
+        if lo > hi or lo < self.r_min or hi > self.r_max or lo % self.multiple or hi % self.multiple:
+            raise ConfigError(
+                f"random_range: must be [low, high] with r_min ({self.r_min}) <= low <= high <= r_max "
+                f"({self.r_max}), both multiples of {self.multiple}, got {list(self.random_range)}"
+            )
+        if self.profile_from != "uniform" and not Path(self.profile_from).is_file():
+            raise ConfigError(
+                f"profile_from: must be `uniform` or an existing profile .parquet, got {self.profile_from!r}"
+            )
+
+
+@dataclass(frozen=True)
+class GRPOSettings:
+    num_generations: int = _help("Completions per prompt (K); advantages are normalised in each group.", default=4)
+    beta: float = _help("KL coefficient (TRL's default is 0.0; the paper uses 0.05).", default=0.05)
+    learning_rate: float = _help("AdamW learning rate (TRL's default is 1e-6).", default=1.0e-5)
+    max_steps: int = _help("Optimizer steps per run.", default=1000)
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = _help(
+        "TRL loss type; `grpo` is the paper's (TRL defaults to `dapo`).", default="grpo"
+    )
+    max_completion_length: int = _help("Max new tokens per completion (training and evaluation).", default=512)
+    prompts_per_step: int = _help("Distinct prompts per optimizer step (batch = this x num_generations).", default=2)
+    temperature: float = _help("Sampling temperature for rollouts.", default=1.0)
+    max_grad_norm: float = _help("Gradient clipping (profiles record norms before clipping).", default=1.0)
+    use_vllm: bool = _help("Generate rollouts with vLLM colocated on the run's GPU; HF generate otherwise.", default=True)
+    vllm_mode: Literal["colocate"] = _help("vLLM placement; only `colocate` (same GPU as training).", default="colocate")
+    vllm_gpu_memory_utilization: float = _help("GPU memory fraction vLLM may take in colocate mode.", default=0.3)
+    checkpoint_every: int = _help("Save a resumable checkpoint every N steps.", default=100)
+    eval_batch_size: int = _help("Test questions generated per batch in evaluation.", default=64)
+
+    def __post_init__(self):
+        for key in ("num_generations", "max_steps", "max_completion_length", "prompts_per_step",
+                    "checkpoint_every", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be a positive integer, got {getattr(self, key)}")
+        if self.num_generations < 2:
+            raise ConfigError(
+                f"num_generations: must be >= 2 (GRPO normalises rewards within a group), got {self.num_generations}"
+            )
+        if self.beta < 0:
+            raise ConfigError(f"beta: must be >= 0, got {self.beta}")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"learning_rate: must be in (0, 1), got {self.learning_rate}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature: must be > 0, got {self.temperature}")
+        if self.max_grad_norm < 0:
+            raise ConfigError(f"max_grad_norm: must be >= 0 (0 disables clipping), got {self.max_grad_norm}")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ConfigError(f"vllm_gpu_memory_utilization: must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    strategies: tuple[Literal["uniform", "proportional", "random", "reduced"], ...] = _help(
+        "Rank-allocation strategies to run.", default=STRATEGIES
+    )
+    seeds: tuple[int, ...] = _help("Seeds; every strategy runs once per seed.", default=(0, 1, 2))
+
+    def __post_init__(self):
+        if not self.strategies or len(set(self.strategies)) != len(self.strategies):
+            raise ConfigError(f"strategies: must be a non-empty list without repeats, got {list(self.strategies)}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ConfigError(f"seeds: must be a non-empty list of distinct non-negative integers, got {list(self.seeds)}")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    gpus_per_run: float = _help("GPUs per run actor (0 on CPU-only machines).", default=1.0)
+    cpus_per_run: float = _help("CPUs per run actor.", default=8.0)
+    max_retries: int = _help("Restarts of a run whose actor died; each resumes from its checkpoint.", default=2)
+    custom: dict[str, float] = _help("Extra Ray custom resources each run needs.", default_factory=dict)
+
+    def __post_init__(self):
+        if self.gpus_per_run < 0 or self.cpus_per_run <= 0:
+            raise ConfigError(
+                f"gpus_per_run/cpus_per_run: must be >= 0 and > 0, got {self.gpus_per_run}/{self.cpus_per_run}"
+            )
+        if self.max_retries < 0:
+            raise ConfigError(f"max_retries: must be >= 0, got {self.max_retries}")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str = _help("Study name; names the output directory by default.")
+    model: ModelConfig = _help("The base model.")
+    data: DataConfig = _help("Training and test data.")
+    lora: LoraSettings = _help("LoRA settings at the uniform rank.", default_factory=LoraSettings)
+    allocation: AllocationConfig = _help("Rank-allocation bounds.", default_factory=AllocationConfig)
+    grpo: GRPOSettings = _help("GRPO training settings.", default_factory=GRPOSettings)
+    rewards: tuple[Literal["format", "correctness"], ...] = _help("Reward functions, summed.", default=REWARDS)
+    grid: GridConfig = _help("The strategy x seed grid.", default_factory=GridConfig)
+    resources: ResourcesConfig = _help("Ray resources per run.", default_factory=ResourcesConfig)
+
+    def __post_init__(self):
+        if not self.name.strip() or "/" in self.name:
+            raise ConfigError(f"name: must be a non-empty name without '/', got {self.name!r}")
+        a, lora = self.allocation, self.lora
+        if lora.rank % a.multiple:
+            raise ConfigError(
+                f"lora.rank: must be a positive multiple of allocation.multiple ({a.multiple}), got {lora.rank}"
+            )
+        non_uniform = set(self.grid.strategies) - {"uniform"}
+        if non_uniform and not a.r_min <= lora.rank <= a.r_max:
+            raise ConfigError(
+                f"lora.rank: the budget num_layers x {lora.rank} is infeasible within "
+                f"[allocation.r_min, allocation.r_max] = [{a.r_min}, {a.r_max}]; choose a rank in that range"
+            )
+        if "random" in self.grid.strategies and not a.random_range[0] <= lora.rank <= a.random_range[1]:
+            raise ConfigError(
+                f"allocation.random_range: {list(a.random_range)} must contain lora.rank ({lora.rank}) "
+                "so a random draw can keep the uniform budget"
+            )
+        if "reduced" in self.grid.strategies and a.reduced_fraction * lora.rank < a.r_min:
+            raise ConfigError(
+                f"allocation.reduced_fraction: {a.reduced_fraction} x lora.rank ({lora.rank}) is below "
+                f"allocation.r_min ({a.r_min}), so the reduced budget is infeasible"
+            )
+        needs_profile = {"proportional", "reduced"} & set(self.grid.strategies)
+        if needs_profile and a.profile_from == "uniform" and "uniform" not in self.grid.strategies:
+            raise ConfigError(
+                f"grid.strategies: {sorted(needs_profile)} need layer importance from the uniform run "
+                "(allocation.profile_from: uniform); add `uniform` or set profile_from to a .parquet"
+            )
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
+    """Read a study YAML, apply ``--set KEY=VALUE`` overrides, and return the validated config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must hold a mapping of sections (name, model, data, ...)")
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return from_dict(StudyConfig, data)
