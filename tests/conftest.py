@@ -1,0 +1,63 @@
+"""Shared test fixtures: offline tiny models built from configs, and the local GSM8K data.
+
+Nothing is downloaded: the models are randomly initialised Qwen2s with tokenizers trained on GSM8K text by
+:mod:`workers.local_model`, built once per test session.
+"""
+
+import os
+from pathlib import Path
+
+# Before anything imports torch/tokenizers/vLLM/Ray: one thread per process (2 shared cores, see
+# ../shared/notes/measured-here.md), no hub access, no Ray auth token, a small vLLM KV cache.
+for _key, _value in {
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "RAY_AUTH_MODE": "disabled",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def gsm8k_dir() -> Path:
+    """The shared GSM8K copy (train.jsonl, test.jsonl); never copied into the repo."""
+    path = Path(__file__).resolve().parents[2] / "shared/data/gsm8k"
+    if not (path / "train.jsonl").is_file():
+        raise FileNotFoundError(f"GSM8K data expected at {path}/train.jsonl (question/answer .jsonl)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gsm8k_texts(gsm8k_dir: Path) -> list[str]:
+    """Question + answer text of the GSM8K training split: the tokenizer corpus."""
+    from workers.local_model import gsm8k_corpus
+
+    return gsm8k_corpus(gsm8k_dir / "train.jsonl")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, gsm8k_texts: list[str]) -> Path:
+    """A 4-layer Qwen2 (hidden 64) with a ~1000-token vocabulary, saved with its tokenizer."""
+    from workers.local_model import build_local_model
+
+    return build_local_model(
+        tmp_path_factory.mktemp("models") / "tiny-qwen2-4l",
+        num_layers=4, hidden_size=64, intermediate_size=128, num_heads=4, num_kv_heads=2,
+        vocab_size=1000, train_texts=gsm8k_texts, seed=0,
+    )
+
+
+@pytest.fixture(scope="session")
+def deep_model_dir(tmp_path_factory, gsm8k_texts: list[str]) -> Path:
+    """A 12-layer Qwen2 with tiny layers: enough layers that `layers.1` is a prefix of `layers.10`/`layers.11`."""
+    from workers.local_model import build_local_model
+
+    return build_local_model(
+        tmp_path_factory.mktemp("models") / "deep-qwen2-12l",
+        num_layers=12, hidden_size=32, intermediate_size=64, num_heads=2, num_kv_heads=1,
+        vocab_size=300, train_texts=gsm8k_texts[:1000], seed=0,
+    )

@@ -1,0 +1,216 @@
+"""PEFT LoRA with exact per-layer ranks, and an audit that proves the model got them.
+
+PEFT's ``rank_pattern``/``alpha_pattern`` keys are regexes matched by ``peft.utils.other.get_pattern_key``
+(peft 0.21.2) as ``re.match(rf"(.*\\.)?({key})$", name)`` against module names such as
+``model.layers.3.self_attn.q_proj``; the first matching key in dict order wins and a module no key matches
+silently gets the default rank. So a natural key like ``layers\\.1.*q_proj`` also matches layers 10-19, and
+a per-layer allocation is silently wrong. Here every key is a full module path, ``re.escape``-d and anchored
+(``^model\\.layers\\.3\\.self_attn\\.q_proj$``): inside PEFT's pattern the ``^`` can only hold at position 0,
+so the optional ``(.*\\.)?`` prefix must be empty and the key matches that one name and nothing else. PEFT
+matches against names of the *base* model (LoraModel.model.named_modules()), without the
+``base_model.model.`` prefix the PeftModel wrapper adds, which is why the layout's paths are used as they are.
+``target_modules`` lists the same full paths, so no module outside the decoder layers gets LoRA either
+(PEFT condenses a long list into the shortest suffixes that select the same modules of this model, so a saved
+adapter_config.json may show ``q_proj`` etc.; the rank_pattern keys stay anchored and reload exactly).
+
+``alpha = rank * alpha_per_rank`` for every module, so ``scaling = alpha / r`` is the same everywhere and a
+larger rank does not change the update's scale (PEFT keeps ``lora_alpha`` fixed unless alpha_pattern is set).
+
+``audit_lora`` then checks the wrapped model itself: every targeted module's ``lora_A`` rank, no LoRA module
+elsewhere, the scaling, and the trainable-parameter count against ``r * (in + out)`` per module.
+
+Use::
+
+    layout = discover_layers(model, settings.target_modules)
+    peft_model, audit = apply_lora(model, layout, ranks, settings, seed=0)   # raises StudyError if wrong
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+
+from orchestrator.errors import StudyError
+from workers.model import LayerLayout
+
+MAX_LISTED_MISMATCHES = 5
+
+
+class LoraSettingsLike(Protocol):
+    """The fields of ``orchestrator.config.LoraSettings`` that LoRA construction reads."""
+
+    rank: int
+    alpha: float
+    dropout: float
+    target_modules: tuple[str, ...]
+
+
+def anchored_key(module_path: str) -> str:
+    r"""A rank_pattern/alpha_pattern key that PEFT matches to exactly ``module_path``.
+
+    >>> anchored_key("model.layers.3.self_attn.q_proj")
+    '^model\\.layers\\.3\\.self_attn\\.q_proj$'
+    """
+    return f"^{re.escape(module_path)}$"
+
+
+def _check_ranks(layout: LayerLayout, ranks: Sequence[int]) -> tuple[int, ...]:
+    if len(ranks) != layout.num_layers:
+        raise StudyError(f"allocation has {len(ranks)} ranks but the model has {layout.num_layers} decoder layers")
+    # numbers.Integral admits numpy integers from the allocation code; bool is excluded on purpose.
+    bad = [(layer, rank) for layer, rank in enumerate(ranks)
+           if not isinstance(rank, numbers.Integral) or isinstance(rank, bool) or rank < 1]
+    if bad:
+        raise StudyError(f"allocation: every rank must be a positive integer, got layer {bad[0][0]} rank {bad[0][1]!r}")
+    return tuple(int(rank) for rank in ranks)
+
+
+def build_lora_config(
+    layout: LayerLayout,
+    ranks: Sequence[int],
+    *,
+    alpha_per_rank: float,
+    dropout: float,
+    target_modules: Sequence[str],
+) -> LoraConfig:
+    """A LoraConfig giving layer ``l`` rank ``ranks[l]`` on each of ``target_modules``, alpha/r = alpha_per_rank."""
+    ranks = _check_ranks(layout, ranks)
+    unknown = [module for module in target_modules if module not in layout.modules]
+    if unknown:
+        raise StudyError(f"lora.target_modules: {unknown} were not found by layer discovery (found {list(layout.modules)})")
+    if not alpha_per_rank > 0:
+        raise StudyError(f"lora alpha/rank must be positive, got {alpha_per_rank}")
+    paths = [layout.path(layer, module) for layer in range(layout.num_layers) for module in target_modules]
+    rank_of = {layout.path(layer, module): ranks[layer] for layer in range(layout.num_layers) for module in target_modules}
+    default_rank = max(ranks)  # never used: every targeted module has its own key
+    return LoraConfig(
+        r=default_rank,
+        lora_alpha=default_rank * alpha_per_rank,
+        lora_dropout=dropout,
+        target_modules=paths,
+        rank_pattern={anchored_key(path): rank for path, rank in rank_of.items()},
+        alpha_pattern={anchored_key(path): rank * alpha_per_rank for path, rank in rank_of.items()},
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+@dataclass(frozen=True)
+class LoraAudit:
+    """What LoRA the model actually got: per-layer rank, per-module parameters, total trainable parameters."""
+
+    layer_ranks: tuple[int, ...]
+    module_params: dict[tuple[int, str], int]
+    trainable_params: int
+    scaling: float
+
+    def layer_params(self) -> list[int]:
+        """LoRA parameters per layer, summed over modules."""
+        totals = [0] * len(self.layer_ranks)
+        for (layer, _), count in self.module_params.items():
+            totals[layer] += count
+        return totals
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary for run.json."""
+        return {
+            "layer_ranks": list(self.layer_ranks),
+            "layer_params": self.layer_params(),
+            "trainable_params": self.trainable_params,
+            "scaling": self.scaling,
+        }
+
+
+def audit_lora(
+    peft_model: PeftModel,
+    layout: LayerLayout,
+    ranks: Sequence[int],
+    *,
+    target_modules: Sequence[str] | None = None,
+    alpha_per_rank: float | None = None,
+    adapter: str = "default",
+) -> LoraAudit:
+    """Check the wrapped model has exactly the requested LoRA ranks; raise StudyError listing mismatches.
+
+    Checks: each (layer, module) of ``target_modules`` (default: all of the layout's) is a LoRA layer whose
+    ``lora_A``/``lora_B`` rank equals ``ranks[layer]``; no other module has LoRA; ``scaling`` equals
+    ``alpha_per_rank`` when given; the trainable-parameter count equals the sum of ``r * (in + out)``.
+    """
+    ranks = _check_ranks(layout, ranks)
+    target_modules = tuple(target_modules or layout.modules)
+    base = peft_model.get_base_model()
+    mismatches: list[str] = []
+    module_params: dict[tuple[int, str], int] = {}
+    expected_paths = set()
+    for layer in range(layout.num_layers):
+        for module in target_modules:
+            path = layout.path(layer, module)
+            expected_paths.add(path)
+            lora_layer = base.get_submodule(path)
+            if not isinstance(lora_layer, LoraLayer) or adapter not in lora_layer.lora_A:
+                mismatches.append(f"{path}: no LoRA adapter, expected rank {ranks[layer]}")
+                continue
+            lora_a, lora_b = lora_layer.lora_A[adapter].weight, lora_layer.lora_B[adapter].weight
+            actual = lora_a.shape[0]
+            if actual != ranks[layer] or lora_b.shape[1] != ranks[layer]:
+                mismatches.append(f"{path}: rank {actual}, expected {ranks[layer]}")
+            scaling = lora_layer.scaling[adapter]
+            if alpha_per_rank is not None and not math.isclose(scaling, alpha_per_rank, rel_tol=1e-9):
+                mismatches.append(f"{path}: alpha/r {scaling}, expected {alpha_per_rank}")
+            module_params[(layer, module)] = lora_a.numel() + lora_b.numel()
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer) and name not in expected_paths:
+            mismatches.append(f"{name}: has LoRA, expected none")
+    predicted = sum(
+        ranks[layer] * sum(layout.shape(layer, module)) for layer in range(layout.num_layers) for module in target_modules
+    )
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    if trainable != predicted:
+        mismatches.append(f"trainable parameters {trainable}, expected {predicted} (sum of r*(in+out))")
+    if mismatches:
+        shown = "; ".join(mismatches[:MAX_LISTED_MISMATCHES])
+        more = f" (+{len(mismatches) - MAX_LISTED_MISMATCHES} more)" if len(mismatches) > MAX_LISTED_MISMATCHES else ""
+        raise StudyError(
+            f"LoRA audit failed for {len(mismatches)} modules: {shown}{more}; build the config with "
+            "workers.lora.build_lora_config (anchored full-path rank_pattern keys)"
+        )
+    scalings = {base.get_submodule(path).scaling[adapter] for path in expected_paths}
+    return LoraAudit(
+        layer_ranks=ranks,
+        module_params=module_params,
+        trainable_params=trainable,
+        scaling=next(iter(scalings)) if len(scalings) == 1 else float("nan"),
+    )
+
+
+def apply_lora(
+    model: torch.nn.Module,
+    layout: LayerLayout,
+    ranks: Sequence[int],
+    settings: LoraSettingsLike,
+    seed: int,
+) -> tuple[PeftModel, LoraAudit]:
+    """Wrap ``model`` with LoRA at the per-layer ``ranks`` and return it with its (passed) audit.
+
+    ``alpha_per_rank = settings.alpha / settings.rank`` (alpha is given at the uniform rank). torch is seeded
+    with ``seed`` right before ``get_peft_model`` because lora_A's Kaiming init draws from the global RNG, so
+    the same seed gives the same initial adapter.
+    """
+    alpha_per_rank = settings.alpha / settings.rank
+    config = build_lora_config(
+        layout, ranks, alpha_per_rank=alpha_per_rank, dropout=settings.dropout, target_modules=settings.target_modules
+    )
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, config)
+    audit = audit_lora(
+        peft_model, layout, ranks, target_modules=settings.target_modules, alpha_per_rank=alpha_per_rank
+    )
+    return peft_model, audit
