@@ -1,0 +1,258 @@
+"""The one module that imports Ray: one actor per run, dependency wiring, retries, live progress, metrics.
+
+Each run gets its own actor named ``grpo:<strategy>:seed<seed>`` (so it is recognisable in the Ray dashboard)
+with ``num_gpus``/``num_cpus`` from the config. All runs whose dependencies are met are submitted at once and
+Ray starts them as resources free up; results are collected with ``ray.wait`` in completion order, never in
+submission order. A proportional/reduced run is submitted the moment its seed's uniform run completes.
+
+Failure handling: an actor that dies (node loss, OOM kill, SIGKILL) is replaced by a new one, up to
+``resources.max_retries`` times, and the run resumes from its latest checkpoint. A StudyError (bad input) is
+not retried. A run that fails for good is reported with its error, its dependants are marked failed, and
+every other run goes on.
+
+:class:`RunActor` is a plain class; ``ray.remote`` is applied only here at the boundary, so the worker code
+(``workers.run.execute_run``) never sees Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+
+from orchestrator.config import StudyConfig
+from orchestrator.errors import StudyError
+from orchestrator.plan import RunSpec
+from orchestrator.results import StudyPaths
+
+
+class RunActor:
+    """Executes one run inside a Ray worker process; answers progress queries while it runs."""
+
+    def __init__(self, config: StudyConfig, study_dir: str):
+        self.config, self.study_dir = config, study_dir
+        self.latest: dict = {"phase": "setup"}
+        self._gauges = None
+
+    def run(self, spec: RunSpec) -> dict:
+        from workers.run import execute_run  # heavy import (torch, TRL) inside the worker only
+
+        self._tags = {"strategy": spec.strategy, "seed": str(spec.seed)}
+        return execute_run(self.config, spec, self.study_dir, report=self._report)
+
+    def progress(self) -> dict:
+        return dict(self.latest)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def _report(self, progress: dict) -> None:
+        self.latest = {**self.latest, **progress}
+        if "step" in progress:
+            self._export_metrics(progress)
+
+    def _export_metrics(self, progress: dict) -> None:
+        from ray.util.metrics import Gauge
+
+        if self._gauges is None:
+            keys = ("strategy", "seed")
+            self._gauges = {
+                "step": Gauge("rankstudy_step", "GRPO optimizer step of the run", tag_keys=keys),
+                "reward": Gauge("rankstudy_reward", "Mean reward of the step's rollouts", tag_keys=keys),
+                "step_time_s": Gauge("rankstudy_step_time_s", "Wall time of the GRPO step (s)", tag_keys=keys),
+            }
+        for key, gauge in self._gauges.items():
+            value = progress.get(key)
+            if value is not None and value == value:  # skip NaN
+                gauge.set(float(value), tags=self._tags)
+
+
+@dataclass
+class RunState:
+    spec: RunSpec
+    attempts: int = 0
+    status: str = "pending"  # pending | running | completed | failed
+    error: str | None = None
+    actor: object = None
+    ref: object = None
+    progress: dict = field(default_factory=dict)
+
+
+def connect(num_cpus: int | None = None) -> None:
+    """Join the cluster at RAY_ADDRESS (as under `ray job submit`), else start a local one."""
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    kwargs = {"address": address} if address else {"num_cpus": num_cpus}
+    ray.init(**kwargs, log_to_driver=True, configure_logging=False)
+
+
+def check_resources(specs: list[RunSpec]) -> None:
+    """Fail fast, before any run starts, if no node of the cluster could ever host a run."""
+    total = ray.cluster_resources()
+    for spec in specs:
+        need = {"GPU": spec.num_gpus, "CPU": spec.num_cpus, **spec.custom_resources}
+        for name, amount in need.items():
+            if amount > total.get(name, 0.0):
+                hint = " (set resources.gpus_per_run=0 to run on CPU)" if name == "GPU" else ""
+                raise StudyError(
+                    f"resources: each run needs {amount:g} {name} but the Ray cluster has {total.get(name, 0.0):g}{hint}"
+                )
+
+
+def run_grid(
+    config: StudyConfig,
+    specs: list[RunSpec],
+    study_dir: str,
+    *,
+    progress_interval_s: float = 5.0,
+    echo: Callable[[str], None] = print,
+) -> dict[str, RunState]:
+    """Run every spec to completion or final failure; returns the state of each run by run_id."""
+    paths = StudyPaths(study_dir)
+    states = {s.run_id: RunState(s) for s in specs}
+    for state in states.values():
+        if paths.is_complete(state.spec.run_id):
+            state.status = "completed"
+    skipped = sum(s.status == "completed" for s in states.values())
+    if skipped:
+        echo(f"{skipped}/{len(states)} runs already completed in {study_dir}; skipping them")
+    actor_cls = ray.remote(RunActor)
+    env = _worker_env(config)
+    last_line, last_print = "", 0.0
+
+    while True:
+        _submit_ready(states, actor_cls, config, study_dir, env, echo)
+        running = {s.ref: s for s in states.values() if s.status == "running"}
+        if not running:
+            break
+        finished, _ = ray.wait(list(running), num_returns=1, timeout=progress_interval_s)
+        for ref in finished:
+            _collect(running[ref], ref, config.resources.max_retries, echo)
+        line = _progress_line(states)
+        if line != last_line or time.monotonic() - last_print > 60:
+            echo(line)
+            last_line, last_print = line, time.monotonic()
+    return states
+
+
+def _submit_ready(states, actor_cls, config, study_dir, env, echo) -> None:
+    for state in states.values():
+        if state.status != "pending":
+            continue
+        dep = state.spec.depends_on
+        if dep is not None and dep in states:
+            if states[dep].status == "failed":
+                state.status, state.error = "failed", f"dependency {dep} failed"
+                echo(f"[{state.spec.run_id}] not started: dependency {dep} failed")
+                continue
+            if states[dep].status != "completed":
+                continue
+        _start(state, actor_cls, config, study_dir, env)
+        echo(f"[{state.spec.run_id}] submitted as actor {state.spec.actor_name} (attempt {state.attempts})")
+
+
+def _start(state: RunState, actor_cls, config, study_dir, env) -> None:
+    spec = state.spec
+    state.attempts += 1
+    state.actor = actor_cls.options(
+        name=spec.actor_name,
+        num_cpus=spec.num_cpus,
+        num_gpus=spec.num_gpus,
+        resources=spec.custom_resources or None,
+        max_concurrency=2,  # one thread runs the run, the other answers progress queries
+        max_restarts=0,  # retries are ours: a new actor resumes from the checkpoint
+        runtime_env={"env_vars": env},
+    ).remote(config, study_dir)
+    state.ref = state.actor.run.remote(spec)
+    state.status = "running"
+
+
+def _collect(state: RunState, ref, max_retries: int, echo) -> None:
+    run_id = state.spec.run_id
+    try:
+        record = ray.get(ref)
+        state.status = "completed"
+        acc = record.get("eval", {}).get("accuracy")
+        echo(f"[{run_id}] completed: {record.get('steps')} steps, eval accuracy {acc:.3f}" if acc is not None
+             else f"[{run_id}] completed")
+        _release(state)
+        return
+    except (ActorDiedError, ActorUnavailableError, RayActorError) as err:
+        reason, retry = f"worker died ({type(err).__name__})", True
+    except RayTaskError as err:
+        cause = err.cause if hasattr(err, "cause") else None
+        reason = f"{type(cause).__name__ if cause else 'error'}: {str(cause).splitlines()[0] if cause else err}"
+        retry = not isinstance(cause, StudyError)  # bad input fails the same way every time
+    _release(state)
+    if retry and state.attempts <= max_retries:
+        echo(f"[{run_id}] {reason}; retrying from its latest checkpoint ({state.attempts}/{max_retries} retries)")
+        state.status = "pending"
+    else:
+        state.status, state.error = "failed", reason
+        echo(f"[{run_id}] FAILED: {reason}")
+
+
+def _release(state: RunState) -> None:
+    if state.actor is not None:
+        try:
+            ray.kill(state.actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - the actor may already be gone, which is what we want
+            pass
+    state.actor = state.ref = None
+
+
+def _progress_line(states: dict[str, RunState]) -> str:
+    counts = {k: sum(s.status == k for s in states.values()) for k in ("completed", "running", "pending", "failed")}
+    parts = []
+    running = [s for s in states.values() if s.status == "running"]
+    if running:
+        refs = [s.actor.progress.remote() for s in running]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=2.0)
+        for state, ref in zip(running, refs, strict=True):
+            if ref in ready:
+                try:
+                    state.progress = ray.get(ref)
+                except Exception:  # noqa: BLE001 - a dying actor; its run will be collected next round
+                    pass
+            parts.append(f"{state.spec.run_id} {_describe(state.progress)}")
+    head = (f"runs: {counts['completed']} done, {counts['running']} running, {counts['pending']} pending"
+            + (f", {counts['failed']} failed" if counts["failed"] else ""))
+    return head + (" | " + ", ".join(parts) if parts else "")
+
+
+def _describe(progress: dict) -> str:
+    if progress.get("phase") == "eval":
+        return f"eval {progress.get('eval_done', 0)}/{progress.get('eval_total', '?')}"
+    if "step" in progress:
+        return f"step {progress['step']}/{progress.get('max_steps', '?')}"
+    return "starting"
+
+
+def _worker_env(config: StudyConfig) -> dict[str, str]:
+    threads = max(1, int(config.resources.cpus_per_run))
+    env = {
+        # Threads = the CPUs Ray gave the run; more only oversubscribes (2.75x slower with 2 on 2 shared cores).
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "VLLM_CPU_KVCACHE_SPACE"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    if config.grpo.use_vllm:
+        from workers.generation import vllm_environment
+
+        env = {**vllm_environment(on_cpu=config.resources.gpus_per_run == 0), **env}
+    return env
+
+
+def shutdown() -> None:
+    if ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        ray.shutdown()
+    sys.stdout.flush()

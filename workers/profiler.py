@@ -1,0 +1,143 @@
+"""Per-step, per-layer, per-module LoRA gradient norms (the paper's Eq. 2 input), at near-zero cost.
+
+At each optimizer step, before gradient clipping, the L2 norm of each LoRA module's gradient (lora_A and
+lora_B together: sqrt(|dA|^2 + |dB|^2)) is computed for every (layer, module) with ONE fused
+``torch._foreach_norm`` over all LoRA gradients and ONE host copy per step. Rows are buffered in memory
+and handed out as an Arrow table; the run writes them with its checkpoints and at the end.
+
+Why before clipping: clipping is one uniform scale of all gradients, so shares would be unchanged, but the
+norms would be capped and useless for comparing runs. transformers' Trainer clips inside
+``_clip_grad_norm`` and only then calls ``on_pre_optimizer_step``; the GRPO trainer subclass therefore
+calls :meth:`GradientProfiler.capture` from ``_clip_grad_norm`` (see workers/trainer.py), and the callback
+captures in ``on_pre_optimizer_step`` only when clipping is off.
+
+Non-finite norms are kept as they are and flagged (column ``nonfinite``), never dropped or averaged.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import pyarrow as pa
+import torch
+from transformers import TrainerCallback
+
+from workers.model import LayerLayout
+
+PROFILE_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("strategy", pa.string()),
+        ("seed", pa.int64()),
+        ("step", pa.int64()),
+        ("layer", pa.int64()),
+        ("module", pa.string()),
+        ("rank", pa.int64()),
+        ("grad_norm", pa.float64()),
+        ("nonfinite", pa.bool_()),
+    ]
+)
+
+_ADAPTER = "default"  # the trained PEFT adapter; TRL may add a frozen "ref" adapter beside it
+
+
+@dataclass(frozen=True)
+class RunLabels:
+    run_id: str
+    strategy: str
+    seed: int
+
+
+class GradientProfiler:
+    """Collects one row per (step, layer, module) from the LoRA gradients of ``model``."""
+
+    def __init__(self, model: torch.nn.Module, layout: LayerLayout, ranks: list[int], labels: RunLabels):
+        self.labels = labels
+        named = dict(model.named_parameters())
+        self._params: list[torch.nn.Parameter] = []
+        keys: list[tuple[int, str]] = []
+        for layer in range(layout.num_layers):
+            for module in layout.modules:
+                path = layout.path(layer, module)
+                for part in ("lora_A", "lora_B"):
+                    name = _find_param(named, path, part)
+                    self._params.append(named[name])
+                keys.append((layer, module))
+        self._keys = keys
+        self._ranks = [ranks[layer] for layer, _ in keys]
+        self._steps: list[int] = []
+        self._norms: list[list[float]] = []
+
+    def capture(self, step: int) -> None:
+        """Record the current gradients as optimizer step ``step`` (once per step; repeats are ignored)."""
+        if self._steps and self._steps[-1] == step:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros((), device=p.device) for p in self._params]
+        with torch.no_grad():
+            per_tensor = torch._foreach_norm(grads)  # one fused kernel over all LoRA gradients
+            squared = torch.stack(per_tensor).to(torch.float64).pow(2).view(-1, 2).sum(dim=1).sqrt()
+            values = squared.cpu().tolist()  # the one host copy per step
+        self._steps.append(step)
+        self._norms.append(values)
+
+    @property
+    def steps(self) -> list[int]:
+        return list(self._steps)
+
+    def restore(self, table: pa.Table) -> None:
+        """Reload rows written at a checkpoint, so a resumed run keeps each step exactly once."""
+        by_step: dict[int, list[float]] = {}
+        n = len(self._keys)
+        steps = table.column("step").to_pylist()
+        norms = table.column("grad_norm").to_pylist()
+        for i in range(0, len(steps), n):
+            by_step[steps[i]] = norms[i : i + n]
+        self._steps = sorted(by_step)
+        self._norms = [by_step[s] for s in self._steps]
+
+    def table(self, up_to_step: int | None = None) -> pa.Table:
+        """All rows so far (optionally only steps <= ``up_to_step``), in (step, layer, module) order."""
+        keep = [i for i, s in enumerate(self._steps) if up_to_step is None or s <= up_to_step]
+        n = len(self._keys)
+        flat = [v for i in keep for v in self._norms[i]]
+        lab = self.labels
+        return pa.table(
+            {
+                "run_id": [lab.run_id] * len(flat),
+                "strategy": [lab.strategy] * len(flat),
+                "seed": [lab.seed] * len(flat),
+                "step": [self._steps[i] for i in keep for _ in range(n)],
+                "layer": [layer for _ in keep for layer, _m in self._keys],
+                "module": [m for _ in keep for _l, m in self._keys],
+                "rank": [r for _ in keep for r in self._ranks],
+                "grad_norm": flat,
+                "nonfinite": [not math.isfinite(v) for v in flat],
+            },
+            schema=PROFILE_SCHEMA,
+        )
+
+
+class ProfilerCallback(TrainerCallback):
+    """Captures in ``on_pre_optimizer_step`` when the trainer does not clip (max_grad_norm == 0).
+
+    With clipping on, the trainer subclass already captured the pre-clip gradients for this step, and
+    :meth:`GradientProfiler.capture` ignores the repeat.
+    """
+
+    def __init__(self, profiler: GradientProfiler):
+        self.profiler = profiler
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.profiler.capture(state.global_step + 1)
+
+
+def _find_param(named: dict[str, torch.nn.Parameter], module_path: str, part: str) -> str:
+    # PEFT prefixes the base model's names (base_model.model.<path>) and names the weight
+    # <path>.lora_A.<adapter>.weight; match on the suffix so wrappers with other prefixes also work.
+    pattern = re.compile(rf"(^|\.){re.escape(module_path)}\.{part}\.{_ADAPTER}\.weight$")
+    hits = [name for name in named if pattern.search(name)]
+    if len(hits) != 1:
+        raise RuntimeError(f"expected one {part} weight for {module_path}, found {hits}")
+    return hits[0]

@@ -1,0 +1,144 @@
+"""TRL's GRPOTrainer with the three things a study run adds: profiling, per-step records, resumable state.
+
+- :class:`ProfiledGRPOTrainer` captures LoRA gradient norms right before transformers clips them (the only
+  change to TRL's behaviour-free code path; see workers/profiler.py for why before clipping).
+- :class:`StepRecorder` keeps one metrics row per optimizer step from TRL's logs (logging_steps=1), the step's
+  wall time, and a digest of the step's rollouts (so tests and users can see that two seeds sampled
+  differently), and reports progress to the caller.
+- :class:`CheckpointTables` writes the profile and metrics rows into each checkpoint directory, last of all a
+  marker; a resumed run reloads them from the checkpoint it resumes from, so every step appears exactly once
+  even if the process died between two checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from transformers import TrainerCallback
+from trl import GRPOTrainer
+
+from workers.profiler import GradientProfiler, RunLabels
+
+CHECKPOINT_MARKER = "rankstudy_tables.done"
+
+# TRL log key -> metrics column (contract names first; the rest are TRL metrics worth keeping).
+METRIC_COLUMNS = {
+    "reward": "reward",
+    "rewards/format_reward/mean": "reward_format",
+    "rewards/correctness_reward/mean": "reward_correctness",
+    "reward_std": "reward_std",
+    "kl": "kl",
+    "loss": "loss",
+    "grad_norm": "grad_norm",
+    "frac_reward_zero_std": "frac_reward_zero_std",
+    "completions/mean_length": "completion_mean_length",
+    "completions/clipped_ratio": "completion_clipped_ratio",
+    "entropy": "entropy",
+    "learning_rate": "learning_rate",
+}
+METRICS_SCHEMA = pa.schema(
+    [("run_id", pa.string()), ("strategy", pa.string()), ("seed", pa.int64()), ("step", pa.int64())]
+    + [(col, pa.float64()) for col in METRIC_COLUMNS.values()]
+    + [("step_time_s", pa.float64()), ("rollout_digest", pa.string())]
+)
+
+
+class ProfiledGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer whose gradient profiler sees the gradients before clipping."""
+
+    gradient_profiler: GradientProfiler | None = None
+
+    def _clip_grad_norm(self, model):
+        # transformers calls this with the accumulated, unscaled gradients right before clipping them in place.
+        if self.gradient_profiler is not None:
+            self.gradient_profiler.capture(self.state.global_step + 1)
+        return super()._clip_grad_norm(model)
+
+
+class StepRecorder(TrainerCallback):
+    """One metrics row per optimizer step; progress reports; rollout digests via a reward wrapper."""
+
+    def __init__(self, labels: RunLabels, report: Callable[[dict], None] | None = None):
+        self.labels = labels
+        self.report = report
+        self.rows: dict[int, dict] = {}
+        self._step_start = 0.0
+        self._step_time: dict[int, float] = {}
+        self._digest = hashlib.sha1()
+
+    def watch_rollouts(self, reward_fn):
+        """Wrap a reward function so the recorder sees every completion it scores (behaviour unchanged)."""
+
+        def wrapped(completions, **kwargs):
+            for completion in completions:
+                self._digest.update(repr(completion).encode())
+            return reward_fn(completions, **kwargs)
+
+        wrapped.__name__ = reward_fn.__name__  # TRL names the reward metrics after the function
+        return wrapped
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._step_start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._step_time[state.global_step] = time.perf_counter() - self._step_start
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        step = state.global_step
+        if not logs or "loss" not in logs or step in self.rows:
+            return  # the final train summary (train_runtime, ...) is not a step
+        row = {"run_id": self.labels.run_id, "strategy": self.labels.strategy, "seed": self.labels.seed, "step": step}
+        for key, column in METRIC_COLUMNS.items():
+            value = logs.get(key)
+            row[column] = float(value) if value is not None else math.nan
+        row["step_time_s"] = self._step_time.get(step, math.nan)
+        row["rollout_digest"] = self._digest.hexdigest()[:16]
+        self._digest = hashlib.sha1()
+        self.rows[step] = row
+        if self.report:
+            self.report({"step": step, "max_steps": state.max_steps, "reward": row["reward"],
+                         "step_time_s": row["step_time_s"]})
+
+    def table(self, up_to_step: int | None = None) -> pa.Table:
+        steps = sorted(s for s in self.rows if up_to_step is None or s <= up_to_step)
+        return pa.Table.from_pylist([self.rows[s] for s in steps], schema=METRICS_SCHEMA)
+
+    def restore(self, table: pa.Table) -> None:
+        self.rows = {row["step"]: row for row in table.to_pylist()}
+
+
+class CheckpointTables(TrainerCallback):
+    """Saves profile + metrics rows with every checkpoint; :func:`latest_checkpoint` finds complete ones."""
+
+    def __init__(self, profiler: GradientProfiler, recorder: StepRecorder):
+        self.profiler = profiler
+        self.recorder = recorder
+
+    def on_save(self, args, state, control, **kwargs):
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not ckpt.is_dir():
+            return
+        pq.write_table(self.profiler.table(state.global_step), ckpt / "rankstudy_profile.parquet")
+        pq.write_table(self.recorder.table(state.global_step), ckpt / "rankstudy_metrics.parquet")
+        (ckpt / CHECKPOINT_MARKER).write_text(str(state.global_step))  # written last: the checkpoint is whole
+
+    def restore(self, ckpt: Path) -> None:
+        self.profiler.restore(pq.read_table(ckpt / "rankstudy_profile.parquet"))
+        self.recorder.restore(pq.read_table(ckpt / "rankstudy_metrics.parquet"))
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest checkpoint that holds our tables; newer, incomplete ones (a crash mid-save) are ignored."""
+    if not checkpoint_dir.is_dir():
+        return None
+    complete = [
+        p for p in checkpoint_dir.glob("checkpoint-*")
+        if p.name.split("-")[-1].isdigit() and (p / CHECKPOINT_MARKER).exists()
+    ]
+    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
