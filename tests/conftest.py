@@ -61,3 +61,41 @@ def deep_model_dir(tmp_path_factory, gsm8k_texts: list[str]) -> Path:
         num_layers=12, hidden_size=32, intermediate_size=64, num_heads=2, num_kv_heads=1,
         vocab_size=300, train_texts=gsm8k_texts[:1000], seed=0,
     )
+
+
+@pytest.fixture(scope="session")
+def warm_model_dir(tiny_model_dir: Path, tmp_path_factory) -> Path:
+    """The tiny model after the SFT warm start: its GRPO groups have unequal rewards, so gradients flow."""
+    from workers.warmstart import warm_tiny_model
+
+    return warm_tiny_model(tiny_model_dir, tmp_path_factory.mktemp("warmstart"))
+
+
+@pytest.fixture(scope="session")
+def write_study_config(tmp_path_factory, warm_model_dir: Path, gsm8k_dir: Path):
+    """Write a tiny CPU study config (HF generation, 3 GRPO steps) and return its path; kwargs override YAML."""
+    import yaml
+
+    def write(name: str = "tiny", **sections) -> Path:
+        config = {
+            "name": name,
+            "model": {"name_or_path": str(warm_model_dir), "dtype": "float32"},
+            "data": {"train": str(gsm8k_dir / "train.jsonl"), "test": str(gsm8k_dir / "test.jsonl"),
+                     "train_limit": 64, "eval_limit": 8},
+            "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
+            "allocation": {"r_min": 4, "r_max": 16, "multiple": 4, "random_range": [4, 12]},
+            "grpo": {"num_generations": 4, "prompts_per_step": 2, "max_steps": 3, "max_completion_length": 64,
+                     "learning_rate": 1.0e-3, "use_vllm": False, "checkpoint_every": 1, "eval_batch_size": 8},
+            "grid": {"strategies": ["uniform", "proportional"], "seeds": [0, 1]},
+            "resources": {"gpus_per_run": 0, "cpus_per_run": 1, "max_retries": 2},
+        }
+        for section, values in sections.items():
+            if isinstance(values, dict):
+                config[section] = {**config.get(section, {}), **values}
+            else:
+                config[section] = values
+        path = tmp_path_factory.mktemp("configs") / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return write
