@@ -1,0 +1,398 @@
+"""Analysis definitions on hand-computed cases, planted effects on synthetic studies, and gaps in a study.
+
+Every expected number here is worked out by hand (in the comments) from the issue's definitions, not
+copied from the implementation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from orchestrator import analysis_stats as st
+from orchestrator.analysis import analyze, summarize
+from orchestrator.errors import StudyError
+from orchestrator.synthetic import PAPER_MODULE_SHARE, SyntheticSpec, write_synthetic_study
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers that write a study directory by hand, row by row.
+
+
+def write_run(study: Path, run_id: str, allocation: list[int], status: str = "completed",
+              lora_params: dict[str, list[int]] | None = None, trainable_params: int | None = 1000) -> None:
+    strategy, seed = run_id.rsplit("-seed", 1)
+    run = {"run_id": run_id, "strategy": strategy, "seed": int(seed), "status": status, "allocation": allocation,
+           "trainable_params": trainable_params}
+    if lora_params is not None:
+        run["lora_params"] = lora_params
+    (study / "runs" / run_id).mkdir(parents=True, exist_ok=True)
+    (study / "runs" / run_id / "run.json").write_text(json.dumps(run))
+
+
+def write_profile(study: Path, run_id: str, grads: dict[str, np.ndarray], ranks: list[int]) -> None:
+    """``grads[module]`` is a (steps, layers) array of gradient norms."""
+    strategy, seed = run_id.rsplit("-seed", 1)
+    rows = []
+    for module, table in grads.items():
+        for step_idx, per_layer in enumerate(np.asarray(table, dtype=float)):
+            for layer, g in enumerate(per_layer):
+                rows.append((run_id, strategy, int(seed), step_idx + 1, layer, module, ranks[layer], g))
+    df = pd.DataFrame(rows, columns=["run_id", "strategy", "seed", "step", "layer", "module", "rank", "grad_norm"])
+    df["nonfinite"] = ~np.isfinite(df["grad_norm"])
+    (study / "profiles").mkdir(parents=True, exist_ok=True)
+    df.sample(frac=1.0, random_state=0).to_parquet(study / "profiles" / f"{run_id}.parquet")  # row order must not matter
+
+
+def write_eval(study: Path, run_id: str, correct: list[int], items: list[int] | None = None) -> None:
+    strategy, seed = run_id.rsplit("-seed", 1)
+    items = list(range(len(correct))) if items is None else items
+    df = pd.DataFrame({"run_id": run_id, "strategy": strategy, "seed": int(seed), "item": items,
+                       "correct": [bool(c) for c in correct], "format_ok": True, "prediction": "1", "target": "1",
+                       "completion": "<answer>1</answer>"})
+    (study / "eval").mkdir(parents=True, exist_ok=True)
+    df.iloc[::-1].to_parquet(study / "eval" / f"{run_id}.parquet")  # reversed: pairing is by item, not position
+
+
+def flat(steps: int, values: list[float]) -> np.ndarray:
+    """A (steps, layers) table with the same norm at every step."""
+    return np.tile(np.asarray(values, dtype=float), (steps, 1))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Statistics, each against its closed form.
+
+
+def wilson_closed_form(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    p = k / n
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return center - half, center + half
+
+
+def test_wilson_on_the_papers_table1_counts():
+    # Table 1: 74.5 / 70.0 / 67.5 / 65.0 / 66.0 % of n = 200.
+    counts = [149, 140, 135, 130, 132]
+    for k in counts:
+        low, high = st.wilson_interval(k, 200)
+        exp_low, exp_high = wilson_closed_form(k, 200)
+        assert low == pytest.approx(exp_low, abs=1e-9) and high == pytest.approx(exp_high, abs=1e-9)
+    wilson = [round((st.wilson_interval(k, 200)[1] - st.wilson_interval(k, 200)[0]) / 2 * 100, 1) for k in counts]
+    wald = [round(st.wald_half_width(k, 200) * 100, 1) for k in counts]
+    # The issue's anchor: 149/200 gives 74.5% +/- 6.0 with Wilson.
+    assert wilson[0] == 6.0
+    # The paper prints +/- 6.0/6.4/6.5/6.6/6.6 and calls it Wilson; those are the Wald half-widths
+    # 1.96 sqrt(p(1-p)/200). Wilson's half-widths are 6.0/6.3/6.4/6.6/6.5: three of five differ.
+    assert wald == [6.0, 6.4, 6.5, 6.6, 6.6]
+    assert wilson == [6.0, 6.3, 6.4, 6.6, 6.5]
+    assert all(math.isnan(x) for x in st.wilson_interval(0, 0))
+
+
+def test_mcnemar_exact_is_a_binomial_test_on_discordant_pairs():
+    # b = 2, c = 10: p = 2 * P(X <= 2), X ~ Bin(12, 1/2) = 2 * (1 + 12 + 66) / 4096.
+    assert st.mcnemar_exact(2, 10) == pytest.approx(2 * (1 + 12 + 66) / 4096)
+    assert st.mcnemar_exact(10, 2) == pytest.approx(st.mcnemar_exact(2, 10))
+    # b = 1, c = 5: 2 * (1 + 6) / 64.
+    assert st.mcnemar_exact(1, 5) == pytest.approx(14 / 64)
+    assert st.mcnemar_exact(3, 3) == 1.0
+    assert st.mcnemar_exact(0, 0) == 1.0
+
+
+def test_pearson_and_its_undefined_cases():
+    # x = 1..4, y = 2, 4, 6, 8.5: sum dxdy = 10.75, sum dx^2 = 5, sum dy^2 = 23.1875.
+    assert st.pearson([1, 2, 3, 4], [2, 4, 6, 8.5]) == pytest.approx(10.75 / math.sqrt(5 * 23.1875))
+    assert st.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(st.pearson([1, 1, 1], [1, 2, 3]))  # constant side
+    assert math.isnan(st.pearson([1, 2], [1, 2]))  # too few pairs
+    assert st.pearson([1, 2, 3, np.nan], [1, 2, 3, 10]) == pytest.approx(1.0)  # the non-finite pair is dropped
+
+
+def test_landscape_statistics_on_28_layers():
+    assert st.band_bounds(28) == (9, 19)  # 0-8, 9-18, 19-27 as in the paper
+    assert st.band_bounds(3) == (1, 2)
+    share = np.arange(1, 29, dtype=float)
+    share /= share.sum()  # share of layer l is (l + 1) / 406
+    bands = st.band_share(share)
+    assert bands["early"] == pytest.approx(sum(range(1, 10)) / 406)
+    assert bands["middle"] == pytest.approx(sum(range(10, 20)) / 406)
+    assert bands["late"] == pytest.approx(sum(range(20, 29)) / 406)
+    # ceil(0.3 * 28) = 9 largest layers: 20..28.
+    assert st.top_share(share) == pytest.approx(sum(range(20, 29)) / 406)
+    assert st.top_share(np.full(10, 0.1)) == pytest.approx(0.3)  # ceil(3.0) = 3, despite 0.3 * 10 > 3 in floats
+    assert st.max_min_ratio(share) == pytest.approx(28.0)
+    assert st.group_shares({"q_proj": 0.25, "up_proj": 0.75}) == (0.25, 0.75)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Eq. 2 and the landscape on a hand-built study.
+
+
+def test_eq2_landscape_temporal_and_module_shares(tmp_path):
+    # 3 layers, 4 steps, q_proj and up_proj (= 3 x q_proj). q_proj per layer over steps:
+    # layer 0: 1,1,1,1  layer 1: 2,2,2,2  layer 2: 1,1,5,5.
+    q = np.array([[1, 2, 1], [1, 2, 1], [1, 2, 5], [1, 2, 5]], dtype=float)
+    write_run(tmp_path, "uniform-seed0", [32, 32, 32])
+    write_profile(tmp_path, "uniform-seed0", {"q_proj": q, "up_proj": 3 * q}, [32, 32, 32])
+    summary, warnings = summarize(tmp_path)
+    land = summary["landscape"]
+    # S(l) = mean over steps of (q + 3q) = 4 * [1, 2, 3] -> shares 1/6, 1/3, 1/2.
+    assert land["layer_share"] == pytest.approx([1 / 6, 1 / 3, 1 / 2])
+    assert land["max_min_ratio"] == pytest.approx(3.0)
+    assert land["top30_share"] == pytest.approx(0.5)  # ceil(0.9) = 1 layer
+    assert land["band_share"] == pytest.approx({"early": 1 / 6, "middle": 1 / 3, "late": 1 / 2})
+    # First half (steps 1-2): S = 4 * [1, 2, 1]; second half: 4 * [1, 2, 5]; r = -sqrt(1/13).
+    assert land["temporal_stability"] == pytest.approx(-math.sqrt(1 / 13))
+    # q_proj: 24 of 96 in total.
+    assert land["module_share"] == pytest.approx({"q_proj": 0.25, "up_proj": 0.75})
+    assert land["attention_share"] == pytest.approx(0.25) and land["mlp_share"] == pytest.approx(0.75)
+    assert summary["strategies"]["uniform"]["max_min_ratio"] == pytest.approx(3.0)
+    assert "sft" not in summary
+    assert not [w for w in warnings if w.startswith("profiles")], warnings
+
+
+def test_shares_are_averaged_over_seeds_and_temporal_split_uses_floor_half(tmp_path):
+    # seed 0: shares 0.2, 0.3, 0.5 (constant norms); seed 1: 1/3 each. Mean: 4/15, 19/60, 5/12.
+    write_profile(tmp_path, "uniform-seed0", {"q_proj": flat(5, [2, 3, 5])}, [8, 8, 8])
+    write_profile(tmp_path, "uniform-seed1", {"q_proj": flat(5, [1, 1, 1])}, [8, 8, 8])
+    summary, warnings = summarize(tmp_path)
+    mean = [(0.2 + 1 / 3) / 2, (0.3 + 1 / 3) / 2, (0.5 + 1 / 3) / 2]
+    assert summary["landscape"]["layer_share"] == pytest.approx(mean)
+    assert summary["landscape"]["max_min_ratio"] == pytest.approx(mean[2] / mean[0])
+    # Constant profiles: both halves proportional -> r = 1 for seed 0; seed 1 is constant (undefined) and
+    # is left out of the average instead of counting as 0.
+    assert summary["landscape"]["temporal_stability"] == pytest.approx(1.0)
+    assert any("runs:" in w for w in warnings)  # no run.json anywhere: said once, everything else reported
+
+
+def test_nonfinite_norms_are_left_out_of_means_and_reported(tmp_path):
+    q = flat(4, [1.0, 2.0, 3.0])
+    q[1, 0] = np.inf
+    q[2, 2] = np.nan
+    write_run(tmp_path, "uniform-seed0", [8, 8, 8])
+    write_profile(tmp_path, "uniform-seed0", {"q_proj": q}, [8, 8, 8])
+    summary, warnings = summarize(tmp_path)
+    # Means over the finite values: 1, 2, 3 -> shares 1/6, 1/3, 1/2.
+    assert summary["landscape"]["layer_share"] == pytest.approx([1 / 6, 1 / 3, 1 / 2])
+    assert any("uniform-seed0 has 2 non-finite grad_norm" in w for w in warnings), warnings
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Amplification, controls and McNemar on hand-built studies.
+
+
+def amplification_study(study: Path, with_lora_params: bool = True) -> None:
+    """Uniform: flat shares. Proportional seed 0: ranks 16/32/48, shares .2/.3/.5; seed 1: same ranks,
+    shares .3/.3/.4. One module (q_proj); LoRA params of proportional: 100/400/900 per layer."""
+    for seed in (0, 1):
+        params = {"q_proj": [400, 400, 400]} if with_lora_params else None
+        write_run(study, f"uniform-seed{seed}", [32, 32, 32], lora_params=params)
+        write_profile(study, f"uniform-seed{seed}", {"q_proj": flat(4, [1, 1, 1])}, [32, 32, 32])
+    for seed, norms in ((0, [2, 3, 5]), (1, [3, 3, 4])):
+        params = {"q_proj": [100, 400, 900]} if with_lora_params else None
+        write_run(study, f"proportional-seed{seed}", [16, 32, 48], lora_params=params)
+        write_profile(study, f"proportional-seed{seed}", {"q_proj": flat(4, norms)}, [16, 32, 48])
+
+
+def test_rank_shift_correlation_is_per_seed_then_averaged(tmp_path):
+    amplification_study(tmp_path)
+    summary, warnings = summarize(tmp_path)
+    prop = summary["strategies"]["proportional"]
+    # seed 0: shift = [-4, -1, 5] / 30 vs ranks [16, 32, 48]: r = 144 / sqrt(512 * 42) = 0.98198.
+    # seed 1: shift = [-1, -1, 2] / 30: r = 48 / sqrt(512 * 6) = sqrt(3) / 2.
+    r0, r1 = 144 / math.sqrt(512 * 42), math.sqrt(3) / 2
+    assert prop["rank_shift_corr_per_run"] == pytest.approx({"proportional-seed0": r0, "proportional-seed1": r1})
+    assert prop["rank_shift_corr"] == pytest.approx((r0 + r1) / 2)
+    # Seed-averaged shares .25/.3/.45 -> max/min 1.8; uniform 1.0 and no correlation with itself.
+    assert prop["max_min_ratio"] == pytest.approx(1.8)
+    assert summary["strategies"]["uniform"]["max_min_ratio"] == pytest.approx(1.0)
+    assert summary["strategies"]["uniform"]["rank_shift_corr"] is None
+    assert summary["strategies"]["uniform"]["p_value_vs_uniform"] is None
+    assert not warnings or all("eval" in w or "metrics" in w for w in warnings), warnings
+
+
+def test_per_parameter_and_single_module_controls(tmp_path):
+    amplification_study(tmp_path)
+    summary, _ = summarize(tmp_path)
+    control = summary["normalized_control"]
+    # Per parameter, seed 0: [2, 3, 5] / sqrt([100, 400, 900]) = [0.2, 0.15, 0.1667]; uniform stays flat.
+    normed0 = np.array([2 / 10, 3 / 20, 5 / 30])
+    normed1 = np.array([3 / 10, 3 / 20, 4 / 30])
+    share0, share1 = normed0 / normed0.sum(), normed1 / normed1.sum()
+    mean = (share0 + share1) / 2
+    per_param = control["per_parameter"]
+    assert per_param["landscape"]["max_min_ratio"] == pytest.approx(1.0)
+    assert per_param["strategies"]["proportional"]["max_min_ratio"] == pytest.approx(mean.max() / mean.min())
+    ranks = np.array([16, 32, 48])
+    expected_r = (np.corrcoef(ranks, share0 - 1 / 3)[0, 1] + np.corrcoef(ranks, share1 - 1 / 3)[0, 1]) / 2
+    assert per_param["strategies"]["proportional"]["rank_shift_corr"] == pytest.approx(expected_r)
+    # Single module: only q_proj here, so it equals the unnormalised analysis.
+    single = control["single_module"]["q_proj"]
+    assert single["strategies"]["proportional"]["rank_shift_corr"] == pytest.approx(
+        summary["strategies"]["proportional"]["rank_shift_corr"])
+
+
+def test_control_without_lora_params_is_skipped_with_a_warning(tmp_path):
+    amplification_study(tmp_path, with_lora_params=False)
+    summary, warnings = summarize(tmp_path)
+    assert summary["normalized_control"]["per_parameter"] is None
+    assert any("lora_params" in w for w in warnings), warnings
+    assert summary["normalized_control"]["single_module"]["q_proj"]["strategies"]["proportional"]["rank_shift_corr"] > 0
+
+
+def test_accuracy_wilson_and_mcnemar_paired_by_seed_and_item(tmp_path):
+    # seed 0: uniform 6/10, proportional 4/10; only proportional right on item 6 (b = 1), only uniform
+    # right on 3, 4, 5 (c = 3). seed 1: uniform right on items 0, 1 only, proportional on none (c = 2).
+    write_eval(tmp_path, "uniform-seed0", [1, 1, 1, 1, 1, 1, 0, 0, 0, 0])
+    write_eval(tmp_path, "proportional-seed0", [1, 1, 1, 0, 0, 0, 1, 0, 0, 0])
+    write_eval(tmp_path, "uniform-seed1", [1, 1, 0, 0, 0, 0, 0, 0, 0, 0])
+    write_eval(tmp_path, "proportional-seed1", [0] * 10)
+    # A proportional seed without a uniform partner: reported, and left out of the test (but not of accuracy).
+    write_eval(tmp_path, "proportional-seed2", [1] * 10)
+    summary, warnings = summarize(tmp_path)
+    prop, uni = summary["strategies"]["proportional"], summary["strategies"]["uniform"]
+    assert (uni["n_eval"], uni["accuracy"]) == (20, pytest.approx(8 / 20))
+    assert (prop["n_eval"], prop["accuracy"]) == (30, pytest.approx(14 / 30))
+    assert (prop["ci_low"], prop["ci_high"]) == pytest.approx(wilson_closed_form(14, 30))
+    assert (prop["mcnemar_b"], prop["mcnemar_c"], prop["n_paired"]) == (1, 5, 20)
+    assert prop["p_value_vs_uniform"] == pytest.approx(14 / 64)  # 2 * P(X <= 1), X ~ Bin(6, 1/2)
+    assert prop["n_runs"] == 3 and prop["seeds"] == [0, 1, 2]
+    assert any("proportional-seed2 has no uniform eval with seed 2" in w for w in warnings), warnings
+    # No profiles at all: said, and the accuracy table is still complete.
+    assert any(w.startswith("profiles:") for w in warnings)
+    assert summary["landscape"] is None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Planted effects on a synthetic study, and a study with parts missing.
+
+
+@pytest.fixture(scope="module")
+def synthetic_study(tmp_path_factory) -> Path:
+    spec = SyntheticSpec(seeds=(0, 1), steps=40, layers=8, eval_items=60, sft_steps=20)
+    return write_synthetic_study(tmp_path_factory.mktemp("synthetic") / "study", spec)
+
+
+def test_synthetic_planted_effects_are_recovered(synthetic_study):
+    summary, warnings = summarize(synthetic_study)
+    assert warnings == []
+    land = summary["landscape"]
+    assert 1.8 < land["max_min_ratio"] < 2.6  # planted 2.17 (+/- noise of 40 steps, 2 seeds)
+    assert land["temporal_stability"] > 0.9
+    for module, share in PAPER_MODULE_SHARE.items():
+        assert land["module_share"][module] == pytest.approx(share, abs=0.01)
+    for strategy in ("proportional", "random", "reduced"):
+        entry = summary["strategies"][strategy]
+        assert entry["rank_shift_corr"] > 0.8, strategy  # planted amplification
+        assert entry["p_value_vs_uniform"] is not None and 0 <= entry["p_value_vs_uniform"] <= 1
+    assert summary["strategies"]["proportional"]["max_min_ratio"] > land["max_min_ratio"]
+    assert summary["sft"]["max_min_ratio"] > 8  # planted 12 for SFT
+    assert set(summary["sft"]) >= {"max_min_ratio", "top30_share", "layer_share"}
+    # Accuracy is the pooled count of the eval files (computed here independently).
+    evals = pd.read_parquet(synthetic_study / "eval")
+    for strategy, group in evals.groupby("strategy"):
+        assert summary["strategies"][strategy]["accuracy"] == pytest.approx(group["correct"].mean())
+        assert summary["strategies"][strategy]["n_eval"] == len(group)
+    # Trainable params come from run.json: reduced has ~70% of the uniform budget.
+    ratio = summary["strategies"]["reduced"]["trainable_params"] / summary["strategies"]["uniform"]["trainable_params"]
+    assert ratio == pytest.approx(0.7, abs=0.03)
+    json.dumps(summary, allow_nan=False)  # strict JSON: undefined numbers are None
+
+
+def copy_study(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    (dst / "report").exists() and shutil.rmtree(dst / "report")
+    return dst
+
+
+def test_missing_table_is_reported_and_the_rest_still_computed(synthetic_study, tmp_path):
+    study = copy_study(synthetic_study, tmp_path / "study")
+    shutil.rmtree(study / "eval")
+    summary, warnings = summarize(study)
+    assert any(w.startswith("eval:") and "missing" in w for w in warnings), warnings
+    assert summary["landscape"]["max_min_ratio"] > 1.5
+    assert summary["strategies"]["proportional"]["rank_shift_corr"] > 0.8
+    assert summary["strategies"]["proportional"]["accuracy"] is None
+
+
+def test_run_lacking_its_uniform_partner_is_reported(synthetic_study, tmp_path):
+    study = copy_study(synthetic_study, tmp_path / "study")
+    for part in ("profiles", "eval", "metrics"):
+        (study / part / "uniform-seed1.parquet").unlink()
+    shutil.rmtree(study / "runs" / "uniform-seed1")
+    summary, warnings = summarize(study)
+    for strategy in ("proportional", "random", "reduced"):
+        assert any(f"{strategy}-seed1 has no uniform run with seed 1" in w for w in warnings), warnings
+        assert any(f"{strategy}-seed1 has no uniform eval with seed 1" in w for w in warnings), warnings
+        entry = summary["strategies"][strategy]
+        assert list(entry["rank_shift_corr_per_run"]) == [f"{strategy}-seed0"]  # seed 0 still paired
+        assert entry["paired_seeds"] == [0] and entry["p_value_vs_uniform"] is not None
+
+
+def test_empty_profile_and_failed_run_are_reported(synthetic_study, tmp_path):
+    study = copy_study(synthetic_study, tmp_path / "study")
+    path = study / "profiles" / "random-seed0.parquet"
+    pq.write_table(pq.read_table(path).slice(0, 0), path)  # same schema, zero rows
+    run_json = study / "runs" / "reduced-seed1" / "run.json"
+    run = json.loads(run_json.read_text())
+    run["status"] = "failed"
+    run_json.write_text(json.dumps(run))
+    summary, warnings = summarize(study)
+    assert any("random-seed0.parquet is empty" in w for w in warnings), warnings
+    assert any("reduced-seed1 has status 'failed'" in w for w in warnings), warnings
+    assert list(summary["strategies"]["random"]["rank_shift_corr_per_run"]) == ["random-seed1"]
+    assert summary["strategies"]["reduced"]["n_runs"] == 1  # the failed run is left out everywhere
+    assert summary["strategies"]["reduced"]["n_eval"] == 60
+    assert summary["landscape"]["max_min_ratio"] > 1.5
+
+
+def test_unreadable_file_and_missing_directory(tmp_path):
+    with pytest.raises(StudyError, match="not a directory"):
+        summarize(tmp_path / "nope")
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "uniform-seed0.parquet").write_bytes(b"not parquet")
+    summary, warnings = summarize(tmp_path)
+    assert any("uniform-seed0.parquet is not readable Parquet" in w for w in warnings), warnings
+    assert any(w.startswith("eval:") for w in warnings) and any(w.startswith("metrics:") for w in warnings)
+    assert summary["strategies"] == {}
+
+
+def test_profiles_without_run_json_use_their_own_columns(synthetic_study, tmp_path):
+    study = copy_study(synthetic_study, tmp_path / "study")
+    shutil.rmtree(study / "runs")
+    result = analyze(study)
+    # Allocation from the profiles' rank column, strategy and seed from theirs.
+    assert result.summary["strategies"]["proportional"]["rank_shift_corr"] > 0.8
+    assert result.summary["strategies"]["uniform"]["trainable_params"] is None
+    assert result.summary["normalized_control"]["per_parameter"] is None
+    assert any("runs:" in w for w in result.warnings)
+    amp = result.frames["amplification"]
+    original = json.loads((synthetic_study / "runs" / "random-seed0" / "run.json").read_text())["allocation"]
+    assert amp[amp["run_id"] == "random-seed0"].sort_values("layer")["rank"].tolist() == original
+
+
+def test_profile_columns_read_are_only_the_needed_ones(synthetic_study, monkeypatch):
+    import orchestrator.analysis_load as loader
+
+    requested: list[list[str] | None] = []
+
+    class SpyDataset:
+        def __init__(self, dataset):
+            self.dataset = dataset
+
+        def to_table(self, columns=None, **kwargs):
+            requested.append(columns if columns is not None else self.dataset.schema.names)
+            return self.dataset.to_table(columns=columns, **kwargs)
+
+    real = loader.ds.dataset
+    monkeypatch.setattr(loader.ds, "dataset", lambda *a, **k: SpyDataset(real(*a, **k)))
+    summarize(synthetic_study)
+    # Profiles: the five columns Eq. 2 needs (strategy, seed and rank come from run.json); eval and
+    # metrics: no text columns (completions are read for a few examples only, file by file).
+    assert ["run_id", "step", "layer", "module", "grad_norm"] in requested
+    assert all("completion" not in cols and "rank" not in cols for cols in requested), requested
