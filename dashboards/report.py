@@ -1,0 +1,212 @@
+"""The study report: ``write_report(DIR)`` writes DIR/report/summary.json and one self-contained index.html.
+
+The HTML holds Table 1, Figures 1 and 2, the amplification scatter, the layer x step heatmap, the reward
+curves, the module shares, the parameter-count control, the findings in words, any warnings, and a few
+evaluated completions per strategy. plotly.js is inlined once in the page head, so the file opens offline;
+figures are embedded with fixed div ids, so the same study gives the same file.
+
+Everything that comes from the study (model completions, targets, run ids, warnings, the study name) is
+HTML-escaped: a completion containing ``<script>`` is shown as text and never runs. The figure data is
+serialised by plotly, which escapes ``</`` inside its JSON.
+
+Usage: ``python -m dashboards.report DIR`` (or ``rankstudy analyze DIR``) prints the path of index.html.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.offline
+import yaml
+
+from dashboards import figures
+from orchestrator.analysis import Analysis, analyze
+
+CSS = """
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 0 auto; max-width: 1280px;
+       padding: 0 24px 48px; color: #222; }
+h1 { margin-bottom: 4px; } .muted { color: #666; font-size: 0.9em; }
+table { border-collapse: collapse; margin: 8px 0 4px; font-size: 0.92em; }
+th, td { border-bottom: 1px solid #ddd; padding: 5px 10px; text-align: right; }
+th:first-child, td:first-child { text-align: left; } th { background: #f4f6f8; }
+.warnings { background: #fff6e5; border-left: 4px solid #f0a020; padding: 6px 16px; }
+.figure { margin: 18px 0 6px; } .caption { font-size: 0.9em; color: #444; margin: 0 0 18px; }
+pre { background: #f6f8fa; padding: 8px; white-space: pre-wrap; word-break: break-word; max-height: 220px;
+      overflow: auto; font-size: 0.85em; }
+"""
+
+
+def _e(value) -> str:
+    """HTML-escape anything shown in the page (quotes too, so it is safe inside attributes)."""
+    return html.escape(str(value), quote=True)
+
+
+def _pct(x, digits: int = 1) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f}"
+
+
+def _params(n) -> str:
+    """Trainable parameters as the paper prints them.
+
+    >>> _params(36929536), _params(None), _params(5120)
+    ('36.9M', '–', '5.1k')
+    """
+    if n is None:
+        return "–"
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
+
+
+def _f(x, fmt: str = ".2f") -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def _p(p) -> str:
+    return "–" if p is None else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
+
+
+def table1_html(strategies: dict) -> str:
+    """Table 1: strategy, params, accuracy, Wilson 95% CI, n, seeds, McNemar p vs uniform, and more."""
+    head = ("<tr><th>Strategy</th><th>Params</th><th>Acc. (%)</th><th>95% CI (Wilson)</th>"
+            "<th>± (Wald, as printed in the paper)</th><th>n</th><th>Seeds</th><th>Format ok (%)</th>"
+            "<th>McNemar p vs uniform</th><th>max/min share</th><th>rank–shift r</th></tr>")
+    rows = []
+    for name, s in strategies.items():
+        ci = "–" if s.get("ci_low") is None else f"[{_pct(s['ci_low'])}, {_pct(s['ci_high'])}]"
+        wald = "–" if s.get("wald_half_width") is None else f"± {_pct(s['wald_half_width'])}"
+        ratio = "–" if s.get("max_min_ratio") is None else f"{s['max_min_ratio']:.2f}x"
+        corr = "–" if s.get("rank_shift_corr") is None else f"{s['rank_shift_corr']:.3f}"
+        rows.append(
+            f"<tr><td>{_e(name)}</td><td>{_params(s.get('trainable_params'))}</td><td>{_pct(s.get('accuracy'))}</td>"
+            f"<td>{ci}</td><td>{wald}</td><td>{s.get('n_eval', 0)}</td><td>{len(s.get('seeds') or [])}</td>"
+            f"<td>{_pct(s.get('format_rate'))}</td><td>{_p(s.get('p_value_vs_uniform'))}</td><td>{ratio}</td>"
+            f"<td>{corr}</td></tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def control_table_html(control: dict | None) -> str:
+    """max/min ratio and rank-shift r per strategy under each control, beside the unnormalised values."""
+    if not control:
+        return ""
+    columns = []
+    if control.get("per_parameter"):
+        columns.append(("per-parameter", control["per_parameter"]["strategies"]))
+    for module, part in (control.get("single_module") or {}).items():
+        columns.append((f"{module} only", part["strategies"]))
+    if not columns:
+        return ""
+    strategies = list(dict.fromkeys(s for _, part in columns for s in part))
+    head = "<tr><th>Strategy</th>" + "".join(f"<th>{_e(c)}: max/min, r</th>" for c, _ in columns) + "</tr>"
+    rows = []
+    for strategy in strategies:
+        cells = []
+        for _, part in columns:
+            v = part.get(strategy, {})
+            ratio = "–" if v.get("max_min_ratio") is None else f"{v['max_min_ratio']:.2f}x"
+            corr = "–" if v.get("rank_shift_corr") is None else f"{v['rank_shift_corr']:.2f}"
+            cells.append(f"<td>{ratio}, {corr}</td>")
+        rows.append(f"<tr><td>{_e(strategy)}</td>{''.join(cells)}</tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def examples_html(examples) -> str:
+    """A few evaluated completions per strategy, escaped (model text is untrusted)."""
+    if examples is None or examples.empty:
+        return "<p class='muted'>No evaluation results.</p>"
+    parts = []
+    for row in examples.to_dict("records"):
+        verdict = {True: "correct", False: "wrong"}.get(row.get("correct"), "unscored")
+        parts.append(f"<h4>{_e(row['strategy'])} · {_e(row['run_id'])} · item {_e(row.get('item'))} · {verdict} "
+                     f"(prediction {_e(row.get('prediction'))}, target {_e(row.get('target'))})</h4>"
+                     f"<pre>{_e(row.get('completion', ''))}</pre>")
+    return "".join(parts)
+
+
+def _figure_html(fig: go.Figure, div_id: str) -> str:
+    # plotly.js is inlined once in <head>; each figure is a div plus its data.
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False})
+
+
+def study_name(study_dir: Path) -> str:
+    """The ``name`` in DIR/study.yaml, else the directory name."""
+    try:
+        data = yaml.safe_load((study_dir / "study.yaml").read_text())
+        if isinstance(data, dict) and data.get("name"):
+            return str(data["name"])
+    except (OSError, yaml.YAMLError):
+        pass
+    return study_dir.resolve().name
+
+
+def render_html(analysis: Analysis, name: str) -> str:
+    """The whole page as a string."""
+    s, frames = analysis.summary, analysis.frames
+    land = s.get("landscape") or {}
+    sft = s.get("sft")
+    control = s.get("normalized_control") or {}
+    shares = frames.get("layer_shares")
+    empty = pd.DataFrame()
+    sections = [
+        ("fig1", figures.layer_share_figure(shares if shares is not None else empty, frames.get("sft_shares")),
+         "Eq. 2 importance S(l) = mean over steps of the sum over modules of the gradient norm, as a share of the "
+         f"total; max/min {_f(land.get('max_min_ratio'))}x, top 30% of layers "
+         f"{_pct(land.get('top30_share'))}%." + (f" SFT: max/min {sft['max_min_ratio']:.2f}x, top 30% "
+                                                 f"{_pct(sft.get('top30_share'))}%." if sft and sft.get(
+                                                     'max_min_ratio') else "")),
+        ("fig2", figures.normalized_importance_figure(shares if shares is not None else empty),
+         "Each strategy's layer shares averaged over its seeds, times the number of layers."),
+        ("amplification", figures.amplification_figure(frames.get("amplification", empty)),
+         "One point per layer and run: the run's allocated rank against its layer share minus the share of "
+         "the uniform run with the same seed. Dashed: least-squares line."),
+        ("heatmap", figures.heatmap_figure(frames.get("heatmap", empty)),
+         f"Temporal stability (first vs second half, Pearson r across layers): "
+         f"{_f(land.get('temporal_stability'), '.3f')}."),
+        ("rewards", figures.reward_curves_figure(frames.get("rewards", empty)),
+         "Per run a trailing rolling mean over ~2% of the steps; line: mean over seeds."),
+        ("modules", figures.module_share_figure(frames.get("module_shares", empty)),
+         f"Attention {_pct(land.get('attention_share'))}%, MLP {_pct(land.get('mlp_share'))}% under uniform."),
+        ("control", figures.control_figure(frames.get("control_shares", empty)),
+         "Left: every norm divided by sqrt(number of LoRA parameters of its module in that layer). Right: one "
+         "module alone, whose base weight has the same shape in every layer. Table: max/min and rank–shift r "
+         "per strategy under each control."),
+    ]
+    body = [f"<h1>{_e(name)}</h1><p class='muted'>Study directory {_e(s.get('study_dir', ''))} · "
+            "<a href='summary.json'>summary.json</a></p>"]
+    if analysis.warnings:
+        body.append("<div class='warnings'><h3>Warnings (missing parts; everything else is reported)</h3><ul>"
+                    + "".join(f"<li>{_e(w)}</li>" for w in analysis.warnings) + "</ul></div>")
+    body.append("<h2>Findings</h2><ul>" + "".join(f"<li>{_e(f)}</li>" for f in s.get("findings", [])) + "</ul>")
+    body.append("<h2>Table 1. Accuracy by allocation strategy</h2>" + table1_html(s.get("strategies") or {}) +
+                "<p class='caption'>Accuracy pooled over the strategy's runs; 95% Wilson score interval on the "
+                "pooled counts; exact two-sided McNemar test on items paired by (seed, item) against uniform. "
+                "The paper's Table 1 labels its ± column Wilson, but its numbers are the Wald half-widths "
+                "shown beside.</p>")
+    for div_id, fig, caption in sections:
+        body.append(f"<div class='figure'>{_figure_html(fig, div_id)}</div><p class='caption'>{_e(caption)}</p>")
+        if div_id == "control":
+            body.append(control_table_html(control))
+    body.append("<h2>Evaluation examples</h2>" + examples_html(frames.get("examples")))
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{_e(name)} · rankstudy report</title><style>{CSS}</style>"
+            f"<script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script></head><body>"
+            + "\n".join(body) + "</body></html>")
+
+
+def write_report(study_dir: Path) -> Path:
+    """Analyse DIR, write DIR/report/summary.json and DIR/report/index.html; return the HTML path."""
+    study_dir = Path(study_dir)
+    analysis = analyze(study_dir)
+    out = study_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(analysis.summary, indent=1, allow_nan=False))
+    page = out / "index.html"
+    page.write_text(render_html(analysis, study_name(study_dir)), encoding="utf-8")
+    return page
+
+
+if __name__ == "__main__":
+    print(write_report(Path(sys.argv[1])))

@@ -1,0 +1,91 @@
+"""The HTML report: both files written, every figure present, plotly inlined once, model text escaped."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from plotly.offline import get_plotlyjs
+
+from dashboards.report import write_report
+from orchestrator.synthetic import SyntheticSpec, write_synthetic_study
+
+FIGURE_IDS = ("fig1", "fig2", "amplification", "heatmap", "rewards", "modules", "control")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    spec = SyntheticSpec(seeds=(0, 1), steps=30, layers=6, eval_items=40, sft_steps=10)
+    study = write_synthetic_study(tmp_path_factory.mktemp("report") / "study", spec)
+    # Model output is untrusted: a completion that tries to run script, and a target with markup.
+    path = study / "eval" / "uniform-seed0.parquet"
+    table = pq.read_table(path)
+    completions = table["completion"].to_pylist()
+    correct = table["correct"].to_pylist()
+    first_right = correct.index(True)  # the report shows a right and a wrong completion per strategy
+    completions[first_right] = "<script>alert('pwned')</script><answer>7</answer>"
+    table = table.set_column(table.schema.get_field_index("completion"), "completion", pa.array(completions))
+    pq.write_table(table, path)
+    return study
+
+
+@pytest.fixture(scope="module")
+def report(study) -> tuple[Path, str, dict]:
+    page = write_report(study)
+    summary = json.loads((study / "report" / "summary.json").read_text(),
+                         parse_constant=lambda c: pytest.fail(f"summary.json holds {c}, not strict JSON"))
+    return page, page.read_text(encoding="utf-8"), summary
+
+
+def test_writes_summary_and_self_contained_html(study, report):
+    page, html, summary = report
+    assert page == study / "report" / "index.html"
+    assert {"landscape", "strategies", "normalized_control", "sft", "findings", "warnings"} <= set(summary)
+    assert set(summary["strategies"]) == {"uniform", "proportional", "random", "reduced"}
+    # plotly.js inline exactly once, nothing fetched from the network.
+    plotly_js = get_plotlyjs()
+    assert html.count(plotly_js) == 1
+    page_only = html.replace(plotly_js, "")  # (the bundle itself names a topojson CDN for geo maps, unused)
+    assert not re.search(r"<script[^>]+src=", page_only)
+    assert "http://" not in page_only and "https://" not in page_only
+    for div_id in FIGURE_IDS:
+        assert f'id="{div_id}"' in html, div_id
+    assert html.count("Plotly.newPlot(") == len(FIGURE_IDS)
+
+
+def test_table1_and_findings_are_in_the_page(report):
+    _, html, summary = report
+    uniform = summary["strategies"]["uniform"]
+    assert "Table 1" in html
+    row = re.search(r"<tr><td>uniform</td>(.*?)</tr>", html).group(1)
+    assert f"{100 * uniform['accuracy']:.1f}" in row
+    assert f"[{100 * uniform['ci_low']:.1f}, {100 * uniform['ci_high']:.1f}]" in row
+    assert summary["findings"] and all(f.replace("'", "&#x27;") in html for f in summary["findings"])
+    assert any(f.startswith("proportional:") and "McNemar p =" in f for f in summary["findings"])
+    assert "SFT warm-start" in html
+
+
+def test_model_text_is_escaped(report):
+    _, html, _ = report
+    assert "&lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;" in html
+    assert "<script>alert" not in html
+
+
+def test_report_with_missing_parts_still_writes_everything_else(study, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(study, partial)
+    shutil.rmtree(partial / "metrics")
+    shutil.rmtree(partial / "report", ignore_errors=True)
+    (partial / "profiles" / "sft-seed0.parquet").unlink()
+    html = write_report(partial).read_text(encoding="utf-8")
+    summary = json.loads((partial / "report" / "summary.json").read_text())
+    assert any(w.startswith("metrics:") for w in summary["warnings"])
+    assert "Warnings" in html and "metrics:" in html
+    assert "No training metrics." in html  # the reward figure says why it is empty
+    assert "sft" not in summary and 'id="fig1"' in html
+    assert summary["strategies"]["proportional"]["accuracy"] is not None
