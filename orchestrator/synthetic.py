@@ -120,19 +120,26 @@ def _profile_table(run_id: str, strategy: str, seed: int, ranks: np.ndarray, lay
     mean = layer_weight[:, None] * mod_weight[None, :] * (ranks[:, None] / spec.rank) ** spec.amplification
     decay = 0.5 + np.exp(-3.0 * np.arange(1, steps + 1) / steps)  # norms shrink as training settles
     noise = rng.lognormal(-0.5 * spec.step_noise**2, spec.step_noise, size=(steps, n_layers, n_mod))
-    grad = (decay[:, None, None] * mean[None] * noise).astype(np.float32).ravel()
+    grad = (decay[:, None, None] * mean[None] * noise).ravel()
     n = grad.size
-    step = np.repeat(np.arange(1, steps + 1, dtype=np.int32), n_layers * n_mod)
-    layer = np.tile(np.repeat(np.arange(n_layers, dtype=np.int32), n_mod), steps)
+    step = np.repeat(np.arange(1, steps + 1, dtype=np.int64), n_layers * n_mod)
+    layer = np.tile(np.repeat(np.arange(n_layers, dtype=np.int64), n_mod), steps)
     module_idx = np.tile(np.arange(n_mod, dtype=np.int32), steps * n_layers)
+
+    def strings(codes: np.ndarray, values: list[str]) -> pa.Array:
+        # Plain string columns, as the run stage writes them (Parquet dictionary-encodes them on disk).
+        return pa.DictionaryArray.from_arrays(codes, values).cast(pa.string())
+
+    zeros = np.zeros(n, dtype=np.int32)
+    # Column types as workers/profiler.py's PROFILE_SCHEMA (not imported: that module imports torch).
     return pa.table({
-        "run_id": pa.DictionaryArray.from_arrays(np.zeros(n, dtype=np.int32), [run_id]),
-        "strategy": pa.DictionaryArray.from_arrays(np.zeros(n, dtype=np.int32), [strategy]),
+        "run_id": strings(zeros, [run_id]),
+        "strategy": strings(zeros, [strategy]),
         "seed": np.full(n, seed, dtype=np.int64),
         "step": step,
         "layer": layer,
-        "module": pa.DictionaryArray.from_arrays(module_idx, list(spec.modules)),
-        "rank": ranks.astype(np.int32)[layer],
+        "module": strings(module_idx, list(spec.modules)),
+        "rank": ranks.astype(np.int64)[layer],
         "grad_norm": grad,
         "nonfinite": np.zeros(n, dtype=bool),
     })
