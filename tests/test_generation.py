@@ -196,8 +196,16 @@ def test_sync_makes_vllm_follow_the_trained_adapter_not_the_base_weights(trainer
 def test_greedy_evaluation_generates_the_synced_models_argmax(trainer):
     model = trainer.model
     prompts = chat_prompts(trainer, QUESTIONS[:3])
-    completion_ids = greedy_completion_ids(trainer, prompts, max_new_tokens=12)
-    texts = generate_greedy_vllm(trainer, prompts, max_new_tokens=12)
+    syncs = []
+    cpu_sync = trainer.vllm_generation.sync_weights
+    trainer.vllm_generation.sync_weights = lambda: (syncs.append(trainer.state.global_step), cpu_sync())
+    trainer._last_loaded_step = -1  # as if the engine held older weights (after training it is one step behind)
+    try:
+        completion_ids = greedy_completion_ids(trainer, prompts, max_new_tokens=12)
+        texts = generate_greedy_vllm(trainer, prompts, max_new_tokens=12)
+    finally:
+        trainer.vllm_generation.sync_weights = cpu_sync
+    assert len(syncs) == 1  # the second batch of the same step reuses the synced weights
 
     assert texts == trainer.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
     eos = trainer.processing_class.eos_token_id
