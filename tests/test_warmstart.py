@@ -1,0 +1,140 @@
+"""The SFT warm start: it teaches the tiny model the format well enough for GRPO groups to have unequal
+rewards, and its content-addressed cache is reused, keyed by every input, and never reused half-written."""
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from orchestrator.config import SYSTEM_PROMPT
+from workers.data import build_prompt, load_gsm8k, render_prompt
+from workers.rewards import extract_answer, format_reward, gold_number, is_well_formatted
+from workers.warmstart import MARKER, TINY_TEST_SETTINGS, read_marker, sft_example, warm_start, warm_start_key
+
+GROUP_SIZE = 16
+MAX_NEW_TOKENS = 96
+
+
+@pytest.fixture(scope="module")
+def train_jsonl(gsm8k_dir: Path) -> str:
+    return str(gsm8k_dir / "train.jsonl")
+
+
+@pytest.fixture(scope="module")
+def warm_run(warm_model_dir: Path) -> dict:
+    """The session's warm start of the tiny model (conftest's ``warm_model_dir``, TINY_TEST_SETTINGS)."""
+    marker = read_marker(warm_model_dir)
+    print(f"\nwarm start of the 4-layer model: {marker['duration_s']:.1f} s, final train loss "
+          f"{marker['final_train_loss']:.3f}")
+    return {"path": warm_model_dir, "cache_root": warm_model_dir.parent}
+
+
+def _format_reward_per_group(model_dir: Path, prompts: list[list[dict[str, str]]]) -> list[float]:
+    """Mean format reward of GROUP_SIZE completions sampled at temperature 1.0, per prompt (a GRPO group)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    torch.manual_seed(0)
+    means = []
+    for messages in prompts:
+        encoded = tokenizer(render_prompt(tokenizer, messages), return_tensors="pt")
+        with torch.no_grad():
+            output = model.generate(
+                **encoded, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                max_new_tokens=MAX_NEW_TOKENS, num_return_sequences=GROUP_SIZE,
+            )
+        texts = tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
+        means.append(sum(format_reward(texts)) / GROUP_SIZE)
+    return means
+
+
+def test_sft_example_strips_calculator_annotations_and_puts_the_gold_in_answer(train_jsonl: str):
+    record = json.loads(Path(train_jsonl).read_text().splitlines()[0])
+    example = sft_example(record["question"], record["answer"], system_prompt="Be brief.")
+
+    assert example["prompt"] == build_prompt(record["question"], "Be brief.")
+    (assistant,) = example["completion"]
+    content = assistant["content"]
+    assert assistant["role"] == "assistant"
+    assert "<<" in record["answer"] and "<<" not in content and ">>" not in content
+    assert "####" not in content
+    assert is_well_formatted(content)
+    assert extract_answer(content) == gold_number(record["answer"])
+    # The reasoning keeps the solution's words and results, only the annotations go.
+    first_line = record["answer"].splitlines()[0]
+    assert first_line.split("<<")[0] in content
+
+
+def test_warm_start_gives_groups_with_unequal_format_rewards(warm_run: dict, tiny_model_dir: Path, train_jsonl: str):
+    prompts = load_gsm8k(train_jsonl, "train", limit=4)["prompt"]
+    base = _format_reward_per_group(tiny_model_dir, prompts)
+    warm = _format_reward_per_group(warm_run["path"], prompts)
+    print(f"\nformat reward per group of {GROUP_SIZE}: base {base}, warm-started {warm}")
+
+    # Why the warm start exists: the random base model never earns a format reward (zero GRPO signal) ...
+    assert base == [0.0] * len(prompts)
+    # ... and after it, some completions of a group are well-formatted and some are not.
+    assert any(0.0 < mean < 1.0 for mean in warm), warm
+    marker = read_marker(warm_run["path"])
+    assert marker["steps"] == TINY_TEST_SETTINGS["steps"]
+    # Far below the uniform-guess loss ln(vocabulary) of the untrained model.
+    vocabulary = json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"]
+    assert marker["final_train_loss"] < 0.6 * math.log(vocabulary)
+
+
+def test_second_call_reuses_the_cache_without_training(warm_run: dict, tiny_model_dir: Path, train_jsonl: str):
+    path = warm_run["path"]
+    marker_before = (path / MARKER).read_bytes()
+    weights_mtime = (path / "model.safetensors").stat().st_mtime_ns
+
+    started = time.monotonic()
+    again = warm_start(
+        tiny_model_dir, train_jsonl, warm_run["cache_root"], system_prompt=SYSTEM_PROMPT, **TINY_TEST_SETTINGS
+    )
+    seconds = time.monotonic() - started
+
+    assert again == path
+    assert seconds < 2.0, f"reuse took {seconds:.1f} s; it should only hash inputs"
+    assert (path / MARKER).read_bytes() == marker_before
+    assert (path / "model.safetensors").stat().st_mtime_ns == weights_mtime
+
+
+def test_changed_setting_gives_a_new_entry_and_a_half_written_entry_is_rebuilt(
+    warm_run: dict, tiny_model_dir: Path, train_jsonl: str
+):
+    settings = {**TINY_TEST_SETTINGS, "steps": 1}  # one setting changed; 1 step keeps the test cheap
+    other = warm_start(tiny_model_dir, train_jsonl, warm_run["cache_root"], system_prompt=SYSTEM_PROMPT, **settings)
+    assert other != warm_run["path"]
+    assert read_marker(other)["steps"] == 1 and read_marker(warm_run["path"])["steps"] == TINY_TEST_SETTINGS["steps"]
+
+    # A crash after the weights were written but before the marker: the entry must not be reused.
+    (other / MARKER).unlink()
+    rebuilt = warm_start(tiny_model_dir, train_jsonl, warm_run["cache_root"], system_prompt=SYSTEM_PROMPT, **settings)
+    assert rebuilt == other and read_marker(rebuilt)["steps"] == 1
+    # No staging directories are left behind.
+    assert sorted(p.name for p in warm_run["cache_root"].iterdir()) == sorted([warm_run["path"].name, other.name])
+
+
+def test_cache_key_covers_data_bytes_model_files_and_settings(tiny_model_dir: Path, train_jsonl: str, tmp_path: Path):
+    lines = Path(train_jsonl).read_text().splitlines()[:3]
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    settings = {"steps": 1, "learning_rate": 1e-3}
+    key = warm_start_key(model, str(data), settings)
+
+    assert warm_start_key(model, str(data), dict(settings)) == key
+    assert warm_start_key(model, str(data), {**settings, "learning_rate": 2e-3}) != key
+    assert warm_start_key(model, "openai/gsm8k", settings) != key
+
+    data.write_text("\n".join(lines[:2]) + "\n")
+    assert warm_start_key(model, str(data), settings) != key
+    data.write_text("\n".join(lines) + "\n")
+    (model / "tokenizer_config.json").write_text((model / "tokenizer_config.json").read_text() + " ")
+    assert warm_start_key(model, str(data), settings) != key

@@ -1,0 +1,327 @@
+"""Supervised warm start: teach a base model the ``<think>/<answer>`` format before GRPO, cached by content.
+
+Why: a randomly initialised (or too weak) model never produces a well-formatted completion, so every GRPO
+group has equal rewards, every advantage is zero and GRPO's gradients are exactly zero. A short full
+fine-tuning run with TRL's ``SFTTrainer`` on GSM8K training solutions, rewritten as
+``<think>\\n{reasoning}\\n</think>\\n<answer>\\n{gold}\\n</answer>``, makes some sampled completions
+well-formatted and some not, which is the reward variance GRPO needs.
+
+What it does:
+
+- :func:`sft_example` turns one GSM8K record into a conversational *prompt/completion* example (prompt =
+  system + user messages, completion = the assistant message). TRL 1.16 trains prompt/completion datasets
+  with ``completion_only_loss``, so only the assistant turn (including its ``<|im_end|>`` stop token) is in
+  the loss. We do not use ``assistant_only_loss``: it needs ``{% generation %}`` markers in the chat
+  template, which the locally built tokenizers lack (TRL can patch in only templates it knows); for
+  single-turn examples the two are the same loss. Examples longer than ``max_length`` tokens are dropped,
+  not truncated (truncation would cut off the format tail, see :func:`_examples_that_fit`).
+- :func:`warm_start` fully fine-tunes the base model (no LoRA), saves model + tokenizer under
+  ``cache_root/<key[:16]>/`` and returns that directory. The key is a sha256 over the base model's files, the
+  training data (file bytes, or the hub id), every training setting, the library versions and
+  :data:`WARM_START_VERSION`. An entry counts as complete only when its ``warm_start.json`` marker exists;
+  it is written last, and the whole entry is built in a temporary sibling directory that is renamed into
+  place, so a crash never leaves a half-written entry that a later call would reuse.
+- :data:`TINY_TEST_SETTINGS`: settings measured to make the 4-layer test model (tests/conftest.py
+  ``tiny_model_dir``) produce groups with unequal format rewards in about 35 s on 2 CPU cores;
+  :func:`warm_tiny_model` applies them (for a session fixture).
+
+Simplified: CPU-only (``use_cpu=True``, float32), one process, no evaluation split; progress goes to stderr
+every ~10% of the steps. The caller sets ``OMP_NUM_THREADS``; nothing here changes thread counts.
+
+Use::
+
+    from workers.warmstart import warm_start
+    model_dir = warm_start(base_dir, "../shared/data/gsm8k/train.jsonl", Path("runs/cache/warmstart"),
+                           steps=300, learning_rate=1e-2, batch_size=4, max_length=224, seed=0,
+                           system_prompt=SYSTEM_PROMPT, limit=3000)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from orchestrator.config import SYSTEM_PROMPT, is_local_path
+from orchestrator.errors import StudyError
+from workers.data import build_prompt
+from workers.rewards import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, gold_number
+
+# Bump when anything here changes what a warm start produces (example format, trainer settings), so cached
+# entries made by older code are not reused.
+WARM_START_VERSION = 1
+MARKER = "warm_start.json"
+
+# GSM8K's calculator annotations, e.g. "48/2 = <<48/2=24>>24": the model should learn plain arithmetic text.
+_CALCULATOR_RE = re.compile(r"<<[^<>]*>>")
+
+# Measured on 2 shared CPU cores with OMP_NUM_THREADS=1 (tests/test_warmstart.py checks the outcome): with
+# these, the 4-layer, hidden-64 test model (tests/conftest.py `tiny_model_dir`) trains in 33-75 s (depending
+# on load) to a train loss of 3.24, and 16 samples per prompt at temperature 1.0 are well-formatted in
+# 31-69% of a group with 96 new tokens (13-56% with 64), so GRPO groups have unequal rewards. Findings:
+# batch 4 beat batch 8 for the same time (more updates); lr 1.5e-2 and above was unstable; after 200 steps
+# at most 20% were well-formatted; max_length 224 (680 of the first 3000 records fit) beat 256 (shorter
+# solutions: fewer stray tags, less truncation at 96 new tokens).
+TINY_TEST_SETTINGS: dict[str, Any] = {
+    "steps": 300,
+    "learning_rate": 1e-2,
+    "batch_size": 4,
+    "max_length": 224,
+    "seed": 0,
+    "limit": 3000,
+}
+
+
+def strip_calculator_annotations(text: str) -> str:
+    """``text`` without GSM8K's ``<<expression=result>>`` calculator annotations.
+
+    >>> strip_calculator_annotations("48/2 = <<48/2=24>>24 clips")
+    '48/2 = 24 clips'
+    """
+    return _CALCULATOR_RE.sub("", text)
+
+
+def sft_example(question: str, solution: str, system_prompt: str = SYSTEM_PROMPT) -> dict[str, list[dict[str, str]]]:
+    """One conversational prompt/completion SFT example from a GSM8K question and worked solution.
+
+    The reasoning is the solution before ``####`` without calculator annotations; the gold number (as
+    :func:`workers.rewards.gold_number` reads it) goes alone inside ``<answer>``.
+
+    >>> example = sft_example("How many?", "3 + 4 = <<3+4=7>>7 apples.\\n#### 7", system_prompt="Be brief.")
+    >>> [m["role"] for m in example["prompt"] + example["completion"]]
+    ['system', 'user', 'assistant']
+    >>> print(example["completion"][0]["content"])
+    <think>
+    3 + 4 = 7 apples.
+    </think>
+    <answer>
+    7
+    </answer>
+    """
+    gold = gold_number(solution)
+    reasoning = strip_calculator_annotations(solution.rpartition("####")[0]).strip()
+    content = f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n{ANSWER_OPEN}\n{gold}\n{ANSWER_CLOSE}"
+    return {"prompt": build_prompt(question, system_prompt), "completion": [{"role": "assistant", "content": content}]}
+
+
+def _base_model_files(base_model_dir: Path) -> list[Path]:
+    # Every top-level file of the model directory (config, weights in any shard layout, tokenizer files,
+    # chat template): anything that could change the trained result. Hidden files (editor/OS litter) are not.
+    files = sorted(p for p in base_model_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not any(p.name == "config.json" for p in files):
+        raise StudyError(f"warm start: {base_model_dir} has no config.json; pass a saved model directory")
+    return files
+
+
+def warm_start_key(base_model_dir: Path, train_source: str, settings: dict[str, Any]) -> str:
+    """The sha256 (hex) that names a warm start: base model files, training data, settings, code and libraries."""
+    import torch
+    import transformers
+    import trl
+
+    digest = hashlib.sha256()
+
+    def add(label: str, data: bytes) -> None:
+        # Length-prefixed, labelled fields: no two different inputs serialise to the same byte stream.
+        digest.update(f"{label}:{len(data)}:".encode())
+        digest.update(data)
+
+    for path in _base_model_files(base_model_dir):
+        add(f"model-file:{path.name}", path.read_bytes())
+    if is_local_path(train_source):
+        data_path = Path(train_source).expanduser()
+        if not data_path.is_file():
+            raise StudyError(f"warm start: training data file {train_source} does not exist")
+        add("train-data-bytes", data_path.read_bytes())
+    else:
+        add("train-data-hub-id", train_source.encode())
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__}
+    add("settings", json.dumps(settings, sort_keys=True).encode())
+    add("versions", json.dumps(versions, sort_keys=True).encode())
+    add("code", str(WARM_START_VERSION).encode())
+    return digest.hexdigest()
+
+
+def read_marker(entry_dir: Path) -> dict[str, Any] | None:
+    """The completion marker of a cache entry, or None when the entry is missing or incomplete."""
+    try:
+        return json.loads((entry_dir / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def warm_start(
+    base_model_dir: Path,
+    train_source: str,
+    cache_root: Path,
+    *,
+    steps: int,
+    learning_rate: float,
+    batch_size: int,
+    max_length: int,
+    seed: int,
+    system_prompt: str,
+    limit: int | None = None,
+    callbacks: Sequence[Any] = (),
+) -> Path:
+    """Fully fine-tune ``base_model_dir`` on GSM8K ``train_source`` with SFT; return the cached model directory.
+
+    ``limit`` keeps the first N training records, before those longer than ``max_length`` tokens are dropped.
+    ``callbacks`` (transformers ``TrainerCallback`` s, e.g. a gradient profiler) are passed to ``SFTTrainer``;
+    they run only when the warm start actually trains, not when a cached entry is reused.
+    """
+    base_model_dir, cache_root = Path(base_model_dir), Path(cache_root)
+    if steps < 1 or batch_size < 1 or max_length < 1 or learning_rate <= 0:
+        raise StudyError("warm start: steps, batch_size, max_length and learning_rate must all be positive")
+    settings = {
+        "steps": steps, "learning_rate": learning_rate, "batch_size": batch_size, "max_length": max_length,
+        "seed": seed, "system_prompt": system_prompt, "limit": limit,
+    }
+    key = warm_start_key(base_model_dir, train_source, settings)
+    entry = cache_root / key[:16]
+    marker = read_marker(entry)
+    if marker is not None and marker.get("key") == key:
+        _log(f"warm start: reusing {entry}")
+        return entry
+
+    cache_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.training-", dir=cache_root))
+    try:
+        started = time.monotonic()
+        losses = _train(base_model_dir, train_source, staging, settings, callbacks)
+        record = {
+            "key": key, "base_model_dir": str(base_model_dir), "train_source": train_source, **settings,
+            "warm_start_version": WARM_START_VERSION, "final_train_loss": losses["final"],
+            "mean_train_loss": losses["mean"], "duration_s": round(time.monotonic() - started, 2),
+        }
+        _write_atomically(staging / MARKER, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        _move_into_place(staging, entry, key)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _log(f"warm start: saved {entry} (final loss {record['final_train_loss']:.3f}, {record['duration_s']:.1f} s)")
+    return entry
+
+
+def _examples_that_fit(examples: list[dict], tokenizer: Any, max_length: int) -> list[dict]:
+    """The examples whose whole conversation is at most ``max_length`` tokens, in order.
+
+    Over-long examples are dropped instead of truncated: truncation keeps the start, so it would cut off
+    exactly the ``</think><answer>...</answer>`` tail and the stop token that the warm start exists to
+    teach. Keeping short solutions also teaches short reasoning, which fits GRPO's completion budget.
+    """
+    texts = [tokenizer.apply_chat_template(e["prompt"] + e["completion"], tokenize=False) for e in examples]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    kept = [example for example, length in zip(examples, lengths, strict=True) if length <= max_length]
+    if not kept:
+        raise StudyError(
+            f"warm start: no training example fits max_length={max_length} tokens (shortest is {min(lengths)}); "
+            "raise the warm start max_length"
+        )
+    _log(f"warm start: {len(kept)} of {len(examples)} examples fit max_length={max_length} tokens")
+    return kept
+
+
+def _train(
+    base_model_dir: Path, train_source: str, out_dir: Path, settings: dict[str, Any], callbacks: Sequence[Any]
+) -> dict[str, float]:
+    """Run SFTTrainer and save model + tokenizer into ``out_dir``; return the final and mean train loss."""
+    import datasets
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from workers.data import load_gsm8k
+    from workers.model import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(str(base_model_dir))
+    records = load_gsm8k(train_source, "train", limit=settings["limit"], system_prompt=settings["system_prompt"])
+    examples = [
+        sft_example(question, solution, settings["system_prompt"])
+        for question, solution in zip(records["question"], records["solution"], strict=True)
+    ]
+    examples = _examples_that_fit(examples, tokenizer, settings["max_length"])
+    dataset = datasets.Dataset.from_list(examples)
+    steps = settings["steps"]
+    with tempfile.TemporaryDirectory(prefix="warmstart-trainer-") as trainer_dir:
+        config = SFTConfig(
+            output_dir=trainer_dir,  # nothing is saved there (save_strategy="no"); the model is saved below
+            max_steps=steps,
+            learning_rate=settings["learning_rate"],
+            per_device_train_batch_size=settings["batch_size"],
+            max_length=settings["max_length"],
+            seed=settings["seed"],
+            data_seed=settings["seed"],
+            completion_only_loss=True,
+            use_cpu=True,
+            bf16=False,
+            fp16=False,
+            gradient_checkpointing=False,  # on CPU it only costs time (measured-here.md)
+            report_to=[],
+            disable_tqdm=True,
+            logging_steps=max(1, steps // 10),
+            save_strategy="no",
+        )
+        trainer = SFTTrainer(
+            model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks)
+        )
+        # disable_tqdm swaps the progress bar for PrinterCallback, which prints every log dict to stdout;
+        # progress belongs on stderr, one short line per logging step.
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(_StderrProgress())
+        result = trainer.train()
+        logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        trainer.model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+    return {"final": float(logged[-1]) if logged else float(result.training_loss), "mean": float(result.training_loss)}
+
+
+class _StderrProgress(TrainerCallback):
+    """One line per logging step on stderr: ``warm start: step 12/120 loss 2.345``."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            _log(f"warm start: step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f}")
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _move_into_place(staging: Path, entry: Path, key: str) -> None:
+    """Rename the finished ``staging`` directory to ``entry``; keep another process's identical result."""
+    if entry.exists():
+        existing = read_marker(entry)
+        if existing is not None and existing.get("key") == key:
+            return  # a concurrent warm start with the same key finished first; ours is identical in intent
+        shutil.rmtree(entry)  # an incomplete entry (no marker) left by something other than this module
+    try:
+        os.rename(staging, entry)
+    except OSError:
+        existing = read_marker(entry)
+        if existing is None or existing.get("key") != key:
+            raise
+
+
+def warm_tiny_model(tiny_model_dir: Path, cache_root: Path, train_source: str | None = None) -> Path:
+    """Warm-start the test suite's tiny model with :data:`TINY_TEST_SETTINGS` (for a session fixture).
+
+    ``train_source`` defaults to the shared GSM8K training file next to the repository.
+    """
+    if train_source is None:
+        train_source = str(Path(__file__).resolve().parents[2] / "shared/data/gsm8k/train.jsonl")
+    return warm_start(tiny_model_dir, train_source, cache_root, system_prompt=SYSTEM_PROMPT, **TINY_TEST_SETTINGS)
