@@ -64,7 +64,7 @@ def layer_share_figure(shares: pd.DataFrame, sft_shares: pd.DataFrame | None = N
     title = "Figure 1. Per-layer gradient share (Eq. 2) under uniform allocation"
     uniform = shares[shares["strategy"] == "uniform"] if not shares.empty else shares
     if uniform.empty:
-        return _empty(title, "No uniform run has a profile.")
+        return _empty(title, "No uniform run has a usable profile (see the warnings).")
     panels = [("GRPO, uniform", uniform)]
     if sft_shares is not None and not sft_shares.empty:
         panels.append(("SFT warm-start", sft_shares.assign(strategy="sft")))
@@ -87,7 +87,7 @@ def normalized_importance_figure(shares: pd.DataFrame, title: str | None = None)
     """Figure 2: normalised layer importance (share x L, 1 = flat), uniform vs each other strategy."""
     title = title or "Figure 2. Normalised layer importance (share x L; 1 = flat), mean over seeds"
     if shares.empty:
-        return _empty(title, "No profiles to compare.")
+        return _empty(title, "No usable profiles to compare (see the warnings).")
     fig = go.Figure()
     for strategy, frame in shares.groupby("strategy", sort=False):
         n_layers = frame["layer"].nunique()
@@ -131,7 +131,7 @@ def heatmap_figure(matrix: pd.DataFrame) -> go.Figure:
     """Layer x step heatmap: each step's layer shares under uniform (mean over seeds, steps binned)."""
     title = "Layer x step: each step's gradient share per layer under uniform (mean over seeds)"
     if matrix is None or matrix.empty:
-        return _empty(title, "No uniform profile.")
+        return _empty(title, "No usable uniform profile (see the warnings).")
     fig = go.Figure(go.Heatmap(z=matrix.values * 100, x=list(matrix.columns), y=list(matrix.index),
                                colorscale="Viridis", colorbar=dict(title="%"),
                                hovertemplate="step %{x}<br>layer %{y}<br>%{z:.2f}%<extra></extra>"))
@@ -163,8 +163,8 @@ def reward_curves_figure(rewards: pd.DataFrame) -> go.Figure:
 def module_share_figure(module_shares: pd.DataFrame) -> go.Figure:
     """Share of gradient per projection module, per strategy (mean over runs, whiskers min-max)."""
     title = "Module shares of the gradient (sum over steps and layers)"
-    if module_shares.empty:
-        return _empty(title, "No profiles.")
+    if module_shares.empty or module_shares["share"].isna().all():
+        return _empty(title, "No usable profiles (see the warnings).")
     fig = go.Figure()
     for strategy, frame in module_shares.groupby("strategy", sort=False):
         agg = frame.groupby("module", sort=False)["share"].agg(["mean", "min", "max"]) * 100

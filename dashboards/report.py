@@ -61,8 +61,15 @@ def _params(n) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
 
 
-def _f(x, fmt: str = ".2f") -> str:
-    return "n/a" if x is None else format(x, fmt)
+def _f(x, fmt: str = ".2f", unit: str = "") -> str:
+    """A number for a caption, with its unit; "n/a" when undefined.
+
+    >>> _f(2.1734, unit="x"), _f(None, unit="x"), _f(0.42, "%")
+    ('2.17x', 'n/a', '42.0%')
+    """
+    if x is None:
+        return "n/a"
+    return (f"{100 * x:.1f}%" if fmt == "%" else format(x, fmt)) + unit
 
 
 def _p(p) -> str:
@@ -100,6 +107,8 @@ def control_table_html(control: dict | None) -> str:
     if not columns:
         return ""
     strategies = list(dict.fromkeys(s for _, part in columns for s in part))
+    if not strategies:
+        return ""
     head = "<tr><th>Strategy</th>" + "".join(f"<th>{_e(c)}: max/min, r</th>" for c, _ in columns) + "</tr>"
     rows = []
     for strategy in strategies:
@@ -132,11 +141,12 @@ def _figure_html(fig: go.Figure, div_id: str) -> str:
 
 
 def study_name(study_dir: Path) -> str:
-    """The ``name`` in DIR/study.yaml, else the directory name."""
+    """The study's ``name`` in DIR/study.yaml (top level or under ``config``), else the directory name."""
     try:
         data = yaml.safe_load((study_dir / "study.yaml").read_text())
-        if isinstance(data, dict) and data.get("name"):
-            return str(data["name"])
+        for section in (data, data.get("config") if isinstance(data, dict) else None):
+            if isinstance(section, dict) and isinstance(section.get("name"), str):
+                return section["name"]
     except (OSError, yaml.YAMLError):
         pass
     return study_dir.resolve().name
@@ -153,10 +163,10 @@ def render_html(analysis: Analysis, name: str) -> str:
     sections = [
         ("fig1", figures.layer_share_figure(shares if shares is not None else empty, frames.get("sft_shares")),
          "Eq. 2 importance S(l) = mean over steps of the sum over modules of the gradient norm, as a share of the "
-         f"total; max/min {_f(land.get('max_min_ratio'))}x, top 30% of layers "
-         f"{_pct(land.get('top30_share'))}%." + (f" SFT: max/min {sft['max_min_ratio']:.2f}x, top 30% "
-                                                 f"{_pct(sft.get('top30_share'))}%." if sft and sft.get(
-                                                     'max_min_ratio') else "")),
+         f"total; max/min {_f(land.get('max_min_ratio'), unit='x')}, top 30% of layers "
+         f"{_f(land.get('top30_share'), '%')}."
+         + (f" SFT: max/min {_f(sft.get('max_min_ratio'), unit='x')}, top 30% {_f(sft.get('top30_share'), '%')}."
+            if sft else "")),
         ("fig2", figures.normalized_importance_figure(shares if shares is not None else empty),
          "Each strategy's layer shares averaged over its seeds, times the number of layers."),
         ("amplification", figures.amplification_figure(frames.get("amplification", empty)),
@@ -168,7 +178,7 @@ def render_html(analysis: Analysis, name: str) -> str:
         ("rewards", figures.reward_curves_figure(frames.get("rewards", empty)),
          "Per run a trailing rolling mean over ~2% of the steps; line: mean over seeds."),
         ("modules", figures.module_share_figure(frames.get("module_shares", empty)),
-         f"Attention {_pct(land.get('attention_share'))}%, MLP {_pct(land.get('mlp_share'))}% under uniform."),
+         f"Attention {_f(land.get('attention_share'), '%')}, MLP {_f(land.get('mlp_share'), '%')} under uniform."),
         ("control", figures.control_figure(frames.get("control_shares", empty)),
          "Left: every norm divided by sqrt(number of LoRA parameters of its module in that layer). Right: one "
          "module alone, whose base weight has the same shape in every layer. Table: max/min and rank–shift r "

@@ -135,8 +135,11 @@ def _table_analysis(study_dir: Path, eval_df: pd.DataFrame | None, metrics_df: p
 
 
 def _profile_analysis(prof: ProfileAggregates, runs: dict[str, RunMeta], warnings: list[str],
-                      summary: dict, frames: dict[str, pd.DataFrame]) -> None:
-    """Landscape, amplification, module shares, heatmap, SFT and controls from the aggregated profiles."""
+                      frames: dict[str, pd.DataFrame]) -> tuple[dict, dict]:
+    """Landscape, per-strategy amplification, module shares, heatmap and SFT from the aggregated profiles.
+
+    Returns (summary parts: landscape, sft, normalized_control; per-strategy profile statistics).
+    """
     keep = [r for r, rid in enumerate(prof.run_ids) if rid in runs]
     for r in keep:
         if prof.nonfinite[r]:
@@ -145,8 +148,8 @@ def _profile_analysis(prof: ProfileAggregates, runs: dict[str, RunMeta], warning
     importance_all = layer_importance(prof.sum_lm, prof.count_lm)
     grpo = [r for r in keep if runs[prof.run_ids[r]].strategy != "sft"]
     sft = [r for r in keep if runs[prof.run_ids[r]].strategy == "sft"]
-    main, shares_df, amp_df = importance_stats({prof.run_ids[r]: importance_all[r] for r in grpo}, runs, warnings)
-    frames["layer_shares"], frames["amplification"] = shares_df, amp_df
+    main, frames["layer_shares"], frames["amplification"] = importance_stats(
+        {prof.run_ids[r]: importance_all[r] for r in grpo}, runs, warnings)
 
     landscape = main["landscape"]
     uniform = [r for r in grpo if runs[prof.run_ids[r]].strategy == "uniform"]
@@ -165,33 +168,40 @@ def _profile_analysis(prof: ProfileAggregates, runs: dict[str, RunMeta], warning
     landscape["module_share"] = module_share
     landscape["attention_share"], landscape["mlp_share"] = (
         st.group_shares(module_share) if uniform else (math.nan, math.nan))
-    summary["landscape"] = landscape
-    summary["_profile_strategies"] = main["strategies"]
+    parts = {"landscape": landscape, "normalized_control": _control_analysis(prof, runs, grpo, warnings, frames)}
 
     if uniform:
         frames["heatmap"] = step_share_matrix(prof.step_layer_sum[uniform], prof.step_present[uniform], prof.steps)
     if sft:
+        # SFT runs are their own "uniform" here: only their landscape is wanted.
         sft_part, sft_shares, _ = importance_stats({prof.run_ids[r]: importance_all[r] for r in sft},
                                                    {prof.run_ids[r]: RunMeta(prof.run_ids[r], "uniform", 0)
                                                     for r in sft}, None)
-        summary["sft"] = {k: sft_part["landscape"][k] for k in ("max_min_ratio", "top30_share", "layer_share",
-                                                                  "band_share", "n_runs")}
+        parts["sft"] = {k: sft_part["landscape"][k] for k in ("max_min_ratio", "top30_share", "layer_share",
+                                                              "band_share", "n_runs")}
         frames["sft_shares"] = sft_shares.assign(strategy="sft")
+    return parts, main["strategies"]
 
+
+def _control_analysis(prof: ProfileAggregates, runs: dict[str, RunMeta], grpo: list[int], warnings: list[str],
+                      frames: dict[str, pd.DataFrame]) -> dict:
+    """The parameter-count control: norms per sqrt(LoRA parameter), and each module alone."""
     control: dict = {}
-    normed, lacking = per_parameter_importance(prof.sum_lm, prof.count_lm, prof.run_ids, prof.modules, runs, grpo)
     control_frames = []
-    if lacking:
-        warnings.append(f"runs: {len(lacking)} run(s) lack lora_params in run.json ({', '.join(lacking[:4])}"
-                        f"{', ...' if len(lacking) > 4 else ''}); left out of the per-parameter control")
+    normed, lacking = per_parameter_importance(prof.sum_lm, prof.count_lm, prof.run_ids, prof.modules, runs, grpo)
     if normed and any(runs[r].strategy == "uniform" for r in normed):
         part, shares_n, amp_n = importance_stats(normed, runs, None)
         control["per_parameter"] = {"landscape": part["landscape"], "strategies": _control_strategies(part)}
         control_frames.append(shares_n.assign(control="per-parameter normalised"))
         frames["control_amplification"] = amp_n.assign(control="per-parameter normalised")
+        if lacking:
+            warnings.append(f"runs: {len(lacking)} run(s) lack lora_params in run.json ({', '.join(lacking[:4])}"
+                            f"{', ...' if len(lacking) > 4 else ''}); left out of the per-parameter control")
     else:
         control["per_parameter"] = None
-        warnings.append("runs: no uniform run has lora_params; the per-parameter normalised control is skipped")
+        if any(runs[prof.run_ids[r]].strategy == "uniform" for r in grpo):  # (else the landscape warning says it)
+            warnings.append("runs: no uniform run has lora_params in run.json; the per-parameter normalised "
+                            "control is skipped (the single-module control is still reported)")
     control["single_module"] = {}
     shown = "q_proj" if "q_proj" in prof.modules else prof.modules[0]  # the report's control figure shows one
     for m_idx, module in enumerate(prof.modules):
@@ -203,8 +213,8 @@ def _profile_analysis(prof: ProfileAggregates, runs: dict[str, RunMeta], warning
                                             "strategies": _control_strategies(part)}
         if module == shown:
             control_frames.append(shares_m.assign(control=f"{module} only"))
-    summary["normalized_control"] = control
     frames["control_shares"] = pd.concat(control_frames, ignore_index=True) if control_frames else pd.DataFrame()
+    return control
 
 
 def _control_strategies(part: dict) -> dict:
@@ -240,16 +250,17 @@ def analyze(study_dir: Path) -> Analysis:
             metrics_df = metrics_df[~metrics_df["run_id"].isin(excluded)]
         eval_stats = _table_analysis(study_dir, eval_df, metrics_df, runs, table_warnings, summary, frames)
         prof = profiles_done.result()
+    profile_strategies: dict[str, dict] = {}
     if prof is not None:
         _add_profile_runs(runs, excluded, prof)
-        _profile_analysis(prof, runs, profile_warnings, summary, frames)
+        parts, profile_strategies = _profile_analysis(prof, runs, profile_warnings, frames)
+        summary.update(parts)
     else:
         profile_warnings.append("profiles: no usable profile; landscape, amplification, heatmap and controls "
                                 "are skipped")
         summary["landscape"] = None
         summary["normalized_control"] = None
     warnings = run_warnings + profile_warnings + table_warnings
-    profile_strategies = summary.pop("_profile_strategies", {})
 
     grpo_runs = {rid: m for rid, m in runs.items() if m.strategy != "sft"}
     strategies = {}

@@ -101,8 +101,9 @@ def importance_stats(importance: dict[str, np.ndarray], runs: dict[str, RunMeta]
         share = st.shares(imp)
         if not _shares_ok(share):
             if notes is not None:
-                notes.append(f"profiles: {run_id} has no usable layer importance (all zero or a layer "
-                                "missing); left out of the landscape and amplification")
+                why = ("every grad_norm is 0: the run got no gradient signal (e.g. all-equal rewards in every "
+                       "group)" if np.nansum(np.abs(imp)) == 0 else "a layer lacks a module the others have")
+                notes.append(f"profiles: {run_id}: {why}; left out of the landscape and amplification")
             continue
         shares[run_id] = share
     shares_df = _long_table({r: runs[r] for r in shares}, {"share": shares}) if tables else pd.DataFrame()

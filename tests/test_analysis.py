@@ -396,3 +396,15 @@ def test_profile_columns_read_are_only_the_needed_ones(synthetic_study, monkeypa
     # metrics: no text columns (completions are read for a few examples only, file by file).
     assert ["run_id", "step", "layer", "module", "grad_norm"] in requested
     assert all("completion" not in cols and "rank" not in cols for cols in requested), requested
+
+
+def test_all_zero_profiles_are_reported_not_divided_by_zero(tmp_path):
+    # Seen on a real tiny CPU study: all-equal rewards in every group give grad_norm 0 everywhere.
+    write_run(tmp_path, "uniform-seed0", [8, 8, 8])
+    write_profile(tmp_path, "uniform-seed0", {"q_proj": flat(3, [0, 0, 0])}, [8, 8, 8])
+    write_eval(tmp_path, "uniform-seed0", [0, 0, 1, 0])
+    summary, warnings = summarize(tmp_path)
+    assert any("uniform-seed0: every grad_norm is 0" in w for w in warnings), warnings
+    assert summary["landscape"]["max_min_ratio"] is None and summary["landscape"]["layer_share"] == []
+    assert summary["strategies"]["uniform"]["accuracy"] == pytest.approx(0.25)
+    json.dumps(summary, allow_nan=False)

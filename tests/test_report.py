@@ -89,3 +89,14 @@ def test_report_with_missing_parts_still_writes_everything_else(study, tmp_path)
     assert "No training metrics." in html  # the reward figure says why it is empty
     assert "sft" not in summary and 'id="fig1"' in html
     assert summary["strategies"]["proportional"]["accuracy"] is not None
+
+
+def test_study_name_comes_from_study_yaml(tmp_path):
+    from dashboards.report import study_name
+
+    (tmp_path / "study.yaml").write_text("config:\n  name: paper-qwen\nversions: {}\n")  # the run stage's layout
+    assert study_name(tmp_path) == "paper-qwen"
+    (tmp_path / "study.yaml").write_text("name: flat-name\n")
+    assert study_name(tmp_path) == "flat-name"
+    (tmp_path / "study.yaml").write_text(": not yaml : [")
+    assert study_name(tmp_path) == tmp_path.name
