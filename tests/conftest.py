@@ -84,7 +84,7 @@ def write_study_config(tmp_path_factory, warm_model_dir: Path, gsm8k_dir: Path):
                      "train_limit": 64, "eval_limit": 8},
             "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
             "allocation": {"r_min": 4, "r_max": 16, "multiple": 4, "random_range": [4, 12]},
-            "grpo": {"num_generations": 4, "prompts_per_step": 2, "max_steps": 3, "max_completion_length": 64,
+            "grpo": {"num_generations": 4, "prompts_per_step": 2, "max_steps": 3, "max_completion_length": 96,
                      "learning_rate": 1.0e-3, "use_vllm": False, "checkpoint_every": 1, "eval_batch_size": 8},
             "grid": {"strategies": ["uniform", "proportional"], "seeds": [0, 1]},
             "resources": {"gpus_per_run": 0, "cpus_per_run": 1, "max_retries": 2},

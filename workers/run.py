@@ -17,6 +17,7 @@ Every GRPO setting the paper fixes is passed to GRPOConfig explicitly, because T
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import shutil
@@ -86,14 +87,22 @@ class GRPORun:
         )
         self.recorder = StepRecorder(self.labels, report=self.report)
         rewards = [self.recorder.watch_rollouts(fn) for fn in reward_functions(cfg.rewards)]
-        trainer = ProfiledGRPOTrainer(
-            model=model,
-            reward_funcs=rewards,
-            args=self._grpo_args(),
-            train_dataset=train,
-            processing_class=tokenizer,
-            peft_config=lora_config,
-        )
+        engine = contextlib.nullcontext()
+        if cfg.grpo.use_vllm:
+            from workers.generation import colocated_vllm_engine
+
+            # TRL builds the colocated engine inside GRPOTrainer.__init__; this block gives it the run's seed.
+            engine = colocated_vllm_engine(spec.seed, on_cpu=not torch.cuda.is_available(),
+                                           max_num_seqs=cfg.grpo.eval_batch_size)
+        with engine:
+            trainer = ProfiledGRPOTrainer(
+                model=model,
+                reward_funcs=rewards,
+                args=self._grpo_args(),
+                train_dataset=train,
+                processing_class=tokenizer,
+                peft_config=lora_config,
+            )
         audit = audit_lora(trainer.model, layout, ranks, target_modules=cfg.lora.target_modules,
                            alpha_per_rank=cfg.lora.alpha / cfg.lora.rank)
         self.record.update(trainable_params=audit.trainable_params, lora=audit.to_dict(),

@@ -1,0 +1,124 @@
+"""The whole grid through Ray (issue 3): contract, dependencies, seeds, resume after SIGKILL, idempotent re-run."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from orchestrator.allocation import allocate, importance_from_profile
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+CONTRACT = {
+    "profiles": {"run_id", "strategy", "seed", "step", "layer", "module", "rank", "grad_norm"},
+    "metrics": {"run_id", "strategy", "seed", "step", "reward", "reward_format", "reward_correctness",
+                "reward_std", "kl", "loss", "step_time_s"},
+    "eval": {"run_id", "strategy", "seed", "item", "correct", "format_ok", "prediction", "target", "completion"},
+}
+
+
+def rankstudy_run(config: Path, out: Path, *extra: str, wait: bool = True):
+    cmd = [sys.executable, "-m", "orchestrator", "run", str(config), "--output", str(out), "--no-analyze", *extra]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory, write_study_config):
+    config = write_study_config("grid")
+    out = tmp_path_factory.mktemp("study") / "grid"
+    result = rankstudy_run(config, out)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return config, out, result.stdout
+
+
+def test_grid_writes_the_whole_contract(finished_study):
+    _, out, stdout = finished_study
+    run_ids = [f"{s}-seed{seed}" for seed in (0, 1) for s in ("uniform", "proportional")]
+    assert (out / "study.yaml").is_file()
+    for kind, columns in CONTRACT.items():
+        table = pd.read_parquet(out / kind)
+        assert columns <= set(table.columns), (kind, columns - set(table.columns))
+        assert set(table["run_id"]) == set(run_ids)
+    profiles = pd.read_parquet(out / "profiles")
+    for run_id in run_ids:
+        record = json.loads((out / "runs" / run_id / "run.json").read_text())
+        assert record["status"] == "completed" and record["error"] is None
+        rows = profiles[profiles.run_id == run_id]
+        assert len(rows) == 3 * record["num_layers"] * 7
+        assert rows.groupby("step").size().tolist() == [record["num_layers"] * 7] * 3
+        ranks = rows.groupby("layer")["rank"].first().tolist()
+        assert ranks == record["allocation"]
+    assert "runs: 4 done, 0 running, 0 pending" in stdout
+
+
+def test_proportional_runs_use_their_seeds_uniform_profile(finished_study):
+    _, out, _ = finished_study
+    for seed in (0, 1):
+        record = json.loads((out / "runs" / f"proportional-seed{seed}" / "run.json").read_text())
+        profile = out / "profiles" / f"uniform-seed{seed}.parquet"
+        assert Path(record["importance_source"]) == profile
+        importance = importance_from_profile(str(profile))
+        assert record["importance"] == pytest.approx(importance)
+        assert record["allocation"] == allocate("proportional", importance=importance, rank=8, r_min=4, r_max=16,
+                                                multiple=4)
+    # Different seeds saw different rollouts, hence different profiles and importance.
+    metrics = pd.read_parquet(out / "metrics")
+    digests = {seed: set(metrics[metrics.run_id == f"uniform-seed{seed}"]["rollout_digest"]) for seed in (0, 1)}
+    assert not digests[0] & digests[1]
+
+
+def test_rerunning_a_finished_study_trains_nothing_and_changes_no_byte(finished_study):
+    config, out, _ = finished_study
+    before = file_digests(out)
+    result = rankstudy_run(config, out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "4/4 runs already completed" in result.stdout
+    assert "submitted" not in result.stdout
+    assert file_digests(out) == before
+
+
+def test_a_different_config_on_the_same_directory_is_refused(finished_study):
+    config, out, _ = finished_study
+    result = rankstudy_run(config, out, "--set", "grpo.max_steps=5")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "grpo.max_steps: 3 there, 5 now" in result.stderr
+
+
+def test_sigkilled_worker_resumes_from_checkpoint_with_each_step_once(write_study_config, tmp_path):
+    config = write_study_config("kill", grid={"strategies": ["uniform"], "seeds": [0]},
+                                grpo={"max_steps": 6, "checkpoint_every": 2})
+    out = tmp_path / "kill"
+    proc = rankstudy_run(config, out, wait=False)
+    run_dir = out / "runs" / "uniform-seed0"
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "checkpoint-2" / "rankstudy_tables.done").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.1)
+    pid = json.loads((run_dir / "run.json").read_text())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    stdout, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stdout[-3000:]
+    assert "worker died" in stdout and "retrying from its latest checkpoint" in stdout
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "completed" and record["attempt"] == 2 and record["resumed_from_step"] >= 2
+    profile = pd.read_parquet(out / "profiles" / "uniform-seed0.parquet")
+    per_step = profile.groupby("step").size()
+    assert list(per_step.index) == [1, 2, 3, 4, 5, 6]
+    assert (per_step == record["num_layers"] * 7).all()  # each step exactly once
+    assert list(pd.read_parquet(out / "metrics" / "uniform-seed0.parquet")["step"]) == [1, 2, 3, 4, 5, 6]
