@@ -17,6 +17,7 @@ from __future__ import annotations
 import html
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +27,7 @@ import yaml
 
 from dashboards import figures
 from orchestrator.analysis import Analysis, analyze
+from orchestrator.results import atomic_write_text
 
 CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 0 auto; max-width: 1280px;
@@ -206,15 +208,21 @@ def render_html(analysis: Analysis, name: str) -> str:
             + "\n".join(body) + "</body></html>")
 
 
-def write_report(study_dir: Path) -> Path:
-    """Analyse DIR, write DIR/report/summary.json and DIR/report/index.html; return the HTML path."""
+def write_report(study_dir: Path, echo: Callable[[str], None] | None = None) -> Path:
+    """Analyse DIR, write DIR/report/summary.json and DIR/report/index.html; return the HTML path.
+
+    Both files are written atomically; each warning (a missing or unusable part of the study) also goes to
+    ``echo`` as one line, so the console says what the report could not show.
+    """
     study_dir = Path(study_dir)
     analysis = analyze(study_dir)
+    for warning in analysis.warnings:
+        if echo is not None:
+            echo(f"warning: {warning}")
     out = study_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(analysis.summary, indent=1, allow_nan=False))
+    atomic_write_text(out / "summary.json", json.dumps(analysis.summary, indent=1, allow_nan=False))
     page = out / "index.html"
-    page.write_text(render_html(analysis, study_name(study_dir)), encoding="utf-8")
+    atomic_write_text(page, render_html(analysis, study_name(study_dir)))
     return page
 
 

@@ -116,6 +116,6 @@ def run_study(config_path: str, overrides: list[str], output: str | None = None,
     if analyze:
         from dashboards.report import write_report
 
-        html = write_report(study_dir)
+        html = write_report(study_dir, echo=lambda line: print(line, flush=True))
         print(f"report: {html}", flush=True)
     return 1 if failed else 0
