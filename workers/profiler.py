@@ -8,8 +8,8 @@ and handed out as an Arrow table; the run writes them with its checkpoints and a
 Why before clipping: clipping is one uniform scale of all gradients, so shares would be unchanged, but the
 norms would be capped and useless for comparing runs. transformers' Trainer clips inside
 ``_clip_grad_norm`` and only then calls ``on_pre_optimizer_step``; the GRPO trainer subclass therefore
-calls :meth:`GradientProfiler.capture` from ``_clip_grad_norm`` (see workers/trainer.py), and the callback
-captures in ``on_pre_optimizer_step`` only when clipping is off.
+calls :meth:`GradientProfiler.capture` from ``_clip_grad_norm`` (:class:`ProfileBeforeClipping`, mixed into
+the GRPO and SFT trainers), and the callback captures in ``on_pre_optimizer_step`` only when clipping is off.
 
 Non-finite norms are kept as they are and flagged (column ``nonfinite``), never dropped or averaged.
 """
@@ -51,24 +51,41 @@ class RunLabels:
 
 
 class GradientProfiler:
-    """Collects one row per (step, layer, module) from the LoRA gradients of ``model``."""
+    """Collects one row per (step, layer, module) from the gradients of each module's parameter group.
 
-    def __init__(self, model: torch.nn.Module, layout: LayerLayout, ranks: list[int], labels: RunLabels):
+    A group is the LoRA pair (lora_A, lora_B) of a module for GRPO runs (:meth:`for_lora`), or the module's
+    full weight for the SFT warm start (:meth:`for_full_weights`, rank 0 = no LoRA).
+    """
+
+    def __init__(self, groups: list[tuple[int, str, int, list[torch.nn.Parameter]]], labels: RunLabels):
         self.labels = labels
-        named = dict(model.named_parameters())
-        self._params: list[torch.nn.Parameter] = []
-        keys: list[tuple[int, str]] = []
-        for layer in range(layout.num_layers):
-            for module in layout.modules:
-                path = layout.path(layer, module)
-                for part in ("lora_A", "lora_B"):
-                    name = _find_param(named, path, part)
-                    self._params.append(named[name])
-                keys.append((layer, module))
-        self._keys = keys
-        self._ranks = [ranks[layer] for layer, _ in keys]
+        self._keys = [(layer, module) for layer, module, _rank, _params in groups]
+        self._ranks = [rank for _layer, _module, rank, _params in groups]
+        self._params = [p for *_, params in groups for p in params]
+        # Group index of each tensor, so one index_add folds squared tensor norms into module norms.
+        self._group_of = torch.tensor([g for g, (*_, params) in enumerate(groups) for _ in params])
         self._steps: list[int] = []
         self._norms: list[list[float]] = []
+
+    @classmethod
+    def for_lora(cls, model: torch.nn.Module, layout: LayerLayout, ranks: list[int], labels: RunLabels):
+        named = dict(model.named_parameters())
+        groups = [
+            (layer, module, ranks[layer],
+             [named[_find_param(named, layout.path(layer, module), rf"{part}\.{_ADAPTER}\.weight")]
+              for part in ("lora_A", "lora_B")])
+            for layer in range(layout.num_layers) for module in layout.modules
+        ]
+        return cls(groups, labels)
+
+    @classmethod
+    def for_full_weights(cls, model: torch.nn.Module, layout: LayerLayout, labels: RunLabels):
+        named = dict(model.named_parameters())
+        groups = [
+            (layer, module, 0, [named[_find_param(named, layout.path(layer, module), "weight")]])
+            for layer in range(layout.num_layers) for module in layout.modules
+        ]
+        return cls(groups, labels)
 
     def capture(self, step: int) -> None:
         """Record the current gradients as optimizer step ``step`` (once per step; repeats are ignored)."""
@@ -76,9 +93,10 @@ class GradientProfiler:
             return
         grads = [p.grad if p.grad is not None else torch.zeros((), device=p.device) for p in self._params]
         with torch.no_grad():
-            per_tensor = torch._foreach_norm(grads)  # one fused kernel over all LoRA gradients
-            squared = torch.stack(per_tensor).to(torch.float64).pow(2).view(-1, 2).sum(dim=1).sqrt()
-            values = squared.cpu().tolist()  # the one host copy per step
+            per_tensor = torch.stack(torch._foreach_norm(grads)).to(torch.float64)  # one fused kernel
+            group_of = self._group_of.to(per_tensor.device)
+            squared = torch.zeros(len(self._keys), dtype=torch.float64, device=per_tensor.device)
+            values = squared.index_add_(0, group_of, per_tensor.pow(2)).sqrt().cpu().tolist()  # one host copy
         self._steps.append(step)
         self._norms.append(values)
 
@@ -119,6 +137,21 @@ class GradientProfiler:
         )
 
 
+class ProfileBeforeClipping:
+    """Trainer mixin: the profiler sees the gradients right before transformers clips them in place.
+
+    transformers' training loop calls ``_clip_grad_norm`` with the accumulated, unscaled gradients and only then
+    ``on_pre_optimizer_step``; a callback alone would see clipped gradients.
+    """
+
+    gradient_profiler: GradientProfiler | None = None
+
+    def _clip_grad_norm(self, model):
+        if self.gradient_profiler is not None:
+            self.gradient_profiler.capture(self.state.global_step + 1)
+        return super()._clip_grad_norm(model)
+
+
 class ProfilerCallback(TrainerCallback):
     """Captures in ``on_pre_optimizer_step`` when the trainer does not clip (max_grad_norm == 0).
 
@@ -133,11 +166,14 @@ class ProfilerCallback(TrainerCallback):
         self.profiler.capture(state.global_step + 1)
 
 
-def _find_param(named: dict[str, torch.nn.Parameter], module_path: str, part: str) -> str:
-    # PEFT prefixes the base model's names (base_model.model.<path>) and names the weight
-    # <path>.lora_A.<adapter>.weight; match on the suffix so wrappers with other prefixes also work.
-    pattern = re.compile(rf"(^|\.){re.escape(module_path)}\.{part}\.{_ADAPTER}\.weight$")
+def _find_param(named: dict[str, torch.nn.Parameter], module_path: str, suffix: str) -> str:
+    """The one parameter named ``<prefix.>module_path.<suffix>`` (``suffix`` is a regex).
+
+    PEFT prefixes the base model's names (base_model.model.<path>) and names LoRA weights
+    <path>.lora_A.<adapter>.weight; matching on the suffix makes wrappers with other prefixes work too.
+    """
+    pattern = re.compile(rf"(^|\.){re.escape(module_path)}\.{suffix}$")
     hits = [name for name in named if pattern.search(name)]
     if len(hits) != 1:
-        raise RuntimeError(f"expected one {part} weight for {module_path}, found {hits}")
+        raise RuntimeError(f"expected one parameter {module_path}.{suffix}, found {hits}")
     return hits[0]

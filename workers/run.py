@@ -107,7 +107,7 @@ class GRPORun:
                            alpha_per_rank=cfg.lora.alpha / cfg.lora.rank)
         self.record.update(trainable_params=audit.trainable_params, lora=audit.to_dict(),
                            lora_params=_params_by_module(audit.module_params, layout))
-        self.profiler = GradientProfiler(trainer.model, layout, ranks, self.labels)
+        self.profiler = GradientProfiler.for_lora(trainer.model, layout, ranks, self.labels)
         trainer.gradient_profiler = self.profiler
         self.checkpoint_tables = CheckpointTables(self.profiler, self.recorder)
         for callback in (self.recorder, ProfilerCallback(self.profiler), self.checkpoint_tables):

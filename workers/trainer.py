@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
-from workers.profiler import GradientProfiler, RunLabels
+from workers.profiler import GradientProfiler, ProfileBeforeClipping, RunLabels
 
 CHECKPOINT_MARKER = "rankstudy_tables.done"
 
@@ -49,16 +49,8 @@ METRICS_SCHEMA = pa.schema(
 )
 
 
-class ProfiledGRPOTrainer(GRPOTrainer):
+class ProfiledGRPOTrainer(ProfileBeforeClipping, GRPOTrainer):
     """GRPOTrainer whose gradient profiler sees the gradients before clipping."""
-
-    gradient_profiler: GradientProfiler | None = None
-
-    def _clip_grad_norm(self, model):
-        # transformers calls this with the accumulated, unscaled gradients right before clipping them in place.
-        if self.gradient_profiler is not None:
-            self.gradient_profiler.capture(self.state.global_step + 1)
-        return super()._clip_grad_norm(model)
 
 
 class StepRecorder(TrainerCallback):

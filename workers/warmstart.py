@@ -52,15 +52,18 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from orchestrator.config import SYSTEM_PROMPT, is_local_path
+from orchestrator.config import PROJECTION_MODULES, SYSTEM_PROMPT, is_local_path
 from orchestrator.errors import StudyError
 from workers.data import build_prompt
 from workers.rewards import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, gold_number
 
 # Bump when anything here changes what a warm start produces (example format, trainer settings), so cached
 # entries made by older code are not reused.
-WARM_START_VERSION = 1
+WARM_START_VERSION = 2  # 2: every entry holds the SFT gradient profile
 MARKER = "warm_start.json"
+# The SFT stage's per-step, per-layer, per-module gradient norms (full weights, before clipping), stored with the
+# model so a reused entry still has them: the SFT landscape the report puts beside GRPO's.
+SFT_PROFILE = "sft_profile.parquet"
 
 # GSM8K's calculator annotations, e.g. "48/2 = <<48/2=24>>24": the model should learn plain arithmetic text.
 _CALCULATOR_RE = re.compile(r"<<[^<>]*>>")
@@ -236,8 +239,15 @@ def _train(
 ) -> dict[str, float]:
     """Run SFTTrainer and save model + tokenizer into ``out_dir``; return the final and mean train loss."""
     import datasets
+    import pyarrow.parquet as pq
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
+
+    from workers.model import discover_layers
+    from workers.profiler import GradientProfiler, ProfileBeforeClipping, ProfilerCallback, RunLabels
+
+    class ProfiledSFTTrainer(ProfileBeforeClipping, SFTTrainer):
+        """SFTTrainer whose gradient profiler sees the gradients before clipping."""
 
     from workers.data import load_gsm8k
     from workers.model import load_model_and_tokenizer
@@ -270,9 +280,15 @@ def _train(
             logging_steps=max(1, steps // 10),
             save_strategy="no",
         )
-        trainer = SFTTrainer(
-            model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks)
+        profiler = GradientProfiler.for_full_weights(
+            model, discover_layers(model, PROJECTION_MODULES),
+            RunLabels(f"sft-seed{settings['seed']}", "sft", settings["seed"]),
         )
+        trainer = ProfiledSFTTrainer(
+            model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+            callbacks=[ProfilerCallback(profiler), *callbacks],
+        )
+        trainer.gradient_profiler = profiler
         # disable_tqdm swaps the progress bar for PrinterCallback, which prints every log dict to stdout;
         # progress belongs on stderr, one short line per logging step.
         trainer.remove_callback(PrinterCallback)
@@ -281,6 +297,7 @@ def _train(
         logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
         trainer.model.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
+        pq.write_table(profiler.table(), out_dir / SFT_PROFILE)
     return {"final": float(logged[-1]) if logged else float(result.training_loss), "mean": float(result.training_loss)}
 
 

@@ -1,0 +1,96 @@
+"""Gradient profiler: per-module norms of lora_A+lora_B (or full weights), before clipping, non-finite kept."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from orchestrator.config import LoraSettings
+from workers.lora import apply_lora
+from workers.model import discover_layers, load_model_and_tokenizer
+from workers.profiler import GradientProfiler, ProfileBeforeClipping, RunLabels
+
+LABELS = RunLabels("uniform-seed0", "uniform", 0)
+
+
+@pytest.fixture
+def lora_model(tiny_model_dir):
+    model, _ = load_model_and_tokenizer(str(tiny_model_dir))
+    layout = discover_layers(model, LoraSettings().target_modules)
+    ranks = [4, 8, 4, 8][: layout.num_layers]
+    peft_model, _ = apply_lora(model, layout, ranks, LoraSettings(rank=8, alpha=16), seed=0)
+    generator = torch.Generator().manual_seed(1)
+    for p in peft_model.parameters():
+        if p.requires_grad:
+            p.grad = torch.randn(p.shape, generator=generator)
+    return peft_model, layout, ranks
+
+
+def test_lora_norms_are_a_and_b_together_per_layer_and_module(lora_model):
+    model, layout, ranks = lora_model
+    profiler = GradientProfiler.for_lora(model, layout, ranks, LABELS)
+    profiler.capture(1)
+    profiler.capture(1)  # a repeat of the same step is ignored
+    table = profiler.table().to_pandas()
+    assert len(table) == layout.num_layers * len(layout.modules)
+    named = dict(model.named_parameters())
+    for row in table.itertuples():
+        path = layout.path(row.layer, row.module)
+        a = named[f"base_model.model.{path}.lora_A.default.weight"].grad
+        b = named[f"base_model.model.{path}.lora_B.default.weight"].grad
+        assert row.grad_norm == pytest.approx(math.sqrt(a.norm() ** 2 + b.norm() ** 2), rel=1e-6)
+        assert row.rank == ranks[row.layer] and row.step == 1 and not row.nonfinite
+
+
+def test_non_finite_norms_are_kept_and_flagged(lora_model):
+    model, layout, ranks = lora_model
+    target = dict(model.named_parameters())[f"base_model.model.{layout.path(2, 'up_proj')}.lora_B.default.weight"]
+    target.grad[0, 0] = float("inf")
+    profiler = GradientProfiler.for_lora(model, layout, ranks, LABELS)
+    profiler.capture(1)
+    table = profiler.table().to_pandas()
+    flagged = table[table.nonfinite]
+    assert list(zip(flagged.layer, flagged.module, strict=True)) == [(2, "up_proj")]
+    assert math.isinf(flagged.grad_norm.iloc[0]) and len(table) == layout.num_layers * len(layout.modules)
+
+
+def test_capture_happens_before_the_trainer_clips(lora_model):
+    model, layout, ranks = lora_model
+
+    class ClippingTrainer:
+        def _clip_grad_norm(self, model):  # what transformers does: scale every gradient in place
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(0.01)
+
+    class Trainer(ProfileBeforeClipping, ClippingTrainer):
+        state = SimpleNamespace(global_step=4)
+
+    expected = GradientProfiler.for_lora(model, layout, ranks, LABELS)
+    expected.capture(5)
+    trainer = Trainer()
+    trainer.gradient_profiler = GradientProfiler.for_lora(model, layout, ranks, LABELS)
+    trainer._clip_grad_norm(model)
+    got = trainer.gradient_profiler.table().to_pandas()
+    assert list(got.step.unique()) == [5]  # global_step + 1: steps count from 1
+    assert got.grad_norm.tolist() == pytest.approx(expected.table().to_pandas().grad_norm.tolist())
+
+
+def test_full_weight_profile_and_restore_round_trip(tiny_model_dir):
+    model, _ = load_model_and_tokenizer(str(tiny_model_dir))
+    layout = discover_layers(model, LoraSettings().target_modules)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    profiler = GradientProfiler.for_full_weights(model, layout, RunLabels("sft-seed0", "sft", 0))
+    profiler.capture(1)
+    profiler.capture(2)
+    table = profiler.table()
+    df = table.to_pandas()
+    in_f, out_f = layout.shape(0, "q_proj")
+    first = df[(df.layer == 0) & (df.module == "q_proj")]
+    assert first.grad_norm.tolist() == pytest.approx([math.sqrt(in_f * out_f)] * 2) and (df["rank"] == 0).all()
+    assert len(profiler.table(up_to_step=1)) == len(df) // 2
+    fresh = GradientProfiler.for_full_weights(model, layout, RunLabels("sft-seed0", "sft", 0))
+    fresh.restore(profiler.table(up_to_step=1))
+    assert fresh.steps == [1] and fresh.table().equals(profiler.table(up_to_step=1))
