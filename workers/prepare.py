@@ -1,0 +1,55 @@
+"""The study's base model, before the grid: load as given, or build a small one offline, then warm-start it.
+
+``prepare_base_model(config)`` returns the directory every GRPO run loads, and the SFT gradient profile when
+there was a warm start. Both steps are cached by content under ``config.cache_dir`` and reused by later
+studies and later invocations:
+
+- ``model.build``: :func:`workers.local_model.build_local_model` trains a BPE tokenizer on the training
+  questions/solutions and builds a randomly initialised Qwen2 (all 7 projections) with the chat template;
+- ``warm_start``: :func:`workers.warmstart.warm_start` teaches the <think>/<answer> format with TRL's
+  SFTTrainer so GRPO groups have unequal rewards (a random model never earns one), profiling every step.
+
+Runs without Ray (tests, a laptop); the scheduler runs it as one Ray task with a run's resources.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from orchestrator.config import StudyConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedModel:
+    model_dir: str
+    sft_profile: str | None = None  # the warm start's profile parquet (strategy "sft"), if any
+
+
+def prepare_base_model(config: StudyConfig) -> PreparedModel:
+    cache = Path(config.cache_dir)
+    model_dir = config.model.name_or_path
+    if config.model.build is not None:
+        from workers.data import load_gsm8k
+        from workers.local_model import build_local_model
+
+        b = config.model.build
+        records = load_gsm8k(config.data.train, "train", config.data.hub_config)
+        texts = [f"{q}\n{s}" for q, s in zip(records["question"], records["solution"], strict=True)]
+        name = f"qwen2-{b.num_layers}l-h{b.hidden_size}-i{b.intermediate_size}-a{b.num_heads}x{b.num_kv_heads}-v{b.vocab_size}-s{b.seed}"
+        model_dir = str(build_local_model(
+            cache / "models" / name, num_layers=b.num_layers, hidden_size=b.hidden_size,
+            intermediate_size=b.intermediate_size, num_heads=b.num_heads, num_kv_heads=b.num_kv_heads,
+            vocab_size=b.vocab_size, train_texts=texts, seed=b.seed,
+        ))
+    if config.warm_start is None:
+        return PreparedModel(model_dir)
+    from workers.warmstart import SFT_PROFILE, warm_start
+
+    w = config.warm_start
+    entry = warm_start(
+        Path(model_dir), config.data.train, cache / "warmstart", steps=w.steps, learning_rate=w.learning_rate,
+        batch_size=w.batch_size, max_length=w.max_length, seed=w.seed, system_prompt=config.data.system_prompt,
+        limit=w.limit,
+    )
+    return PreparedModel(str(entry), str(entry / SFT_PROFILE))
