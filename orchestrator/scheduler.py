@@ -36,7 +36,7 @@ class RunActor:
 
     def __init__(self, config: StudyConfig, study_dir: str):
         self.config, self.study_dir = config, study_dir
-        self.latest: dict = {"phase": "setup"}
+        self.latest: dict = {"phase": "setup"}  # answered as soon as the actor process is up
         self._gauges = None
 
     def run(self, spec: RunSpec) -> dict:
@@ -257,11 +257,13 @@ def _progress_line(states: dict[str, RunState]) -> str:
 
 
 def _describe(progress: dict) -> str:
+    if not progress:
+        return "queued"  # the actor has not answered yet: waiting for resources, or starting its process
     if progress.get("phase") == "eval":
         return f"eval {progress.get('eval_done', 0)}/{progress.get('eval_total', '?')}"
     if "step" in progress:
         return f"step {progress['step']}/{progress.get('max_steps', '?')}"
-    return "starting"
+    return "setting up"
 
 
 def _worker_env(config: StudyConfig) -> dict[str, str]:

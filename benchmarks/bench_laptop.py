@@ -1,0 +1,104 @@
+"""`make run` measured: wall time, peak memory of the whole process tree, learning signal, profile coverage.
+
+Runs the laptop study (configs/laptop.yaml) as `make run` does, into a fresh output directory (the model build
+and warm start are cached under the config's cache_dir; pass --cold to rebuild them), sampling the summed RSS
+of the driver and every child (Ray's raylet, GCS and the run actors) every 0.5 s. Then reads the results:
+
+- fraction of GRPO groups with non-zero reward variance (1 - TRL's frac_reward_zero_std, mean over steps),
+- whether every layer of every run has a non-zero gradient profile after step 1,
+- the reward at the first and last steps (mean over runs), to see the curve move.
+
+    python -m benchmarks.bench_laptop [--cold] [--output DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = {"wall_s": 600, "peak_rss_gib": 8.0, "nonzero_variance_groups": 0.5}
+
+
+def _tree_rss(root: psutil.Process) -> int:
+    total = 0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+def run(output: Path, cold: bool = False) -> dict:
+    config = REPO / "configs" / "laptop.yaml"
+    if output.exists():
+        shutil.rmtree(output)
+    if cold:
+        shutil.rmtree(REPO / "runs" / "cache", ignore_errors=True)
+    cmd = [sys.executable, "-m", "orchestrator", "run", str(config), "--output", str(output)]
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    root = psutil.Process(proc.pid)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _tree_rss(root))
+            time.sleep(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    log = proc.stdout.read()
+    proc.wait()
+    done.set()
+    sampler.join()
+    wall = time.monotonic() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"make run failed ({proc.returncode}):\n{log[-3000:]}")
+    metrics = pd.read_parquet(output / "metrics")
+    profiles = pd.read_parquet(output / "profiles")
+    grpo = profiles[profiles.strategy != "sft"]
+    after_first = grpo[grpo.step >= 2].groupby(["run_id", "layer"])["grad_norm"].sum()
+    first, last = metrics.step.min(), metrics.step.max()
+    result = {
+        "wall_s": round(wall, 1),
+        "peak_rss_gib": round(peak / 2**30, 2),
+        "nonzero_variance_groups": round(float(1 - metrics.frac_reward_zero_std.mean()), 3),
+        "layers_with_zero_profile_after_step_1": int((after_first == 0).sum()),
+        "reward_first_step": round(float(metrics[metrics.step == first].reward.mean()), 3),
+        "reward_last_step": round(float(metrics[metrics.step == last].reward.mean()), 3),
+        "reward_format_first_step": round(float(metrics[metrics.step == first].reward_format.mean()), 3),
+        "reward_format_last_step": round(float(metrics[metrics.step == last].reward_format.mean()), 3),
+        "report": str(output / "report" / "index.html"),
+        "cold_cache": cold,
+    }
+    result["within_targets"] = (result["wall_s"] <= TARGETS["wall_s"] and result["peak_rss_gib"] <= TARGETS["peak_rss_gib"]
+                                and result["nonzero_variance_groups"] >= TARGETS["nonzero_variance_groups"]
+                                and result["layers_with_zero_profile_after_step_1"] == 0)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cold", action="store_true", help="delete runs/cache first (rebuild model + warm start)")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    output = args.output or Path(tempfile.mkdtemp(prefix="rankstudy-bench-laptop-")) / "laptop"
+    print(json.dumps(run(output, args.cold), indent=2))
+
+
+if __name__ == "__main__":
+    main()
