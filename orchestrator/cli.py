@@ -74,7 +74,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     study_dir = Path(args.study_dir)
     if not study_dir.is_dir():
         raise StudyError(f"study directory {study_dir} does not exist")
-    html = write_report(study_dir, echo=lambda line: print(line, file=sys.stderr))
+    html = write_report(study_dir.resolve(), echo=lambda line: print(line, file=sys.stderr))
     print(f"report: {html}")
     return 0
 
