@@ -97,3 +97,25 @@ def test_second_execute_of_a_completed_run_is_a_no_op(write_study_config, tmp_pa
     record = execute_run(config, spec, tmp_path)
     assert record["status"] == "completed"
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
+
+
+def test_proportional_run_from_a_given_profile_file(write_study_config, tmp_path):
+    # allocation.profile_from: a profile .parquet (e.g. from an earlier study) instead of this seed's uniform run.
+    import pandas as pd
+
+    from orchestrator.allocation import allocate
+    from orchestrator.plan import plan_runs
+
+    rows = [dict(run_id="uniform-seed9", strategy="uniform", seed=9, step=step, layer=layer, module=module, rank=8,
+                 grad_norm=float(layer + 1)) for step in (1, 2) for layer in range(4) for module in ("q_proj", "v_proj")]
+    profile = tmp_path / "earlier-profile.parquet"
+    pd.DataFrame(rows).to_parquet(profile)
+    config = load_config(write_study_config(
+        allocation={"profile_from": str(profile)}, grid={"strategies": ["proportional"], "seeds": [0]},
+        grpo={"max_steps": 1}, data={"eval_limit": 2}))
+    [spec] = plan_runs(config)
+    assert spec.depends_on is None and spec.profile_path == str(profile)
+    record = execute_run(config, spec, tmp_path / "study")
+    assert record["importance"] == [2.0, 4.0, 6.0, 8.0]  # Eq. 2: mean over steps of the sum over modules and record["importance_source"] == str(profile)
+    assert record["allocation"] == allocate("proportional", importance=[2, 4, 6, 8], rank=8, r_min=4, r_max=16,
+                                            multiple=4)
