@@ -60,17 +60,33 @@ def _git_commit() -> str | None:
         return None
 
 
+# Sections that may change between invocations on the same DIR: they decide which cells run and where, not
+# what a cell computes. Growing the grid (more seeds, another strategy) runs only the new cells.
+MUTABLE_SECTIONS = ("grid", "resources")
+
+
 def write_study_yaml(paths: StudyPaths, config: StudyConfig) -> None:
-    """Record the resolved config once; a directory holding a different study is an error, not overwritten."""
+    """Record the resolved config; a DIR holding a study with other settings is an error, not overwritten.
+
+    The file is rewritten only when the grid grows (its grid is then the union of all invocations'), so
+    re-running the same command leaves it byte-identical.
+    """
     resolved = to_dict(config)
     if paths.study_yaml.exists():
         existing = yaml.safe_load(paths.study_yaml.read_text()) or {}
-        if existing.get("config") != resolved:
-            diff = _first_difference(existing.get("config") or {}, resolved)
+        old = existing.get("config") or {}
+        fixed_old = {k: v for k, v in old.items() if k not in MUTABLE_SECTIONS}
+        fixed_new = {k: v for k, v in resolved.items() if k not in MUTABLE_SECTIONS}
+        if fixed_old != fixed_new:
             raise StudyError(
-                f"{paths.root} holds a study with a different config ({diff}); "
+                f"{paths.root} holds a study with a different config ({_first_difference(fixed_old, fixed_new)}); "
                 "use another --output or restore the original settings to resume it"
             )
+        grid = {key: _union(old.get("grid", {}).get(key, []), resolved["grid"][key]) for key in resolved["grid"]}
+        if grid == old.get("grid") and resolved["resources"] == old.get("resources"):
+            return
+        existing["config"] = {**resolved, "grid": grid}
+        atomic_write_text(paths.study_yaml, yaml.safe_dump(existing, sort_keys=False))
         return
     record = {
         "config": resolved,
@@ -79,6 +95,10 @@ def write_study_yaml(paths: StudyPaths, config: StudyConfig) -> None:
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     atomic_write_text(paths.study_yaml, yaml.safe_dump(record, sort_keys=False))
+
+
+def _union(old: list, new: list) -> list:
+    return list(old) + [item for item in new if item not in old]
 
 
 def _first_difference(old: dict, new: dict, prefix: str = "") -> str:

@@ -49,6 +49,8 @@ def test_paper_config_sets_the_paper_values_not_trl_defaults():
 def test_overrides_use_dotted_keys_and_yaml_values():
     c = load_config(REPO / "configs/paper.yaml", ["grpo.max_steps=7", "grid.seeds=[4, 5]", "data.eval_limit=null"])
     assert c.grpo.max_steps == 7 and c.grid.seeds == (4, 5) and c.data.eval_limit is None
+    # YAML 1.1 reads `1e-3` (no dot) as a string; a float field takes it as the number everyone means.
+    assert load_config(REPO / "configs/paper.yaml", ["grpo.learning_rate=1e-3"]).grpo.learning_rate == 0.001
 
 
 def test_every_field_has_help_text():
