@@ -141,3 +141,25 @@ def test_grid_with_colocated_vllm_seeds_rollouts_and_evaluates(write_study_confi
     assert len(evaluation) == 8 and evaluation["completion"].str.len().gt(0).any()
     profiles = pd.read_parquet(out / "profiles")
     assert (profiles["grad_norm"] > 0).any()
+
+
+def test_a_run_that_fails_for_good_is_reported_and_the_others_go_on(write_study_config, tmp_path):
+    # A profile with the wrong number of layers: the proportional run fails with a StudyError (bad input, not
+    # retried), the uniform run of the same grid still completes, and the driver exits non-zero naming the failure.
+    rows = [dict(run_id="uniform-seed9", strategy="uniform", seed=9, step=1, layer=layer, module="q_proj", rank=8,
+                 grad_norm=1.0 + layer) for layer in range(3)]
+    profile = tmp_path / "three-layers.parquet"
+    pd.DataFrame(rows).to_parquet(profile)
+    config = write_study_config("fails", allocation={"profile_from": str(profile)},
+                                grid={"strategies": ["uniform", "proportional"], "seeds": [0]},
+                                grpo={"max_steps": 1}, data={"eval_limit": 2})
+    out = tmp_path / "fails"
+    result = rankstudy_run(config, out)
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert "FAILED proportional-seed0: StudyError: proportional-seed0: profile has 3 layers but the model has 4" \
+        in result.stdout
+    assert "retrying" not in result.stdout
+    assert json.loads((out / "runs" / "uniform-seed0" / "run.json").read_text())["status"] == "completed"
+    failed = json.loads((out / "runs" / "proportional-seed0" / "run.json").read_text())
+    assert failed["status"] == "failed" and "3 layers" in failed["error"]
+    assert not (out / "profiles" / "proportional-seed0.parquet").exists()
