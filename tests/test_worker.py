@@ -70,6 +70,8 @@ def test_grpo_run_trains_profiles_and_evaluates(write_study_config, tmp_path):
     metrics = pq.read_table(paths.table("metrics", "random-seed0")).to_pandas()
     assert METRIC_COLUMNS <= set(metrics.columns) and list(metrics["step"]) == [1, 2, 3]
     assert (metrics["reward_std"] > 0).any(), "warm start should give unequal rewards within groups"
+    # The profiler's own time is measured inside each step: positive, and a small part of it.
+    assert ((metrics["profile_time_s"] > 0) & (metrics["profile_time_s"] < 0.1 * metrics["step_time_s"])).all()
     evaluation = pq.read_table(paths.table("eval", "random-seed0")).to_pandas()
     assert EVAL_COLUMNS <= set(evaluation.columns) and len(evaluation) == config.data.eval_limit
     assert record["trainable_params"] == sum(sum(v) for v in record["lora_params"].values())
@@ -84,7 +86,7 @@ def test_same_seed_same_allocation_and_metrics_other_seed_other_rollouts(write_s
         metrics.append(pq.read_table(StudyPaths(study).table("metrics", f"random-seed{seed}")).to_pandas())
     a, b, c = records
     assert a["allocation"] == b["allocation"] != c["allocation"]
-    deterministic = [col for col in metrics[0].columns if col not in ("step_time_s", "run_id", "seed")]
+    deterministic = [col for col in metrics[0].columns if col not in ("step_time_s", "profile_time_s", "run_id", "seed")]
     assert metrics[0][deterministic].equals(metrics[1][deterministic])
     assert not set(metrics[0]["rollout_digest"]) & set(metrics[2]["rollout_digest"])
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -66,6 +67,7 @@ class GradientProfiler:
         self._group_of = torch.tensor([g for g, (*_, params) in enumerate(groups) for _ in params])
         self._steps: list[int] = []
         self._norms: list[list[float]] = []
+        self.capture_seconds: dict[int, float] = {}
 
     @classmethod
     def for_lora(cls, model: torch.nn.Module, layout: LayerLayout, ranks: list[int], labels: RunLabels):
@@ -91,6 +93,7 @@ class GradientProfiler:
         """Record the current gradients as optimizer step ``step`` (once per step; repeats are ignored)."""
         if self._steps and self._steps[-1] == step:
             return
+        started = time.perf_counter()
         grads = [p.grad if p.grad is not None else torch.zeros((), device=p.device) for p in self._params]
         with torch.no_grad():
             per_tensor = torch.stack(torch._foreach_norm(grads)).to(torch.float64)  # one fused kernel
@@ -99,6 +102,8 @@ class GradientProfiler:
             values = squared.index_add_(0, group_of, per_tensor.pow(2)).sqrt().cpu().tolist()  # one host copy
         self._steps.append(step)
         self._norms.append(values)
+        # The profiler's own cost, including the device->host sync: the metrics table reports it per step.
+        self.capture_seconds[step] = time.perf_counter() - started
 
     @property
     def steps(self) -> list[int]:

@@ -109,6 +109,7 @@ class GRPORun:
                            lora_params=_params_by_module(audit.module_params, layout))
         self.profiler = GradientProfiler.for_lora(trainer.model, layout, ranks, self.labels)
         trainer.gradient_profiler = self.profiler
+        self.recorder.profiler = self.profiler
         self.checkpoint_tables = CheckpointTables(self.profiler, self.recorder)
         for callback in (self.recorder, ProfilerCallback(self.profiler), self.checkpoint_tables):
             trainer.add_callback(callback)

@@ -45,7 +45,7 @@ METRIC_COLUMNS = {
 METRICS_SCHEMA = pa.schema(
     [("run_id", pa.string()), ("strategy", pa.string()), ("seed", pa.int64()), ("step", pa.int64())]
     + [(col, pa.float64()) for col in METRIC_COLUMNS.values()]
-    + [("step_time_s", pa.float64()), ("rollout_digest", pa.string())]
+    + [("step_time_s", pa.float64()), ("profile_time_s", pa.float64()), ("rollout_digest", pa.string())]
 )
 
 
@@ -63,6 +63,7 @@ class StepRecorder(TrainerCallback):
         self._step_start = 0.0
         self._step_time: dict[int, float] = {}
         self._digest = hashlib.sha1()
+        self.profiler: GradientProfiler | None = None  # set once the trainer (and so the profiler) exists
 
     def watch_rollouts(self, reward_fn):
         """Wrap a reward function so the recorder sees every completion it scores (behaviour unchanged)."""
@@ -90,6 +91,8 @@ class StepRecorder(TrainerCallback):
             value = logs.get(key)
             row[column] = float(value) if value is not None else math.nan
         row["step_time_s"] = self._step_time.get(step, math.nan)
+        # Part of step_time_s spent in the gradient profiler: profile_time_s / step_time_s is its overhead.
+        row["profile_time_s"] = self.profiler.capture_seconds.get(step, math.nan) if self.profiler else math.nan
         row["rollout_digest"] = self._digest.hexdigest()[:16]
         self._digest = hashlib.sha1()
         self.rows[step] = row
