@@ -16,9 +16,11 @@ complete when its run.json says so and its three Parquet files exist; completed 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,18 +69,28 @@ class StudyPaths:
         )
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+@contextlib.contextmanager
+def _atomic_target(path: Path) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; once the block has written it, fsync and rename it into place.
+
+    The dot-prefixed temp name is skipped by pyarrow's dataset discovery (pandas.read_parquet on a directory).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with _atomic_target(path) as tmp:
+        Path(tmp).write_bytes(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -91,15 +103,5 @@ def atomic_write_json(path: Path, record: dict[str, Any]) -> None:
 
 def atomic_write_table(path: Path, table: pa.Table) -> None:
     """Write a Parquet file atomically (temp file in the same directory, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A dot-prefixed temp name: pyarrow's dataset discovery (pandas.read_parquet on the directory) skips it.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with _atomic_target(path) as tmp:
         pq.write_table(table, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

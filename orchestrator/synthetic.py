@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from orchestrator.allocation import STRATEGIES, allocate
+from orchestrator.results import atomic_write_table
 
 PAPER_MODULE_SHARE = {  # paper section 3.2: attention 52.9%, up_proj 21.4%, q_proj 9.5%
     "q_proj": 0.095, "k_proj": 0.120, "v_proj": 0.150, "o_proj": 0.164,
@@ -106,11 +106,7 @@ def run_allocation(strategy: str, seed: int, importance: np.ndarray, spec: Synth
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
-    # Temp file + rename, like the run stage, so a crash never leaves a truncated file.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    atomic_write_table(path, table)  # like the run stage: a crash never leaves a truncated file
 
 
 def _profile_table(run_id: str, strategy: str, seed: int, ranks: np.ndarray, layer_weight: np.ndarray,

@@ -54,6 +54,7 @@ from transformers import TrainerCallback
 
 from orchestrator.config import PROJECTION_MODULES, SYSTEM_PROMPT, is_local_path
 from orchestrator.errors import StudyError
+from orchestrator.results import atomic_write_text
 from workers.data import build_prompt
 from workers.rewards import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, gold_number
 
@@ -207,7 +208,7 @@ def warm_start(
             "warm_start_version": WARM_START_VERSION, "final_train_loss": losses["final"],
             "mean_train_loss": losses["mean"], "duration_s": round(time.monotonic() - started, 2),
         }
-        _write_atomically(staging / MARKER, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(staging / MARKER, json.dumps(record, indent=2, sort_keys=True) + "\n")
         _move_into_place(staging, entry, key)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -311,12 +312,6 @@ class _StderrProgress(TrainerCallback):
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def _move_into_place(staging: Path, entry: Path, key: str) -> None:
