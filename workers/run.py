@@ -40,7 +40,7 @@ from workers.lora import audit_lora, build_lora_config
 from workers.model import discover_layers, load_model_and_tokenizer
 from workers.profiler import GradientProfiler, ProfilerCallback, RunLabels
 from workers.rewards import reward_functions
-from workers.trainer import CheckpointTables, ProfiledGRPOTrainer, StepRecorder, latest_checkpoint
+from workers.trainer import CheckpointTables, ProfiledGRPOTrainer, StepRecorder, checkpoint_step, latest_checkpoint
 
 Report = Callable[[dict], None]
 
@@ -128,11 +128,12 @@ class GRPORun:
         resume = latest_checkpoint(ckpt_root)
         if resume is not None:
             # Checkpoints newer than the last complete one were cut off mid-save: drop them.
-            for stale in ckpt_root.glob("checkpoint-*"):
-                if stale.name.split("-")[-1].isdigit() and int(stale.name.split("-")[-1]) > int(resume.name.split("-")[-1]):
+            resume_step = checkpoint_step(resume)
+            for stale in ckpt_root.iterdir():
+                if (checkpoint_step(stale) or 0) > resume_step:
                     shutil.rmtree(stale, ignore_errors=True)
             self.checkpoint_tables.restore(resume)
-            self.record["resumed_from_step"] = int(resume.name.split("-")[-1])
+            self.record["resumed_from_step"] = resume_step
             self._write_record()
         self.trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         self.timings["train_s"] = time.perf_counter() - start

@@ -128,12 +128,20 @@ class CheckpointTables(TrainerCallback):
         self.recorder.restore(pq.read_table(ckpt / "rankstudy_metrics.parquet"))
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The optimizer step of a ``checkpoint-<step>`` directory (None for any other name).
+
+    >>> checkpoint_step(Path("runs/x/checkpoints/checkpoint-12")), checkpoint_step(Path("checkpoint-tmp"))
+    (12, None)
+    """
+    suffix = path.name.removeprefix("checkpoint-")
+    return int(suffix) if path.name.startswith("checkpoint-") and suffix.isdigit() else None
+
+
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     """The newest checkpoint that holds our tables; newer, incomplete ones (a crash mid-save) are ignored."""
     if not checkpoint_dir.is_dir():
         return None
-    complete = [
-        p for p in checkpoint_dir.glob("checkpoint-*")
-        if p.name.split("-")[-1].isdigit() and (p / CHECKPOINT_MARKER).exists()
-    ]
-    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    complete = [p for p in checkpoint_dir.iterdir()
+                if checkpoint_step(p) is not None and (p / CHECKPOINT_MARKER).exists()]
+    return max(complete, key=checkpoint_step, default=None)
