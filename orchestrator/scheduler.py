@@ -30,20 +30,33 @@ from orchestrator.errors import StudyError
 from orchestrator.plan import RunSpec
 from orchestrator.results import StudyPaths
 
+Runner = Callable[..., dict]  # runner(config, spec, study_dir, report=...) -> run record
+
 
 class RunActor:
-    """Executes one run inside a Ray worker process; answers progress queries while it runs."""
+    """Executes one run inside a Ray worker process; answers progress queries while it runs.
 
-    def __init__(self, config: StudyConfig, study_dir: str):
-        self.config, self.study_dir = config, study_dir
+    ``runner`` defaults to :func:`workers.run.execute_run`; the scheduling benchmark passes a stub that sleeps
+    (any picklable function with the same signature), so the real scheduler can be timed without training.
+    """
+
+    def __init__(self, config: StudyConfig, study_dir: str, runner: Runner | None = None,
+                 env: dict[str, str] | None = None):
+        # The worker environment is applied here, before torch/vLLM/HF are imported in this process, rather
+        # than as a Ray runtime_env: an actor with its own runtime_env needs a freshly started worker process,
+        # while one without it takes an idle, already started worker (about 3 s less per run, measured).
+        os.environ.update(env or {})
+        self.config, self.study_dir, self.runner = config, study_dir, runner
         self.latest: dict = {"phase": "setup"}  # answered as soon as the actor process is up
         self._gauges = None
 
     def run(self, spec: RunSpec) -> dict:
-        from workers.run import execute_run  # heavy import (torch, TRL) inside the worker only
+        runner = self.runner
+        if runner is None:
+            from workers.run import execute_run as runner  # heavy import (torch, TRL) inside the worker only
 
         self._tags = {"strategy": spec.strategy, "seed": str(spec.seed)}
-        return execute_run(self.config, spec, self.study_dir, report=self._report)
+        return runner(self.config, spec, self.study_dir, report=self._report)
 
     def progress(self) -> dict:
         return dict(self.latest)
@@ -81,14 +94,20 @@ class RunState:
     actor: object = None
     ref: object = None
     progress: dict = field(default_factory=dict)
+    record: dict | None = None  # what the runner returned, once completed
+    progress_ref: object = None  # an unanswered progress query
 
 
-def connect(num_cpus: int | None = None) -> None:
-    """Join the cluster at RAY_ADDRESS (as under `ray job submit`), else start a local one."""
+def connect(num_cpus: int | None = None, resources: dict[str, float] | None = None) -> None:
+    """Join the cluster at RAY_ADDRESS (as under `ray job submit`), else start a local one.
+
+    ``resources`` declares custom resources on a local cluster (e.g. ``{"slot": 4}``); a cluster you join
+    declares its own with ``ray start --resources``.
+    """
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
-    kwargs = {"address": address} if address else {"num_cpus": num_cpus}
+    kwargs = {"address": address} if address else {"num_cpus": num_cpus, "resources": resources}
     ray.init(**kwargs, log_to_driver=True, configure_logging=False)
 
 
@@ -142,8 +161,12 @@ def run_grid(
     *,
     progress_interval_s: float = 5.0,
     echo: Callable[[str], None] = print,
+    runner: Runner | None = None,
 ) -> dict[str, RunState]:
-    """Run every spec to completion or final failure; returns the state of each run by run_id."""
+    """Run every spec to completion or final failure; returns the state of each run by run_id.
+
+    ``runner`` replaces :func:`workers.run.execute_run` inside each actor (see :class:`RunActor`).
+    """
     paths = StudyPaths(study_dir)
     states = {s.run_id: RunState(s) for s in specs}
     for state in states.values():
@@ -157,13 +180,18 @@ def run_grid(
     last_line, last_print = "", 0.0
 
     while True:
-        _submit_ready(states, actor_cls, config, study_dir, env, echo)
+        _submit_ready(states, actor_cls, config, study_dir, env, echo, runner)
         running = {s.ref: s for s in states.values() if s.status == "running"}
         if not running:
             break
+        # Wake on the first completion (or after the interval), then take every run finished by now: each one
+        # frees a slot and may release dependants, so none of them waits for another round.
         finished, _ = ray.wait(list(running), num_returns=1, timeout=progress_interval_s)
+        if finished:
+            finished, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
         for ref in finished:
             _collect(running[ref], ref, config.resources.max_retries, echo)
+        _poll_progress(states)
         line = _progress_line(states)
         if line != last_line or time.monotonic() - last_print > 60:
             echo(line)
@@ -171,7 +199,7 @@ def run_grid(
     return states
 
 
-def _submit_ready(states, actor_cls, config, study_dir, env, echo) -> None:
+def _submit_ready(states, actor_cls, config, study_dir, env, echo, runner) -> None:
     for state in states.values():
         if state.status != "pending":
             continue
@@ -183,11 +211,11 @@ def _submit_ready(states, actor_cls, config, study_dir, env, echo) -> None:
                 continue
             if states[dep].status != "completed":
                 continue
-        _start(state, actor_cls, config, study_dir, env)
+        _start(state, actor_cls, config, study_dir, env, runner)
         echo(f"[{state.spec.run_id}] submitted as actor {state.spec.actor_name} (attempt {state.attempts})")
 
 
-def _start(state: RunState, actor_cls, config, study_dir, env) -> None:
+def _start(state: RunState, actor_cls, config, study_dir, env, runner) -> None:
     spec = state.spec
     state.attempts += 1
     state.actor = actor_cls.options(
@@ -197,8 +225,7 @@ def _start(state: RunState, actor_cls, config, study_dir, env) -> None:
         resources=spec.custom_resources or None,
         max_concurrency=2,  # one thread runs the run, the other answers progress queries
         max_restarts=0,  # retries are ours: a new actor resumes from the checkpoint
-        runtime_env={"env_vars": env},
-    ).remote(config, study_dir)
+    ).remote(config, study_dir, runner, env)
     state.ref = state.actor.run.remote(spec)
     state.status = "running"
 
@@ -207,7 +234,7 @@ def _collect(state: RunState, ref, max_retries: int, echo) -> None:
     run_id = state.spec.run_id
     try:
         record = ray.get(ref)
-        state.status = "completed"
+        state.status, state.record = "completed", record
         acc = record.get("eval", {}).get("accuracy")
         echo(f"[{run_id}] completed: {record.get('steps')} steps, eval accuracy {acc:.3f}" if acc is not None
              else f"[{run_id}] completed")
@@ -234,23 +261,33 @@ def _release(state: RunState) -> None:
             ray.kill(state.actor, no_restart=True)
         except Exception:  # noqa: BLE001 - the actor may already be gone, which is what we want
             pass
-    state.actor = state.ref = None
+    state.actor = state.ref = state.progress_ref = None
+    state.progress = {}
+
+
+def _poll_progress(states: dict[str, RunState]) -> None:
+    """Refresh each running run's progress without waiting: answers arrive by the next round.
+
+    An actor still waiting for resources cannot answer, so blocking on it would delay every completion.
+    """
+    asked = {s.progress_ref: s for s in states.values() if s.status == "running" and s.progress_ref is not None}
+    if asked:
+        answered, _ = ray.wait(list(asked), num_returns=len(asked), timeout=0)
+        for ref in answered:
+            state = asked[ref]
+            state.progress_ref = None
+            try:
+                state.progress = ray.get(ref)
+            except Exception:  # noqa: BLE001 - a dying actor; its run is collected (and retried) on its own
+                pass
+    for state in states.values():
+        if state.status == "running" and state.progress_ref is None:
+            state.progress_ref = state.actor.progress.remote()
 
 
 def _progress_line(states: dict[str, RunState]) -> str:
     counts = {k: sum(s.status == k for s in states.values()) for k in ("completed", "running", "pending", "failed")}
-    parts = []
-    running = [s for s in states.values() if s.status == "running"]
-    if running:
-        refs = [s.actor.progress.remote() for s in running]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=2.0)
-        for state, ref in zip(running, refs, strict=True):
-            if ref in ready:
-                try:
-                    state.progress = ray.get(ref)
-                except Exception:  # noqa: BLE001 - a dying actor; its run will be collected next round
-                    pass
-            parts.append(f"{state.spec.run_id} {_describe(state.progress)}")
+    parts = [f"{s.spec.run_id} {_describe(s.progress)}" for s in states.values() if s.status == "running"]
     head = (f"runs: {counts['completed']} done, {counts['running']} running, {counts['pending']} pending"
             + (f", {counts['failed']} failed" if counts["failed"] else ""))
     return head + (" | " + ", ".join(parts) if parts else "")
