@@ -32,7 +32,7 @@ test:
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint:
-	$(VENV)/bin/ruff check orchestrator workers dashboards tests
+	$(VENV)/bin/ruff check orchestrator workers dashboards tests benchmarks
 
 run:
 	$(VENV)/bin/rankstudy run configs/laptop.yaml --output runs/laptop

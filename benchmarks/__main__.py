@@ -1,28 +1,106 @@
-"""``make bench``: every benchmark, one JSON file.
+"""``make bench``: every benchmark, each in its own process; one table, one JSON file.
 
-Runs the analysis benchmark (paper-scale synthetic study vs a bare Parquet scan) and the laptop study benchmark
-(`make run` wall time, peak memory, learning signal), prints each result and writes ``bench/results.json``
-with the date and the command. Speed and memory targets live here, never in timed tests.
+Order matters only for time: ``laptop`` runs `make run`'s study (and so builds and warm-starts the laptop model
+into runs/cache, if not there yet), which ``profiling`` and ``generation`` then load. Each benchmark runs in a
+fresh Python process so its peak memory, thread settings, vLLM environment and Ray session are its own.
+Results go to ``bench/results.json`` with the date, the command and the machine; the table is printed.
+Speed and memory targets live here, never in timed tests.
 
-    python -m benchmarks            # both
-    python -m benchmarks analysis   # one
+    python -m benchmarks                       # all, in order
+    python -m benchmarks scheduling analysis   # some
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import bench_analysis, bench_laptop
-
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = {
-    "analysis": lambda tmp: bench_analysis.run(tmp),
-    "laptop": lambda tmp: bench_laptop.run(Path(tmp) / "laptop"),
-}
+MARK = "BENCHMARK-RESULT "
+
+
+def _laptop(tmp: str) -> dict:
+    from benchmarks import bench_laptop
+
+    return bench_laptop.run(Path(tmp) / "laptop")
+
+
+def _analysis(tmp: str) -> dict:
+    from benchmarks import bench_analysis
+
+    return bench_analysis.run(tmp)
+
+
+def _profiling(tmp: str) -> dict:
+    from benchmarks import bench_profiling
+
+    return bench_profiling.run()
+
+
+def _generation(tmp: str) -> dict:
+    from benchmarks import bench_generation
+
+    return bench_generation.run()
+
+
+def _scheduling(tmp: str) -> dict:
+    from benchmarks import bench_scheduling
+
+    return bench_scheduling.run()
+
+
+BENCHMARKS = {"laptop": _laptop, "profiling": _profiling, "generation": _generation, "scheduling": _scheduling,
+              "analysis": _analysis}
+
+
+def _row(name: str, r: dict) -> tuple[str, str, str, str]:
+    """(benchmark, figure, goal, met?) for the printed table and the README."""
+    ok = lambda flag: "yes" if flag else "NO"  # noqa: E731
+    if name == "laptop":
+        return (name, f"{r['wall_s']:.0f} s, peak {r['peak_rss_gib']} GiB (worker {r['worker_peak_rss_gib']} GiB), "
+                f"{r['nonzero_variance_groups']:.0%} groups with reward variance, reward {r['reward_first_quarter']}"
+                f" -> {r['reward_last_quarter']}", "<= 600 s, <= 8 GiB, >= 50%", ok(r["within_targets"]))
+    if name == "profiling":
+        q = r["step_time_ratio_on_off"]
+        return (name, f"step time on/off {q['median']} ({q['min']}-{q['max']}); profiler "
+                f"{r['profiler_share_of_step']['median']:.4%} of a step", r["goal"], ok(r["within_goal"]))
+    if name == "generation":
+        e, t = r["evaluation"]["vllm_over_hf"], r["training"]["vllm_over_hf"]
+        return (name, f"vLLM/HF tokens/s: evaluation {e['median']}x ({e['min']}-{e['max']}), training "
+                f"{t['median']}x ({t['min']}-{t['max']})", r["goal"], ok(r["within_goal"]))
+    if name == "scheduling":
+        lat = r["dependency_latency_s"]
+        return (name, f"{r['runs']} runs of {r['duration_s']:.0f} s on {r['slots']} slots: {r['efficiency']:.1%} of "
+                f"ideal (slot hand-over {r['wave_gap_s']['median']:.1f} s); dependants start {lat['median']:.2f} s "
+                f"(max {lat['max']:.2f}) after their uniform run", ">= 95%, <= 2 s", ok(r["within_goal"]))
+    return (name, f"analysis {r['ratio']}x a bare scan of {r['profile_rows']:,} rows, peak "
+            f"{r['analysis_peak_rss_mb']:.0f} MB", "<= 3x", ok(r["ratio"] <= 3))
+
+
+def _run_child(name: str) -> dict:
+    """Run one benchmark in a fresh interpreter; its result comes back on a marked stdout line."""
+    code = f"import json, sys; from benchmarks.__main__ import _child; _child({name!r})"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(MARK)]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"error: benchmark {name} failed (exit {proc.returncode}); run "
+                         f"`python -m benchmarks.bench_{name}` to see why")
+    return json.loads(lines[-1][len(MARK):])
+
+
+def _child(name: str) -> None:
+    with tempfile.TemporaryDirectory(prefix=f"rankstudy-bench-{name}-") as tmp:
+        started = time.monotonic()
+        result = BENCHMARKS[name](tmp)
+        result["benchmark_wall_s"] = round(time.monotonic() - started, 1)
+    print(MARK + json.dumps(result), flush=True)
 
 
 def main(argv: list[str]) -> None:
@@ -30,17 +108,23 @@ def main(argv: list[str]) -> None:
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         raise SystemExit(f"error: unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
-    results = {"date": time.strftime("%Y-%m-%d"), "command": "make bench"}
+    results = {"date": time.strftime("%Y-%m-%d"), "command": "make bench" if not argv else
+               f"python -m benchmarks {' '.join(argv)}",
+               "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}"}
+    started = time.monotonic()
     for name in names:
-        with tempfile.TemporaryDirectory(prefix=f"rankstudy-bench-{name}-") as tmp:
-            started = time.monotonic()
-            results[name] = BENCHMARKS[name](tmp)
-            results[name]["benchmark_wall_s"] = round(time.monotonic() - started, 1)
+        print(f"== {name}", flush=True)
+        results[name] = _run_child(name)
         print(f"{name}: {json.dumps(results[name])}", flush=True)
+    results["total_wall_s"] = round(time.monotonic() - started, 1)
     out = REPO / "bench" / "results.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    rows = [("benchmark", "measured", "goal", "met")] + [_row(n, results[n]) for n in names]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    print(f"total {results['total_wall_s']:.0f} s; wrote {out}")
 
 
 if __name__ == "__main__":

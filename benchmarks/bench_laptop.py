@@ -6,7 +6,9 @@ of the driver and every child (Ray's raylet, GCS and the run actors) every 0.5 s
 
 - fraction of GRPO groups with non-zero reward variance (1 - TRL's frac_reward_zero_std, mean over steps),
 - whether every layer of every run has a non-zero gradient profile after step 1,
-- the reward at the first and last steps (mean over runs), to see the curve move.
+- the mean reward (and format reward) over the first and the last quarter of the steps, all runs together, to
+  see the curve move,
+- the peak RSS of the largest run actor process (one GRPO worker run).
 
     python -m benchmarks.bench_laptop [--cold] [--output DIR]
 """
@@ -30,14 +32,26 @@ REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"wall_s": 600, "peak_rss_gib": 8.0, "nonzero_variance_groups": 0.5}
 
 
-def _tree_rss(root: psutil.Process) -> int:
+def _tree_rss(root: psutil.Process, worker_peaks: dict[int, int]) -> int:
+    """Summed RSS of ``root`` and its descendants; updates the peak of each run actor's process."""
     total = 0
     for proc in [root, *root.children(recursive=True)]:
         try:
-            total += proc.memory_info().rss
+            rss = proc.memory_info().rss
+            total += rss
+            if "RunActor" in " ".join(proc.cmdline()):  # Ray titles an actor's process ray::RunActor[.method]
+                worker_peaks[proc.pid] = max(worker_peaks.get(proc.pid, 0), rss)
         except psutil.Error:
             continue
     return total
+
+
+def _first_last_mean(metrics: pd.DataFrame, column: str) -> tuple[float, float]:
+    """Mean of ``column`` over the first and the last quarter of the steps, all runs together."""
+    quarter = max(1, metrics.step.max() // 4)
+    first = metrics[metrics.step <= quarter][column].mean()
+    last = metrics[metrics.step > metrics.step.max() - quarter][column].mean()
+    return round(float(first), 3), round(float(last), 3)
 
 
 def run(output: Path, cold: bool = False) -> dict:
@@ -51,12 +65,13 @@ def run(output: Path, cold: bool = False) -> dict:
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     root = psutil.Process(proc.pid)
     peak = 0
+    worker_peaks: dict[int, int] = {}
     done = threading.Event()
 
     def sample() -> None:
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, _tree_rss(root))
+            peak = max(peak, _tree_rss(root, worker_peaks))
             time.sleep(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -72,16 +87,20 @@ def run(output: Path, cold: bool = False) -> dict:
     profiles = pd.read_parquet(output / "profiles")
     grpo = profiles[profiles.strategy != "sft"]
     after_first = grpo[grpo.step >= 2].groupby(["run_id", "layer"])["grad_norm"].sum()
-    first, last = metrics.step.min(), metrics.step.max()
+    reward = _first_last_mean(metrics, "reward")
+    reward_format = _first_last_mean(metrics, "reward_format")
     result = {
         "wall_s": round(wall, 1),
         "peak_rss_gib": round(peak / 2**30, 2),
+        "worker_peak_rss_gib": round(max(worker_peaks.values(), default=0) / 2**30, 2),
         "nonzero_variance_groups": round(float(1 - metrics.frac_reward_zero_std.mean()), 3),
         "layers_with_zero_profile_after_step_1": int((after_first == 0).sum()),
-        "reward_first_step": round(float(metrics[metrics.step == first].reward.mean()), 3),
-        "reward_last_step": round(float(metrics[metrics.step == last].reward.mean()), 3),
-        "reward_format_first_step": round(float(metrics[metrics.step == first].reward_format.mean()), 3),
-        "reward_format_last_step": round(float(metrics[metrics.step == last].reward_format.mean()), 3),
+        "steps": int(metrics.step.max()),
+        "reward_first_quarter": reward[0],
+        "reward_last_quarter": reward[1],
+        "reward_format_first_quarter": reward_format[0],
+        "reward_format_last_quarter": reward_format[1],
+        "reward_rises": reward[1] > reward[0],
         "report": str(output / "report" / "index.html"),
         "cold_cache": cold,
     }

@@ -1,0 +1,34 @@
+"""Shared by the worker benchmarks: the laptop study's config on its prepared (built + warm-started) model."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LAPTOP_CONFIG = REPO / "configs" / "laptop.yaml"
+
+
+def laptop_config(overrides: list[str] = ()):
+    """configs/laptop.yaml with ``overrides``, its model built and warm-started (cached under its cache_dir).
+
+    The returned config loads the prepared model directly (no build, no warm start), as every run of the
+    study does once the driver has prepared it.
+    """
+    from orchestrator.config import load_config
+    from orchestrator.study import resolve_local_paths
+    from workers.prepare import prepare_base_model
+
+    os.chdir(REPO)  # the config's paths are relative to the repository root, as under `make run`
+    config = resolve_local_paths(load_config(str(LAPTOP_CONFIG), list(overrides)))
+    prepared = prepare_base_model(config)
+    model = dataclasses.replace(config.model, name_or_path=prepared.model_dir, build=None)
+    return dataclasses.replace(config, model=model, warm_start=None)
+
+
+def spread(values: list[float], digits: int = 4) -> dict:
+    """Median, min and max of repeated measurements (the benchmarks' standard summary)."""
+    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits), "n": len(values)}
