@@ -60,6 +60,7 @@ def run(output: Path, cold: bool = False) -> dict:
         shutil.rmtree(output)
     if cold:
         shutil.rmtree(REPO / "runs" / "cache", ignore_errors=True)
+    cold = not (REPO / "runs" / "cache").exists()  # also cold when no cache was there (a fresh clone)
     cmd = [sys.executable, "-m", "orchestrator", "run", str(config), "--output", str(output)]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
