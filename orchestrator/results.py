@@ -69,6 +69,10 @@ class StudyPaths:
         )
 
 
+_UMASK = os.umask(0)  # read the process umask (the only way is to set it) and restore it at once
+os.umask(_UMASK)
+
+
 @contextlib.contextmanager
 def _atomic_target(path: Path) -> Iterator[str]:
     """Yield a temporary path beside ``path``; once the block has written it, fsync and rename it into place.
@@ -82,6 +86,9 @@ def _atomic_target(path: Path) -> Iterator[str]:
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        # mkstemp creates the file 0600; results are shared (a cluster's output directory, a report sent to
+        # colleagues), so give it the mode an ordinary open() would: 0666 less the umask.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

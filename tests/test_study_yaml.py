@@ -37,3 +37,21 @@ def test_changed_settings_are_refused_but_more_seeds_grow_the_grid(tmp_path):
     write_study_yaml(paths, load_config(REPO / "configs/paper.yaml", ["grid.seeds=[3, 4]"]))
     grid = yaml.safe_load(paths.study_yaml.read_text())["config"]["grid"]
     assert grid["seeds"] == [0, 1, 2, 3, 4]
+
+
+def test_results_are_readable_by_others_as_ordinary_files_are(tmp_path):
+    # Written through a temp file (mkstemp makes it 0600); shared output directories need the usual mode.
+    import os
+    import stat
+
+    import pyarrow as pa
+
+    from orchestrator.results import atomic_write_table, atomic_write_text
+
+    atomic_write_text(tmp_path / "report.html", "<html></html>")
+    atomic_write_table(tmp_path / "t.parquet", pa.table({"x": [1]}))
+    (tmp_path / "plain.txt").write_text("x")
+    expected = stat.S_IMODE(os.stat(tmp_path / "plain.txt").st_mode)
+    assert expected & stat.S_IRUSR
+    for name in ("report.html", "t.parquet"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == expected, name
