@@ -25,18 +25,14 @@ import os
 import tempfile
 import time
 
-from benchmarks.common import laptop_config, spread
+from benchmarks.common import laptop_config, set_up_uniform_run, spread
 
 GOAL = 4.0
 
 
 def _setup(config, study_dir: str):
-    from orchestrator.plan import RunSpec
-    from workers.run import GRPORun
-
-    run = GRPORun(config, RunSpec("uniform", 0, num_gpus=0, num_cpus=1), study_dir)
     started = time.perf_counter()
-    run.setup()
+    run = set_up_uniform_run(config, study_dir)
     return run, time.perf_counter() - started
 
 

@@ -28,7 +28,7 @@ import os
 import tempfile
 import time
 
-from benchmarks.common import laptop_config, spread
+from benchmarks.common import laptop_config, set_up_uniform_run, spread
 
 GOAL = 1.01
 
@@ -55,13 +55,10 @@ class _StepCpuTime:
 
 
 def _trial(config, profile: bool) -> dict:
-    from orchestrator.plan import RunSpec
     from workers.profiler import ProfilerCallback
-    from workers.run import GRPORun
 
     with tempfile.TemporaryDirectory(prefix="rankstudy-bench-prof-") as study_dir:
-        run = GRPORun(config, RunSpec("uniform", 0, num_gpus=0, num_cpus=1), study_dir)
-        run.setup()
+        run = set_up_uniform_run(config, study_dir)
         cpu = _StepCpuTime()
         run.trainer.add_callback(cpu.callback)
         if not profile:
@@ -87,13 +84,9 @@ def _update_phase(config, iterations: int) -> dict:
     """
     import torch
 
-    from orchestrator.plan import RunSpec
-    from workers.run import GRPORun
-
     g = config.grpo
     with tempfile.TemporaryDirectory(prefix="rankstudy-bench-prof-") as study_dir:
-        run = GRPORun(config, RunSpec("uniform", 0, num_gpus=0, num_cpus=1), study_dir)
-        run.setup()
+        run = set_up_uniform_run(config, study_dir)
         trainer, profiler = run.trainer, run.profiler
         model = trainer.model
         model.train()

@@ -28,6 +28,16 @@ def laptop_config(overrides: list[str] = ()):
     return dataclasses.replace(config, model=model, warm_start=None)
 
 
+def set_up_uniform_run(config, study_dir: str):
+    """A study run of ``config`` (uniform strategy, seed 0), set up exactly as a worker sets it up, not trained."""
+    from orchestrator.plan import RunSpec
+    from workers.run import GRPORun
+
+    run = GRPORun(config, RunSpec("uniform", 0, num_gpus=0, num_cpus=1), study_dir)
+    run.setup()
+    return run
+
+
 def spread(values: list[float], digits: int = 4) -> dict:
     """Median, min and max of repeated measurements (the benchmarks' standard summary)."""
     return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
