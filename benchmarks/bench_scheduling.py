@@ -20,6 +20,7 @@ that only sleeps, so what is measured is the scheduler and Ray, not training.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import tempfile
@@ -45,16 +46,6 @@ def sleeping_run(config, spec, study_dir, report, seconds: float) -> dict:
     return {"run_id": spec.run_id, "steps": 1, "started": started, "finished": time.time()}
 
 
-class _Runner:
-    """Picklable ``runner`` for RunActor: ``sleeping_run`` with the duration bound."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-    def __call__(self, config, spec, study_dir, report) -> dict:
-        return sleeping_run(config, spec, study_dir, report, self.seconds)
-
-
 def _study_config(study_dir: str, strategies: list[str], seeds: list[int]):
     path = f"{study_dir}/sched.yaml"
     with open(path, "w") as f:
@@ -76,7 +67,7 @@ def _grid(duration_s: float, strategies: list[str], seeds: list[int], study_dir:
     scheduler.check_resources(specs)
     start = time.time()
     states = scheduler.run_grid(config, specs, study_dir, progress_interval_s=1.0, echo=lambda line: None,
-                                runner=_Runner(duration_s))
+                                runner=functools.partial(sleeping_run, seconds=duration_s))
     makespan = time.time() - start
     failed = [rid for rid, s in states.items() if s.status != "completed"]
     if failed:
