@@ -1,7 +1,7 @@
 """Analysis benchmark: ``summarize()`` on a paper-scale synthetic study vs a bare Parquet scan of its profiles.
 
 Paper scale: 4 strategies x 5 seeds x 1000 steps x 28 layers x 7 modules = 3.92M profile rows (plus eval of
-200 items and metrics per run), written by :mod:`orchestrator.synthetic`. The two timings alternate (scan,
+200 items and metrics per run), written by :mod:`tests.fixtures.synthetic`. The two timings alternate (scan,
 analysis, scan, analysis, ...) after one warm-up of each, so both see the same page cache and machine
 load; the figure is the ratio of the medians. Goal: analysis within 3x of the scan. The scan reads every
 column as written (plain strings, as the run stage writes them); ``ratio_vs_needed_columns`` compares with
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 
-from orchestrator.analysis import summarize
-from orchestrator.synthetic import SyntheticSpec, rows_per_profile, write_synthetic_study
+from dashboards.analysis import summarize
+from tests.fixtures.synthetic import SyntheticSpec, rows_per_profile, write_synthetic_study
 
 PAPER_SCALE = SyntheticSpec(seeds=(0, 1, 2, 3, 4), steps=1000, layers=28, eval_items=200)
 
@@ -48,7 +48,7 @@ def analysis_peak_rss_mb(study: Path) -> float:
     Read from /proc/self/status VmHWM: ru_maxrss would include the parent's RSS at fork time (Linux keeps
     the larger of the old and new high-water marks across exec).
     """
-    code = ("import re, sys; from orchestrator.analysis import summarize; summarize(sys.argv[1]); "
+    code = ("import re, sys; from dashboards.analysis import summarize; summarize(sys.argv[1]); "
             "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) / 1024)")
     out = subprocess.run([sys.executable, "-c", code, str(study)], capture_output=True, text=True, check=True)
     return round(float(out.stdout.strip().splitlines()[-1]), 1)

@@ -30,10 +30,10 @@ from pathlib import Path
 from benchmarks.common import spread
 from orchestrator import scheduler
 from orchestrator.config import load_config
-from orchestrator.plan import plan_runs
+from orchestrator.plan import make_plan
+from orchestrator.strategies import default_strategies
 
 RUNS, SLOTS = 16, 4
-STRATEGIES = ["uniform", "proportional", "random", "reduced"]
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"  # checked to exist, never read
 TARGETS = {"efficiency": 0.95, "dependency_latency_s": 2.0}
 
@@ -63,10 +63,10 @@ def _study_config(study_dir: str, strategies: list[str], seeds: list[int]):
 def _grid(duration_s: float, strategies: list[str], seeds: list[int], study_dir: str) -> tuple[dict, float, float]:
     """Run one grid of sleeping stubs; returns (records by run_id, grid start time, makespan)."""
     config = _study_config(study_dir, strategies, seeds)
-    specs = plan_runs(config)
-    scheduler.check_resources(specs)
+    plan = make_plan(config)
+    scheduler.check_resources(plan.runs)
     start = time.time()
-    states = scheduler.run_grid(config, specs, study_dir, progress_interval_s=1.0, echo=lambda line: None,
+    states = scheduler.run_grid(plan, study_dir, progress_interval_s=1.0, echo=lambda line: None,
                                 runner=functools.partial(sleeping_run, seconds=duration_s))
     makespan = time.time() - start
     failed = [rid for rid, s in states.items() if s.status != "completed"]
@@ -89,7 +89,8 @@ def run(duration_s: float = 40.0, latency_repeats: int = 3) -> dict:
     scheduler.connect(num_cpus=2, resources={"slot": SLOTS})
     try:
         with tempfile.TemporaryDirectory(prefix="rankstudy-bench-sched-") as study_dir:
-            records, start, makespan = _grid(duration_s, STRATEGIES, list(range(RUNS // len(STRATEGIES))),
+            strategies = list(default_strategies())
+            records, start, makespan = _grid(duration_s, strategies, list(range(RUNS // len(strategies))),
                                              study_dir)
         latencies = []
         for _ in range(latency_repeats):

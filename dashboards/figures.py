@@ -16,19 +16,22 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-FIXED_COLORS = {"uniform": "#1f77b4", "proportional": "#d62728", "random": "#2ca02c", "reduced": "#9467bd",
-                "sft": "#ff7f0e"}
-ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+from orchestrator.projections import module_group
+from orchestrator.strategies import REFERENCE, SFT, color_of
+
+SFT_COLOR = "#ff7f0e"
 
 
 def strategy_color(strategy: str) -> str:
-    """A stable colour per strategy: fixed for the paper's strategies, a palette entry for others.
+    """A stable colour per strategy: the registry's (orchestrator/strategies), else a palette entry.
 
     >>> strategy_color("uniform"), strategy_color("uniform") == strategy_color("uniform")
     ('#1f77b4', True)
     """
-    if strategy in FIXED_COLORS:
-        return FIXED_COLORS[strategy]
+    if strategy == SFT:
+        return SFT_COLOR
+    if color_of(strategy):
+        return color_of(strategy)
     palette = qualitative.Dark24
     return palette[sum(map(ord, strategy)) % len(palette)]
 
@@ -62,12 +65,12 @@ def layer_share_figure(shares: pd.DataFrame, sft_shares: pd.DataFrame | None = N
     """Figure 1: per-layer gradient share under uniform (bars: mean over seeds, whiskers: min-max),
     with the SFT landscape beside it when there is one."""
     title = "Figure 1. Per-layer gradient share (Eq. 2) under uniform allocation"
-    uniform = shares[shares["strategy"] == "uniform"] if not shares.empty else shares
+    uniform = shares[shares["strategy"] == REFERENCE] if not shares.empty else shares
     if uniform.empty:
         return _empty(title, "No uniform run has a usable profile (see the warnings).")
     panels = [("GRPO, uniform", uniform)]
     if sft_shares is not None and not sft_shares.empty:
-        panels.append(("SFT warm-start", sft_shares.assign(strategy="sft")))
+        panels.append(("SFT warm-start", sft_shares.assign(strategy=SFT)))
     fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, subplot_titles=[p[0] for p in panels])
     for col, (name, frame) in enumerate(panels, start=1):
         spread = _seed_spread(frame)
@@ -94,7 +97,7 @@ def normalized_importance_figure(shares: pd.DataFrame, title: str | None = None)
         mean = frame.groupby("layer")["share"].mean() * n_layers
         ratio = mean.max() / mean.min() if mean.min() > 0 else np.inf
         fig.add_scatter(x=mean.index, y=mean.values, mode="lines+markers", name=f"{strategy} (max/min {ratio:.2f}x)",
-                        line=dict(color=strategy_color(strategy), width=3 if strategy == "uniform" else 2))
+                        line=dict(color=strategy_color(strategy), width=3 if strategy == REFERENCE else 2))
     fig.add_hline(y=1.0, line_dash="dot", line_color="grey")
     fig.update_xaxes(title_text="layer")
     fig.update_yaxes(title_text="normalised importance")
@@ -172,7 +175,7 @@ def module_share_figure(module_shares: pd.DataFrame) -> go.Figure:
                     error_y=dict(type="data", symmetric=False, array=agg["max"] - agg["mean"],
                                  arrayminus=agg["mean"] - agg["min"], thickness=1))
     modules = list(dict.fromkeys(module_shares["module"]))
-    n_attention = sum(m in ATTENTION for m in modules)
+    n_attention = sum(module_group(m) == "attention" for m in modules)
     if 0 < n_attention < len(modules):
         fig.add_vline(x=n_attention - 0.5, line_dash="dot", line_color="grey")
         fig.add_annotation(x=(n_attention - 1) / 2, y=1.05, yref="paper", text="attention", showarrow=False)
@@ -203,3 +206,39 @@ def control_figure(control_shares: pd.DataFrame) -> go.Figure:
         fig.update_xaxes(title_text="layer", row=1, col=col)
     fig.update_yaxes(title_text="normalised importance (share x L)", row=1, col=1)
     return _layout(fig, title)
+
+
+def cross_cell_figure(points: pd.DataFrame, axes: list[str]) -> go.Figure:
+    """Across the cells of a study: accuracy (95% interval), max/min layer share and rank-shift r per
+    strategy, against each axis's values (one row of panels per axis; a point per cell).
+
+    ``points`` has one row per (cell, strategy): the axis values (one column per axis key), ``cell``,
+    ``strategy``, ``accuracy``, ``ci_low``, ``ci_high``, ``max_min_ratio``, ``rank_shift_corr``.
+    """
+    title = "Across cells: accuracy, landscape spread and amplification against each axis"
+    if points.empty or not axes:
+        return _empty(title, "The study has no axes, or no cell has results.")
+    metrics = [("accuracy", "accuracy (%)"), ("max_min_ratio", "max/min layer share"),
+               ("rank_shift_corr", "rank-shift r")]
+    fig = make_subplots(rows=len(axes), cols=len(metrics), horizontal_spacing=0.07,
+                        vertical_spacing=min(0.25, 0.6 / len(axes)),
+                        subplot_titles=[f"{label} vs {axis}" for axis in axes for _, label in metrics])
+    for row, axis in enumerate(axes, start=1):
+        for strategy, frame in points.groupby("strategy", sort=False):
+            x = frame[axis].map(str)
+            for col, (metric, label) in enumerate(metrics, start=1):
+                y = frame[metric].astype(float)
+                error = None
+                if metric == "accuracy":
+                    error = dict(type="data", symmetric=False, thickness=1,
+                                 array=(frame["ci_high"].astype(float) - y) * 100,
+                                 arrayminus=(y - frame["ci_low"].astype(float)) * 100)
+                    y = y * 100
+                fig.add_scatter(x=x, y=y, mode="markers+lines" if len(axes) == 1 else "markers", name=strategy,
+                                legendgroup=strategy, showlegend=row == 1 and col == 1, error_y=error,
+                                marker=dict(color=strategy_color(strategy), size=9),
+                                line=dict(color=strategy_color(strategy)), text=frame["cell"],
+                                hovertemplate="%{text}<br>" + label + " %{y:.3g}<extra>" + strategy + "</extra>",
+                                row=row, col=col)
+                fig.update_xaxes(title_text=axis, type="category", row=row, col=col)
+    return _layout(fig, title, height=360 * len(axes) + 60)

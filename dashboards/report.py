@@ -2,7 +2,8 @@
 
 The HTML holds Table 1, Figures 1 and 2, the amplification scatter, the layer x step heatmap, the reward
 curves, the module shares, the parameter-count control, the findings in words, any warnings, and a few
-evaluated completions per strategy. plotly.js is inlined once in the page head, so the file opens offline;
+evaluated completions per strategy. A study with axes gets the cross-cell figure (accuracy, max/min and
+rank-shift r against each axis's values) and then all of the above for each cell. plotly.js is inlined once in the page head, so the file opens offline;
 figures are embedded with fixed div ids, so the same study gives the same file.
 
 Everything that comes from the study (model completions, targets, run ids, warnings, the study name) is
@@ -26,8 +27,8 @@ import plotly.offline
 import yaml
 
 from dashboards import figures
-from orchestrator.analysis import Analysis, analyze
-from orchestrator.results import atomic_write_text
+from dashboards.analysis import Analysis, analyze
+from orchestrator.contract import StudyPaths, atomic_write_text
 
 CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 0 auto; max-width: 1280px;
@@ -154,9 +155,8 @@ def study_name(study_dir: Path) -> str:
     return study_dir.resolve().name
 
 
-def render_html(analysis: Analysis, name: str) -> str:
-    """The whole page as a string."""
-    s, frames = analysis.summary, analysis.frames
+def _cell_html(s: dict, frames: dict, prefix: str) -> list[str]:
+    """Table 1 and every figure of one cell (``s``: its summary part); div ids start with ``prefix``."""
     land = s.get("landscape") or {}
     sft = s.get("sft")
     control = s.get("normalized_control") or {}
@@ -186,22 +186,53 @@ def render_html(analysis: Analysis, name: str) -> str:
          "module alone, whose base weight has the same shape in every layer. Table: max/min and rank–shift r "
          "per strategy under each control."),
     ]
+    body = ["<h2>Table 1. Accuracy by allocation strategy</h2>" + table1_html(s.get("strategies") or {}) +
+            "<p class='caption'>Accuracy pooled over the strategy's runs; 95% Wilson score interval on the "
+            "pooled counts; exact two-sided McNemar test on items paired by (seed, item) against uniform. "
+            "The paper's Table 1 labels its ± column Wilson, but its numbers are the Wald half-widths "
+            "shown beside.</p>"]
+    for div_id, fig, caption in sections:
+        body.append(f"<div class='figure'>{_figure_html(fig, prefix + div_id)}</div>"
+                    f"<p class='caption'>{_e(caption)}</p>")
+        if div_id == "control":
+            body.append(control_table_html(control))
+    body.append("<h2>Evaluation examples</h2>" + examples_html(frames.get("examples")))
+    return body
+
+
+def cross_cell_points(summary: dict) -> pd.DataFrame:
+    """One row per (cell, strategy) of a study with axes: the axis values and the cross-cell figure's numbers."""
+    rows = []
+    for cell in summary.get("cells", []):
+        label = ", ".join(f"{k}={v}" for k, v in cell["axes"].items())
+        for strategy, entry in (cell.get("strategies") or {}).items():
+            rows.append({**cell["axes"], "cell": label, "strategy": strategy,
+                         **{k: entry.get(k) for k in ("accuracy", "ci_low", "ci_high", "max_min_ratio",
+                                                      "rank_shift_corr")}})
+    return pd.DataFrame(rows)
+
+
+def render_html(analysis: Analysis, name: str) -> str:
+    """The whole page as a string."""
+    s = analysis.summary
     body = [f"<h1>{_e(name)}</h1><p class='muted'>Study directory {_e(s.get('study_dir', ''))} · "
             "<a href='summary.json'>summary.json</a></p>"]
     if analysis.warnings:
         body.append("<div class='warnings'><h3>Warnings (missing parts; everything else is reported)</h3><ul>"
                     + "".join(f"<li>{_e(w)}</li>" for w in analysis.warnings) + "</ul></div>")
     body.append("<h2>Findings</h2><ul>" + "".join(f"<li>{_e(f)}</li>" for f in s.get("findings", [])) + "</ul>")
-    body.append("<h2>Table 1. Accuracy by allocation strategy</h2>" + table1_html(s.get("strategies") or {}) +
-                "<p class='caption'>Accuracy pooled over the strategy's runs; 95% Wilson score interval on the "
-                "pooled counts; exact two-sided McNemar test on items paired by (seed, item) against uniform. "
-                "The paper's Table 1 labels its ± column Wilson, but its numbers are the Wald half-widths "
-                "shown beside.</p>")
-    for div_id, fig, caption in sections:
-        body.append(f"<div class='figure'>{_figure_html(fig, div_id)}</div><p class='caption'>{_e(caption)}</p>")
-        if div_id == "control":
-            body.append(control_table_html(control))
-    body.append("<h2>Evaluation examples</h2>" + examples_html(frames.get("examples")))
+    if "cells" in s:
+        fig = figures.cross_cell_figure(cross_cell_points(s), s.get("axes", []))
+        body.append(f"<h2>Across cells ({len(analysis.cells)} cells of {_e(', '.join(s.get('axes', [])))})</h2>"
+                    f"<div class='figure'>{_figure_html(fig, 'cross-cell')}</div><p class='caption'>"
+                    "Each point is one strategy in one cell: accuracy with its 95% Wilson interval, the max/min "
+                    "ratio of its layer shares, and the correlation between allocated rank and share shift "
+                    "against uniform (the amplification).</p>")
+        for i, cell in enumerate(analysis.cells):
+            body.append(f"<h2 class='cell'>Cell {i}: {_e(cell.label())}</h2>")
+            body += _cell_html(cell.summary, cell.frames, f"c{i}-")
+    else:
+        body += _cell_html(s, analysis.frames, "")
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{_e(name)} · rankstudy report</title><style>{CSS}</style>"
             f"<script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script></head><body>"
@@ -219,7 +250,7 @@ def write_report(study_dir: Path, echo: Callable[[str], None] | None = None) -> 
     for warning in analysis.warnings:
         if echo is not None:
             echo(f"warning: {warning}")
-    out = study_dir / "report"
+    out = StudyPaths(study_dir).report_dir
     atomic_write_text(out / "summary.json", json.dumps(analysis.summary, indent=1, allow_nan=False))
     page = out / "index.html"
     atomic_write_text(page, render_html(analysis, study_name(study_dir)))

@@ -7,6 +7,9 @@ multiples, and the remaining units go to the layers with the largest fractional 
 layer index). The result is always within bounds, always multiples, sums exactly to the budget, and is
 monotone in importance.
 
+The strategies themselves (which budget, which weights) live in :mod:`orchestrator.strategies`, one module
+each; :func:`allocate` is the keyword-argument entry point to any of them (the CLI and the tests use it).
+
 >>> allocate("proportional", importance=[1, 1, 1, 9], rank=32, r_min=4, r_max=64, multiple=4)
 [24, 20, 20, 64]
 >>> sum(allocate("random", num_layers=28, rank=32, r_min=4, r_max=64, multiple=4, random_range=(16, 48), seed=0))
@@ -21,8 +24,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from orchestrator.errors import StudyError
-
-STRATEGIES = ("uniform", "proportional", "random", "reduced")
 
 
 def reduced_budget(num_layers: int, rank: int, fraction: float, multiple: int) -> int:
@@ -127,21 +128,21 @@ def allocate(
     random_range: tuple[int, int] = (16, 48),
     seed: int = 0,
 ) -> list[int]:
-    """Per-layer ranks for one strategy.
+    """Per-layer ranks of the registered ``strategy`` (see :mod:`orchestrator.strategies`).
 
-    ``uniform``: every layer ``rank``. ``proportional``: Eq. 3 on ``importance``, total ``L x rank``.
-    ``random``: seeded draw in ``random_range`` (multiples of ``multiple``), rescaled to total ``L x rank``.
-    ``reduced``: proportional with :func:`reduced_budget`.
+    ``importance`` (S(l) per layer) is required by strategies that need a profile; without it ``num_layers``
+    gives the layer count.
 
     >>> allocate("uniform", num_layers=3, rank=32, r_min=4, r_max=64, multiple=4)
     [32, 32, 32]
     >>> allocate("reduced", importance=[1, 1, 2, 4], rank=32, r_min=4, r_max=64, multiple=4)
     [12, 12, 20, 44]
     """
-    if strategy not in STRATEGIES:
-        raise StudyError(f"allocation: unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    from orchestrator.strategies import AllocationRequest, get_strategy  # the strategies import this module
+
+    chosen = get_strategy(strategy, where="allocation")
     if importance is not None:
-        importance = list(importance)
+        importance = [float(v) for v in importance]
         if num_layers is not None and num_layers != len(importance):
             raise StudyError(f"allocation: importance has {len(importance)} layers but the model has {num_layers}")
         num_layers = len(importance)
@@ -149,73 +150,7 @@ def allocate(
         raise StudyError("allocation: need the number of layers (or an importance per layer)")
     if rank % multiple or r_min % multiple or r_max % multiple:
         raise StudyError(f"allocation: rank ({rank}), r_min ({r_min}) and r_max ({r_max}) must be multiples of {multiple}")
-    if strategy == "uniform":
-        return [rank] * num_layers
-    if strategy == "random":
-        lo, hi = random_range
-        rng = np.random.default_rng(seed)
-        draw = rng.integers(lo // multiple, hi // multiple + 1, size=num_layers) * multiple
-        return distribute(draw.astype(float), num_layers * rank, lo, hi, multiple)
-    if importance is None:
-        raise StudyError(f"allocation: strategy {strategy!r} needs the layer importance S(l) from a profile")
-    budget = num_layers * rank
-    if strategy == "reduced":
-        budget = reduced_budget(num_layers, rank, reduced_fraction, multiple)
-    return distribute(importance, budget, r_min, r_max, multiple)
-
-
-def layer_importance(grad_norms: pandas.DataFrame) -> list[float]:  # noqa: F821 - pandas imported lazily
-    """Eq. 2: S(l) = mean over profiled steps of the sum over modules of the gradient norm.
-
-    ``grad_norms`` has columns step, layer, module, grad_norm for ONE run. Non-finite norms make the
-    importance undefined, so they are an error here (they are kept and flagged in the profile itself).
-
-    >>> import pandas as pd
-    >>> df = pd.DataFrame({"step": [1, 1, 2, 2], "layer": [0, 1, 0, 1], "module": ["q_proj"] * 4,
-    ...                    "grad_norm": [1.0, 3.0, 3.0, 5.0]})
-    >>> layer_importance(df)
-    [2.0, 4.0]
-    """
-    import numpy as np
-
-    if grad_norms.empty:
-        raise StudyError("profile: no rows, so no layer importance can be computed")
-    bad = grad_norms[~np.isfinite(grad_norms["grad_norm"].to_numpy(dtype=float))]
-    if len(bad):
-        first = bad.iloc[0]
-        raise StudyError(
-            f"profile: {len(bad)} non-finite gradient norm(s) (first at step {first['step']}, layer "
-            f"{first['layer']}, {first['module']}); the importance S(l) is undefined"
-        )
-    per_step = grad_norms.groupby(["step", "layer"], sort=True)["grad_norm"].sum()
-    steps = grad_norms["step"].nunique()
-    # Divide by the number of profiled steps (not per-layer counts) so a layer missing a step is not inflated.
-    layers = per_step.groupby(level="layer").sum() / steps
-    expected = list(range(int(layers.index.max()) + 1))
-    if list(layers.index) != expected:
-        missing = sorted(set(expected) - set(layers.index))
-        raise StudyError(f"profile: layers {missing[:5]} have no rows; a profile must cover every layer")
-    return [float(v) for v in layers.to_numpy()]
-
-
-def importance_from_profile(path: str, run_id: str | None = None) -> list[float]:
-    """Layer importance from a profile .parquet (one run, or the rows of ``run_id``)."""
-    import pyarrow.lib
-    import pyarrow.parquet as pq
-
-    columns = ["run_id", "step", "layer", "module", "grad_norm"]
-    try:
-        table = pq.read_table(path, columns=columns)
-    except FileNotFoundError:
-        raise StudyError(f"profile {path} does not exist") from None
-    except (pyarrow.lib.ArrowInvalid, KeyError) as err:
-        raise StudyError(f"profile {path}: not a profile parquet with columns {columns} ({err})") from None
-    df = table.to_pandas()
-    runs = sorted(df["run_id"].unique())
-    if run_id is not None:
-        df = df[df["run_id"] == run_id]
-        if df.empty:
-            raise StudyError(f"profile {path}: no rows for run {run_id} (runs in file: {runs[:5]})")
-    elif len(runs) > 1:
-        raise StudyError(f"profile {path}: holds {len(runs)} runs ({runs[:5]}); pick one with --run-id")
-    return layer_importance(df)
+    request = AllocationRequest(num_layers=num_layers, rank=rank, r_min=r_min, r_max=r_max, multiple=multiple,
+                                reduced_fraction=reduced_fraction, random_range=tuple(random_range), seed=seed,
+                                importance=None if importance is None else tuple(importance))
+    return chosen.ranks(request)

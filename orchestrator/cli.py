@@ -4,7 +4,7 @@ Every problem that is the user's to fix is a :class:`~orchestrator.errors.StudyE
 line ``error: ...`` with exit status 2; heavy imports (torch, Ray) happen only inside the commands that need
 them, so ``plan`` and ``allocate`` answer in about a second.
 
-    rankstudy plan configs/paper.yaml
+    rankstudy plan configs/paper.yaml [--json]
     rankstudy allocate --strategy proportional --importance 0.1,0.3,0.2 --rank 32
     rankstudy run configs/laptop.yaml --output runs/laptop --set grpo.max_steps=20
     rankstudy analyze runs/laptop
@@ -22,10 +22,10 @@ from orchestrator.errors import StudyError
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from orchestrator.config import load_config
-    from orchestrator.plan import format_plan, plan_runs
+    from orchestrator.plan import format_plan, make_plan, plan_json
 
-    config = load_config(args.config, args.set)
-    print(format_plan(config, plan_runs(config)))
+    plan = make_plan(load_config(args.config, args.set))
+    print(plan_json(plan) if args.json else format_plan(plan))
     return 0
 
 
@@ -40,15 +40,20 @@ def _parse_importance(text: str) -> list[float]:
 
 
 def _cmd_allocate(args: argparse.Namespace) -> int:
-    from orchestrator.allocation import allocate, importance_from_profile
+    from orchestrator.allocation import allocate
+    from orchestrator.importance import importance_from_profile
+    from orchestrator.strategies import get_strategy
 
     importance = None
     if args.importance is not None:
         if args.importance.endswith(".parquet") or Path(args.importance).is_file():
-            importance = importance_from_profile(args.importance, args.run_id)
+            found = importance_from_profile(args.importance, args.run_id)
+            if found.note():
+                print(f"warning: {found.note()}", file=sys.stderr)
+            importance = found.values
         else:
             importance = _parse_importance(args.importance)
-    elif args.strategy in ("proportional", "reduced"):
+    elif get_strategy(args.strategy, where="--strategy").needs_profile:
         raise StudyError(f"--strategy {args.strategy} needs --importance (values or a profile .parquet)")
     elif args.num_layers is None:
         raise StudyError(f"--strategy {args.strategy} needs --num-layers (or --importance to count layers)")
@@ -86,6 +91,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from orchestrator.strategies import registered_names
+
     parser = argparse.ArgumentParser(prog="rankstudy", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -102,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="validate a config and print its run grid (loads no model)")
     add_config_args(p)
+    p.add_argument("--json", action="store_true", help="print the grid as a JSON list, one object per run")
     p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("analyze", help="write DIR/report/summary.json and DIR/report/index.html")
@@ -109,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("allocate", help="print per-layer ranks as a JSON list")
-    p.add_argument("--strategy", required=True, choices=["uniform", "proportional", "random", "reduced"])
+    p.add_argument("--strategy", required=True, choices=registered_names(), help="a registered strategy")
     p.add_argument("--importance", help="comma-separated S(l) per layer, or a profile .parquet")
     p.add_argument("--run-id", help="with a profile holding several runs: the run to use")
     p.add_argument("--num-layers", type=int, help="layer count for uniform/random without --importance")

@@ -14,20 +14,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 
+from orchestrator import strategies
 from orchestrator.errors import ConfigError
+from orchestrator.projections import PROJECTION_MODULES
 from orchestrator.typed_yaml import apply_override, from_dict
-
-STRATEGIES = ("uniform", "proportional", "random", "reduced")
-PROJECTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-REWARDS = ("format", "correctness")
-SYSTEM_PROMPT = (
-    "Respond in the following format:\n<think>\n...\n</think>\n<answer>\n...\n</answer>\n"
-    "Put your step-by-step reasoning inside <think> and only the final number inside <answer>."
-)
 
 
 def _help(text: str, **kw):
@@ -45,8 +39,10 @@ def is_local_path(source: str) -> bool:
 
 @dataclass(frozen=True)
 class LocalModelBuild:
-    """A small Qwen2 built offline: a BPE tokenizer trained on the training questions/solutions, random init."""
+    """A small model built offline: a BPE tokenizer trained on the training questions/solutions, random init."""
 
+    family: str = _help("Model family whose layout is built: qwen2, llama or qwen3 (workers/families.py).",
+                        default="qwen2")
     num_layers: int = _help("Decoder layers.", default=8)
     hidden_size: int = _help("Hidden size.", default=64)
     intermediate_size: int = _help("MLP size (gate/up/down projections).", default=128)
@@ -56,6 +52,10 @@ class LocalModelBuild:
     seed: int = _help("Weight initialisation seed.", default=0)
 
     def __post_init__(self):
+        from workers.families import FAMILIES  # torch-free: names and config classes only
+
+        if self.family not in FAMILIES:
+            raise ConfigError(f"family: must be one of {', '.join(FAMILIES)}, got {self.family!r}")
         for key in ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be a positive integer, got {getattr(self, key)}")
@@ -73,7 +73,7 @@ class ModelConfig:
     name_or_path: str | None = _help(
         "Hub id (e.g. Qwen/Qwen2.5-1.5B-Instruct) or a local model directory; null with `build`.", default=None
     )
-    build: LocalModelBuild | None = _help("Build a small local Qwen2 offline instead of loading one.", default=None)
+    build: LocalModelBuild | None = _help("Build a small local model offline instead of loading one.", default=None)
     dtype: Literal["float32", "bfloat16", "float16"] = _help(
         "Weights dtype for training; float32 on CPU (bf16 is slower there).", default="float32"
     )
@@ -93,7 +93,7 @@ class ModelConfig:
         """How the model is named in plans and reports."""
         if self.build is not None:
             b = self.build
-            return f"local Qwen2 ({b.num_layers} layers, hidden {b.hidden_size}, vocab {b.vocab_size})"
+            return f"local {b.family} ({b.num_layers} layers, hidden {b.hidden_size}, vocab {b.vocab_size})"
         return self.name_or_path
 
 
@@ -122,12 +122,19 @@ class WarmStartConfig:
 class DataConfig:
     train: str = _help("Training data: hub id (openai/gsm8k) or a local .jsonl with question/answer.")
     test: str = _help("Test data: hub id (openai/gsm8k) or a local .jsonl with question/answer.")
+    task: str = _help("The task (workers/tasks/): loading, gold answers, prompt, rewards, SFT examples.",
+                      default="gsm8k")
     hub_config: str = _help("Dataset config name used with a hub id.", default="main")
     train_limit: int | None = _help("Use only the first N training questions (null = all).", default=None)
     eval_limit: int | None = _help("Evaluate on the first N test items (null = all 1,319).", default=None)
-    system_prompt: str = _help("System prompt asking for the <think>/<answer> format.", default=SYSTEM_PROMPT)
+    system_prompt: str | None = _help(
+        "System prompt asking for the <think>/<answer> format (null = the task's own).", default=None
+    )
 
     def __post_init__(self):
+        task = get_task(self.task)
+        if self.system_prompt is None:  # resolved here, so study.yaml records the prompt the runs used
+            object.__setattr__(self, "system_prompt", task.system_prompt)
         for key in ("train", "test"):
             source = getattr(self, key)
             if is_local_path(source) and not Path(source).expanduser().is_file():
@@ -169,9 +176,9 @@ class AllocationConfig:
     reduced_fraction: float = _help("Budget of the `reduced` strategy as a fraction of uniform.", default=0.7)
     random_range: tuple[int, int] = _help("[low, high] ranks of the `random` control.", default=(16, 48))
     profile_from: str = _help(
-        "Where proportional/reduced runs get layer importance: `uniform` (that seed's uniform run) "
-        "or a path to a profile .parquet.",
-        default="uniform",
+        "Where profile-dependent runs (proportional, reduced) get layer importance: a strategy of the grid "
+        "(its run of the same seed and cell; default `uniform`) or a path to a profile .parquet.",
+        default=strategies.REFERENCE,
     )
 
     def __post_init__(self):
@@ -191,10 +198,16 @@ class AllocationConfig:
                 f"random_range: must be [low, high] with r_min ({self.r_min}) <= low <= high <= r_max "
                 f"({self.r_max}), both multiples of {self.multiple}, got {list(self.random_range)}"
             )
-        if self.profile_from != "uniform" and not Path(self.profile_from).is_file():
+        if not self.profile_from_strategy and not Path(self.profile_from).is_file():
             raise ConfigError(
-                f"profile_from: must be `uniform` or an existing profile .parquet, got {self.profile_from!r}"
+                f"profile_from: must be a registered strategy (e.g. `uniform`) or an existing profile .parquet, "
+                f"got {self.profile_from!r}"
             )
+
+    @property
+    def profile_from_strategy(self) -> bool:
+        """True when ``profile_from`` names a registered strategy rather than a profile file."""
+        return self.profile_from in strategies.registered_names()
 
 
 @dataclass(frozen=True)
@@ -239,12 +252,20 @@ class GRPOSettings:
 
 @dataclass(frozen=True)
 class GridConfig:
-    strategies: tuple[Literal["uniform", "proportional", "random", "reduced"], ...] = _help(
-        "Rank-allocation strategies to run.", default=STRATEGIES
+    strategies: tuple[str, ...] = _help(
+        "Rank-allocation strategies to run (registered in orchestrator/strategies/).",
+        default_factory=strategies.default_strategies,
     )
     seeds: tuple[int, ...] = _help("Seeds; every strategy runs once per seed.", default=(0, 1, 2))
+    axes: dict[str, tuple[Any, ...]] = _help(
+        "Study axes: dotted config keys -> value lists, e.g. {lora.rank: [8, 32]}; the grid is strategies x "
+        "seeds x every combination (cell) of the values.",
+        default_factory=dict,
+    )
 
     def __post_init__(self):
+        for i, name in enumerate(self.strategies):
+            strategies.get_strategy(name, where=f"strategies[{i}]")
         if not self.strategies or len(set(self.strategies)) != len(self.strategies):
             raise ConfigError(f"strategies: must be a non-empty list without repeats, got {list(self.strategies)}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
@@ -275,7 +296,8 @@ class StudyConfig:
     lora: LoraSettings = _help("LoRA settings at the uniform rank.", default_factory=LoraSettings)
     allocation: AllocationConfig = _help("Rank-allocation bounds.", default_factory=AllocationConfig)
     grpo: GRPOSettings = _help("GRPO training settings.", default_factory=GRPOSettings)
-    rewards: tuple[Literal["format", "correctness"], ...] = _help("Reward functions, summed.", default=REWARDS)
+    rewards: tuple[str, ...] | None = _help("Reward functions of the task, summed (null = all of the task's).",
+                                            default=None)
     grid: GridConfig = _help("The strategy x seed grid.", default_factory=GridConfig)
     resources: ResourcesConfig = _help("Ray resources per run.", default_factory=ResourcesConfig)
     warm_start: WarmStartConfig | None = _help(
@@ -294,28 +316,39 @@ class StudyConfig:
             raise ConfigError(
                 f"lora.rank: must be a positive multiple of allocation.multiple ({a.multiple}), got {lora.rank}"
             )
-        non_uniform = set(self.grid.strategies) - {"uniform"}
-        if non_uniform and not a.r_min <= lora.rank <= a.r_max:
-            raise ConfigError(
-                f"lora.rank: the budget num_layers x {lora.rank} is infeasible within "
-                f"[allocation.r_min, allocation.r_max] = [{a.r_min}, {a.r_max}]; choose a rank in that range"
-            )
-        if "random" in self.grid.strategies and not a.random_range[0] <= lora.rank <= a.random_range[1]:
-            raise ConfigError(
-                f"allocation.random_range: {list(a.random_range)} must contain lora.rank ({lora.rank}) "
-                "so a random draw can keep the uniform budget"
-            )
-        if "reduced" in self.grid.strategies and a.reduced_fraction * lora.rank < a.r_min:
-            raise ConfigError(
-                f"allocation.reduced_fraction: {a.reduced_fraction} x lora.rank ({lora.rank}) is below "
-                f"allocation.r_min ({a.r_min}), so the reduced budget is infeasible"
-            )
-        needs_profile = {"proportional", "reduced"} & set(self.grid.strategies)
-        if needs_profile and a.profile_from == "uniform" and "uniform" not in self.grid.strategies:
-            raise ConfigError(
-                f"grid.strategies: {sorted(needs_profile)} need layer importance from the uniform run "
-                "(allocation.profile_from: uniform); add `uniform` or set profile_from to a .parquet"
-            )
+        task = get_task(self.data.task)
+        if self.rewards is None:  # resolved here, so study.yaml records the rewards the runs used
+            object.__setattr__(self, "rewards", tuple(task.rewards))
+        if not self.rewards or len(set(self.rewards)) != len(self.rewards):
+            raise ConfigError(f"rewards: must be a non-empty list without repeats, got {list(self.rewards)}")
+        task.reward_functions(self.rewards)
+        chosen = [strategies.get_strategy(name) for name in self.grid.strategies]
+        for strategy in chosen:
+            strategy.check(self)
+        self._check_profile_sources(chosen)
+
+    def _check_profile_sources(self, chosen: list) -> None:
+        """Profile-dependent strategies need their source strategy in the grid, and no cycle among them."""
+        sources = {s.name: s.profile_source(self) for s in chosen}
+        needing = sorted(name for name, src in sources.items() if src is not None)
+        for name in needing:
+            source = sources[name]
+            if source not in strategies.registered_names():
+                continue  # a profile file, checked by allocation.profile_from
+            if source not in self.grid.strategies:
+                raise ConfigError(
+                    f"grid.strategies: {[n for n in needing if sources[n] == source]} need layer importance from "
+                    f"the {source} run (allocation.profile_from: {source}); add `{source}` or set profile_from "
+                    "to a .parquet"
+                )
+            seen, current = [name], source
+            while current is not None and current in sources:
+                if current in seen:
+                    raise ConfigError(f"allocation.profile_from: the profile sources form a cycle "
+                                      f"({' -> '.join([*seen, current])}); take the importance from a run that "
+                                      "does not need a profile")
+                seen.append(current)
+                current = sources.get(current)
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
@@ -333,4 +366,10 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
         raise ConfigError(f"{path}: must hold a mapping of sections (name, model, data, ...)")
     for assignment in overrides:
         apply_override(data, assignment)
-    return from_dict(StudyConfig, data)
+    config = from_dict(StudyConfig, data)
+    expand_cells(config)  # every cell of grid.axes is validated too, each error naming its cell
+    return config
+
+
+from orchestrator.axes import expand_cells  # noqa: E402 - axes builds StudyConfig objects of this module
+from workers.tasks import get_task  # noqa: E402 - tasks import orchestrator.config (is_local_path)

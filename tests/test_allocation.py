@@ -5,8 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.allocation import allocate, distribute, importance_from_profile, layer_importance, reduced_budget
+from orchestrator.allocation import allocate, distribute, reduced_budget
 from orchestrator.errors import StudyError
+from orchestrator.importance import importance_from_frame, importance_from_profile
 
 PAPER = dict(rank=32, r_min=4, r_max=64, multiple=4)
 
@@ -101,13 +102,28 @@ def test_layer_importance_is_eq2_and_reads_profile_parquet(tmp_path):
                 rows.append(("uniform-seed0", "uniform", 0, step, layer, module, 32, float(step * (layer + 1) + m)))
     df = _profile(rows)
     # S(l) = mean_t sum_m norm = mean_t (2 t (l+1) + 1) = 2*2*(l+1) + 1
-    assert layer_importance(df) == [5.0, 9.0, 13.0]
+    assert importance_from_frame(df).values == [5.0, 9.0, 13.0]
     path = tmp_path / "p.parquet"
     df.to_parquet(path)
-    assert importance_from_profile(str(path)) == [5.0, 9.0, 13.0]
-    df.iloc[4, df.columns.get_loc("grad_norm")] = float("inf")
-    df.to_parquet(path)
-    with pytest.raises(StudyError, match="non-finite"):
-        importance_from_profile(str(path))
+    found = importance_from_profile(str(path))
+    assert found.values == [5.0, 9.0, 13.0] and found.nonfinite == 0 and found.note() is None
     with pytest.raises(StudyError, match="does not exist"):
         importance_from_profile(str(tmp_path / "missing.parquet"))
+
+
+def test_one_rule_for_non_finite_norms_and_missing_steps(tmp_path):
+    # Eq. 2's one rule (orchestrator/importance.py): a non-finite norm is left out and counted, each
+    # (layer, module) term is the mean over its own finite steps; a layer whose module has none is undefined.
+    rows = [("uniform-seed0", "uniform", 0, step, layer, "q_proj", 8, float(step + layer))
+            for step in (1, 2, 3) for layer in range(2)]
+    df = _profile(rows)
+    df.loc[(df.step == 2) & (df.layer == 1), "grad_norm"] = float("inf")  # layer 1: norms 2, inf, 4
+    path = tmp_path / "p.parquet"
+    df.to_parquet(path)
+    found = importance_from_profile(str(path))
+    assert found.values == [2.0, 3.0] and found.nonfinite == 1 and "1 non-finite" in found.note()
+    missing_step = df[~((df.step == 3) & (df.layer == 0))]  # layer 0 has steps 1, 2 only: mean 1.5, not 1.0
+    assert importance_from_frame(missing_step).values == [1.5, 3.0]
+    df.loc[df.layer == 1, "grad_norm"] = float("nan")
+    with pytest.raises(StudyError, match=r"layer\(s\) \[1\] have no finite gradient norm"):
+        importance_from_frame(df)

@@ -16,10 +16,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator import analysis_stats as st
-from orchestrator.analysis import analyze, summarize
+from dashboards.analysis import analyze, summarize
+from dashboards.analysis import stats as st
 from orchestrator.errors import StudyError
-from orchestrator.synthetic import PAPER_MODULE_SHARE, SyntheticSpec, write_synthetic_study
+from tests.fixtures.synthetic import PAPER_MODULE_SHARE, SyntheticSpec, write_synthetic_study
 
 # ---------------------------------------------------------------------------------------------------------
 # Helpers that write a study directory by hand, row by row.
@@ -377,7 +377,7 @@ def test_profiles_without_run_json_use_their_own_columns(synthetic_study, tmp_pa
 
 
 def test_profile_columns_read_are_only_the_needed_ones(synthetic_study, monkeypatch):
-    import orchestrator.analysis_load as loader
+    import dashboards.analysis.load as loader
 
     requested: list[list[str] | None] = []
 

@@ -75,7 +75,9 @@ def test_every_field_has_help_text():
     "override, message",
     [
         ("lora.rank=30", r"^lora\.rank: must be a positive multiple of allocation\.multiple \(4\), got 30$"),
-        ("grid.strategies=[uniform, greedy]", r"^grid\.strategies\[1\]: must be one of 'uniform'.*got 'greedy'$"),
+        ("grid.strategies=[uniform, greedy]",
+         r"^grid\.strategies\[1\]: unknown strategy 'greedy'; registered strategies: uniform, proportional, random, "
+         r"reduced$"),
         ("allocation.r_min=80", r"^allocation\.r_min: must be <= r_max \(64\), got 80$"),
         ("allocation.r_max=16;allocation.random_range=[4, 16]", r"^lora\.rank: the budget num_layers x 32 is infeasible"),
         ("data.train=missing/train.jsonl", r"^data\.train: data file missing/train\.jsonl does not exist"),
@@ -86,7 +88,8 @@ def test_every_field_has_help_text():
         ("grpo.num_generations=1", r"^grpo\.num_generations: must be >= 2"),
         ("allocation.random_range=[8, 80]", r"^allocation\.random_range: must be \[low, high\]"),
         ("allocation.reduced_fraction=0.1", r"^allocation\.reduced_fraction: 0\.1 x lora\.rank \(32\) is below"),
-        ("allocation.profile_from=nowhere.parquet", r"^allocation\.profile_from: must be `uniform` or an existing"),
+        ("allocation.profile_from=nowhere.parquet",
+         r"^allocation\.profile_from: must be a registered strategy \(e\.g\. `uniform`\) or an existing"),
         ("grid.strategies=[proportional]", r"^grid\.strategies: \['proportional'\] need layer importance"),
         ("surprise=1", r"^surprise: unknown key"),
         ("model.build={num_layers: 2}", r"^model\.name_or_path: set exactly one of model\.name_or_path"),

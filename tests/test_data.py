@@ -10,10 +10,13 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 from trl.data_utils import is_conversational
 
-from orchestrator.config import SYSTEM_PROMPT
 from orchestrator.errors import StudyError
-from workers.data import load_gsm8k, render_prompt
+from workers.data import render_prompt
 from workers.rewards import correctness_reward, format_reward, parse_number
+from workers.tasks import get_task
+from workers.tasks.gsm8k import SYSTEM_PROMPT
+
+load_gsm8k = get_task("gsm8k").load  # the task's loader: the same one a hub id or a local file goes through
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared/data/gsm8k"
 COLUMNS = ["question", "answer", "solution", "item", "prompt"]

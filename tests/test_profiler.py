@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from orchestrator.config import LoraSettings
-from workers.lora import apply_lora
+from tests.fixtures.tiny import apply_lora
 from workers.model import discover_layers, load_model_and_tokenizer
 from workers.profiler import GradientProfiler, ProfileBeforeClipping, RunLabels
 

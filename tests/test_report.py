@@ -13,7 +13,7 @@ import pytest
 from plotly.offline import get_plotlyjs
 
 from dashboards.report import write_report
-from orchestrator.synthetic import SyntheticSpec, write_synthetic_study
+from tests.fixtures.synthetic import SyntheticSpec, write_synthetic_study
 
 FIGURE_IDS = ("fig1", "fig2", "amplification", "heatmap", "rewards", "modules", "control")
 

@@ -7,18 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trl.trainer.utils import get_callable_name
 
-from orchestrator.config import REWARDS
 from orchestrator.errors import StudyError
-from workers.rewards import (
-    REWARD_FUNCTIONS,
-    correctness_reward,
-    extract_answer,
-    format_reward,
-    gold_number,
-    parse_number,
-    reward_functions,
-    reward_metric_name,
-)
+from workers.rewards import correctness_reward, extract_answer, format_reward, parse_number
+from workers.tasks import get_task
+from workers.tasks.gsm8k import gold_number
+from workers.trainer import trl_metric_columns
+
+GSM8K = get_task("gsm8k")
 
 
 def wrap(answer: str, think: str = "reasoning") -> str:
@@ -147,20 +142,20 @@ def test_helpers():
         gold_number("no gold here")
 
 
-def test_registry_matches_config_names_and_rejects_unknown():
-    assert tuple(REWARD_FUNCTIONS) == REWARDS
-    assert reward_functions(["correctness", "format"]) == [correctness_reward, format_reward]
-    with pytest.raises(StudyError, match="unknown reward 'length'.*format, correctness"):
-        reward_functions(["format", "length"])
+def test_task_rewards_match_config_names_and_reject_unknown():
+    assert tuple(GSM8K.rewards) == ("format", "correctness")
+    assert GSM8K.reward_functions(["correctness", "format"]) == [correctness_reward, format_reward]
+    with pytest.raises(StudyError, match="task 'gsm8k' has no reward 'length'.*format, correctness"):
+        GSM8K.reward_functions(["format", "length"])
 
 
 def test_metric_names_follow_trl_naming():
-    # GRPOTrainer names reward metrics rewards/<get_callable_name(func)>/mean|std.
-    for name, func in REWARD_FUNCTIONS.items():
-        assert reward_metric_name(name) == f"rewards/{get_callable_name(func)}/mean"
-        assert reward_metric_name(name, "std") == f"rewards/{get_callable_name(func)}/std"
-    assert reward_metric_name("format") == "rewards/format_reward/mean"
-    assert reward_metric_name("correctness") == "rewards/correctness_reward/mean"
+    # GRPOTrainer names reward metrics rewards/<get_callable_name(func)>/mean; they become reward_<name> columns.
+    columns = trl_metric_columns(GSM8K.rewards)
+    for name, func in GSM8K.rewards.items():
+        assert columns[f"rewards/{get_callable_name(func)}/mean"] == f"reward_{name}"
+    assert columns["rewards/format_reward/mean"] == "reward_format"
+    assert columns["rewards/correctness_reward/mean"] == "reward_correctness"
 
 
 # Model-output-like text: fragments of tags, numbers (huge, exotic, non-ASCII), whitespace and noise.

@@ -19,7 +19,7 @@ DRIVER = textwrap.dedent("""
     import json, os, sys, time
     from orchestrator import scheduler
     from orchestrator.config import load_config
-    from orchestrator.plan import plan_runs
+    from orchestrator.plan import make_plan
 
     def sleeping_runner(config, spec, study_dir, report):
         started = time.time()
@@ -32,7 +32,7 @@ DRIVER = textwrap.dedent("""
     config = load_config(sys.argv[1])
     scheduler.connect(num_cpus=2, resources={"slot": 2})
     lines = []
-    states = scheduler.run_grid(config, plan_runs(config), sys.argv[2], progress_interval_s=0.5,
+    states = scheduler.run_grid(make_plan(config), sys.argv[2], progress_interval_s=0.5,
                                 echo=lines.append, runner=sleeping_runner)
     scheduler.shutdown()
     print("RESULT " + json.dumps({"lines": lines, "runs": {

@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator.allocation import allocate, importance_from_profile
+from orchestrator.allocation import allocate
+from orchestrator.importance import importance_from_profile
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -73,7 +74,7 @@ def test_proportional_runs_use_their_seeds_uniform_profile(finished_study):
         record = json.loads((out / "runs" / f"proportional-seed{seed}" / "run.json").read_text())
         profile = out / "profiles" / f"uniform-seed{seed}.parquet"
         assert Path(record["importance_source"]) == profile
-        importance = importance_from_profile(str(profile))
+        importance = importance_from_profile(str(profile)).values
         assert record["importance"] == pytest.approx(importance)
         assert record["allocation"] == allocate("proportional", importance=importance, rank=8, r_min=4, r_max=16,
                                                 multiple=4)

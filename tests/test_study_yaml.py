@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from orchestrator.config import load_config
+from orchestrator.contract import StudyPaths
 from orchestrator.errors import StudyError
-from orchestrator.results import StudyPaths
 from orchestrator.study import write_study_yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def test_results_are_readable_by_others_as_ordinary_files_are(tmp_path):
 
     import pyarrow as pa
 
-    from orchestrator.results import atomic_write_table, atomic_write_text
+    from orchestrator.contract import atomic_write_table, atomic_write_text
 
     atomic_write_text(tmp_path / "report.html", "<html></html>")
     atomic_write_table(tmp_path / "t.parquet", pa.table({"x": [1]}))

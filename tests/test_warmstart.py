@@ -10,10 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.config import SYSTEM_PROMPT
-from workers.data import build_prompt, load_gsm8k, render_prompt
-from workers.rewards import extract_answer, format_reward, gold_number, is_well_formatted
-from workers.warmstart import MARKER, TINY_TEST_SETTINGS, read_marker, sft_example, warm_start, warm_start_key
+from tests.fixtures.tiny import TINY_TEST_SETTINGS
+from workers.data import build_prompt, render_prompt
+from workers.rewards import extract_answer, format_reward, is_well_formatted
+from workers.tasks import get_task
+from workers.tasks.gsm8k import SYSTEM_PROMPT, gold_number
+from workers.warmstart import MARKER, read_marker, warm_start, warm_start_key
+
+GSM8K = get_task("gsm8k")
 
 GROUP_SIZE = 16
 MAX_NEW_TOKENS = 96
@@ -55,7 +59,7 @@ def _format_reward_per_group(model_dir: Path, prompts: list[list[dict[str, str]]
 
 def test_sft_example_strips_calculator_annotations_and_puts_the_gold_in_answer(train_jsonl: str):
     record = json.loads(Path(train_jsonl).read_text().splitlines()[0])
-    example = sft_example(record["question"], record["answer"], system_prompt="Be brief.")
+    example = GSM8K.sft_example(record["question"], record["answer"], system_prompt="Be brief.")
 
     assert example["prompt"] == build_prompt(record["question"], "Be brief.")
     (assistant,) = example["completion"]
@@ -71,7 +75,7 @@ def test_sft_example_strips_calculator_annotations_and_puts_the_gold_in_answer(t
 
 
 def test_warm_start_gives_groups_with_unequal_format_rewards(warm_run: dict, tiny_model_dir: Path, train_jsonl: str):
-    prompts = load_gsm8k(train_jsonl, "train", limit=4)["prompt"]
+    prompts = GSM8K.load(train_jsonl, "train", limit=4)["prompt"]
     base = _format_reward_per_group(tiny_model_dir, prompts)
     warm = _format_reward_per_group(warm_run["path"], prompts)
     print(f"\nformat reward per group of {GROUP_SIZE}: base {base}, warm-started {warm}")

@@ -8,8 +8,8 @@ import torch
 from transformers import TrainerCallback
 
 from orchestrator.config import load_config
+from orchestrator.contract import StudyPaths
 from orchestrator.plan import RunSpec
-from orchestrator.results import StudyPaths
 from workers.run import GRPORun, execute_run
 
 pytestmark = pytest.mark.slow
@@ -55,16 +55,16 @@ def test_grpo_run_trains_profiles_and_evaluates(write_study_config, tmp_path):
     assert all(".lora_" in n for n in before), "only LoRA parameters are trainable"
 
     paths = StudyPaths(study)
-    assert paths.is_complete("random-seed0") and record["status"] == "completed"
+    assert paths.is_complete("random-seed0") and record.status == "completed"
     profile = pq.read_table(paths.table("profiles", "random-seed0")).to_pandas()
     assert PROFILE_COLUMNS <= set(profile.columns)
-    layers, modules, steps = record["num_layers"], len(config.lora.target_modules), config.grpo.max_steps
+    layers, modules, steps = record.num_layers, len(config.lora.target_modules), config.grpo.max_steps
     assert len(profile) == steps * layers * modules
     assert sorted(profile["step"].unique()) == [1, 2, 3] and sorted(profile["layer"].unique()) == list(range(layers))
     # The ranks in the profile are the allocation recorded in run.json (and a random one is non-uniform here).
     by_layer = profile.groupby("layer")["rank"].unique()
-    assert [int(r[0]) for r in by_layer] == record["allocation"] and all(len(r) == 1 for r in by_layer)
-    assert sum(record["allocation"]) == layers * config.lora.rank
+    assert [int(r[0]) for r in by_layer] == record.allocation and all(len(r) == 1 for r in by_layer)
+    assert sum(record.allocation) == layers * config.lora.rank
     assert profile["grad_norm"].map(math.isfinite).all() and (profile["grad_norm"] > 0).any()
 
     metrics = pq.read_table(paths.table("metrics", "random-seed0")).to_pandas()
@@ -74,7 +74,7 @@ def test_grpo_run_trains_profiles_and_evaluates(write_study_config, tmp_path):
     assert ((metrics["profile_time_s"] > 0) & (metrics["profile_time_s"] < 0.1 * metrics["step_time_s"])).all()
     evaluation = pq.read_table(paths.table("eval", "random-seed0")).to_pandas()
     assert EVAL_COLUMNS <= set(evaluation.columns) and len(evaluation) == config.data.eval_limit
-    assert record["trainable_params"] == sum(sum(v) for v in record["lora_params"].values())
+    assert record.trainable_params == sum(sum(v) for v in record.lora_params.values())
 
 
 def test_same_seed_same_allocation_and_metrics_other_seed_other_rollouts(write_study_config, tmp_path):
@@ -85,7 +85,7 @@ def test_same_seed_same_allocation_and_metrics_other_seed_other_rollouts(write_s
         records.append(execute_run(config, RunSpec("random", seed, num_gpus=0, num_cpus=1), study))
         metrics.append(pq.read_table(StudyPaths(study).table("metrics", f"random-seed{seed}")).to_pandas())
     a, b, c = records
-    assert a["allocation"] == b["allocation"] != c["allocation"]
+    assert a.allocation == b.allocation != c.allocation
     deterministic = [col for col in metrics[0].columns if col not in ("step_time_s", "profile_time_s", "run_id", "seed")]
     assert metrics[0][deterministic].equals(metrics[1][deterministic])
     assert not set(metrics[0]["rollout_digest"]) & set(metrics[2]["rollout_digest"])
@@ -97,7 +97,7 @@ def test_second_execute_of_a_completed_run_is_a_no_op(write_study_config, tmp_pa
     execute_run(config, spec, tmp_path)
     files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     record = execute_run(config, spec, tmp_path)
-    assert record["status"] == "completed"
+    assert record.status == "completed"
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
 
 
@@ -118,6 +118,7 @@ def test_proportional_run_from_a_given_profile_file(write_study_config, tmp_path
     [spec] = plan_runs(config)
     assert spec.depends_on is None and spec.profile_path == str(profile)
     record = execute_run(config, spec, tmp_path / "study")
-    assert record["importance"] == [2.0, 4.0, 6.0, 8.0]  # Eq. 2: mean over steps of the sum over modules and record["importance_source"] == str(profile)
-    assert record["allocation"] == allocate("proportional", importance=[2, 4, 6, 8], rank=8, r_min=4, r_max=16,
+    assert record.importance == [2.0, 4.0, 6.0, 8.0]  # Eq. 2: mean over steps of the sum over modules
+    assert record.importance_source == str(profile) and record.importance_nonfinite == 0
+    assert record.allocation == allocate("proportional", importance=[2, 4, 6, 8], rank=8, r_min=4, r_max=16,
                                             multiple=4)

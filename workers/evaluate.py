@@ -13,21 +13,8 @@ from collections.abc import Callable, Sequence
 import pyarrow as pa
 import torch
 
+from orchestrator.contract import EVAL_SCHEMA
 from workers.rewards import correctness_reward, extract_answer, format_reward
-
-EVAL_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("strategy", pa.string()),
-        ("seed", pa.int64()),
-        ("item", pa.int64()),
-        ("correct", pa.bool_()),
-        ("format_ok", pa.bool_()),
-        ("prediction", pa.string()),
-        ("target", pa.string()),
-        ("completion", pa.string()),
-    ]
-)
 
 
 def score_completions(completions: Sequence[str], targets: Sequence[str]) -> dict[str, list]:

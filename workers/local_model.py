@@ -1,4 +1,4 @@
-"""Build a small Qwen2 model and a byte-level BPE tokenizer offline, deterministically, with no downloads.
+"""Build a small model (Qwen2, Llama or Qwen3 layout) and a byte-level BPE tokenizer offline, deterministically.
 
 Tests and the laptop config use such a model instead of a hub checkpoint: nothing can be downloaded at run
 time on the CPU machines, and a trained ~1k-token vocabulary keeps a GRPO step cheap (the embedding matrix of
@@ -14,17 +14,18 @@ What it builds:
 - ``<think>``, ``</think>``, ``<answer>``, ``</answer>`` are *added tokens that are not special*: each is
   one token, so the format reward is learnable, and ``decode(..., skip_special_tokens=True)`` keeps them in
   the text the reward functions parse (special tokens would be stripped).
-- a randomly initialised ``Qwen2ForCausalLM`` (all seven projections q/k/v/o/gate/up/down, tied embeddings),
-  its vocabulary exactly the tokenizer's size.
+- a randomly initialised model of the chosen family (:mod:`workers.families`: ``Qwen2ForCausalLM`` by
+  default, ``LlamaForCausalLM`` or ``Qwen3ForCausalLM``; all seven projections q/k/v/o/gate/up/down, tied
+  embeddings), its vocabulary exactly the tokenizer's size.
 
 Simplified: the chat template has no tool calls and no default system prompt (Qwen2.5 inserts one).
 
 Use::
 
-    from workers.local_model import build_local_model, gsm8k_corpus
+    from workers.local_model import build_local_model
+    texts = task.corpus(task.load("../shared/data/gsm8k/train.jsonl", "train"))   # a workers.tasks task
     build_local_model("runs/models/tiny", num_layers=4, hidden_size=64, intermediate_size=128, num_heads=4,
-                      num_kv_heads=2, vocab_size=1000, train_texts=gsm8k_corpus("../shared/data/gsm8k/train.jsonl"),
-                      seed=0)
+                      num_kv_heads=2, vocab_size=1000, train_texts=texts, seed=0, family="llama")
 
 or ``python -m workers.local_model OUT_DIR --train-jsonl ../shared/data/gsm8k/train.jsonl``. A directory that
 already holds a build with the same arguments is reused (``rankstudy_build.json`` records them).
@@ -46,9 +47,10 @@ import tokenizers
 import torch
 import transformers
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import PreTrainedTokenizerFast
 
 from orchestrator.errors import StudyError
+from workers.families import FAMILIES
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
@@ -106,20 +108,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, *, model_max_length: 
     return tokenizer
 
 
-def gsm8k_corpus(jsonl_path: str | os.PathLike) -> list[str]:
-    """Question and answer text of every GSM8K record in a .jsonl file: the tokenizer's training corpus."""
-    path = Path(jsonl_path)
-    if not path.is_file():
-        raise StudyError(f"tokenizer corpus {path} does not exist; pass a GSM8K .jsonl with question/answer fields")
-    texts = []
-    with path.open() as lines:
-        for line in lines:
-            if line.strip():
-                record = json.loads(line)
-                texts.append(f"{record['question']}\n{record['answer']}")
-    return texts
-
-
 def _build_record(texts: Sequence[str], **args) -> dict:
     """What identifies a build: its arguments, a hash of the corpus and the library versions that shape it."""
     corpus = hashlib.sha256()
@@ -155,8 +143,9 @@ def build_local_model(
     train_texts: Iterable[str],
     seed: int,
     max_position_embeddings: int = 2048,
+    family: str = "qwen2",
 ) -> Path:
-    """Train a tokenizer, build a randomly initialised Qwen2 from ``seed``, save both to ``out_dir``.
+    """Train a tokenizer, build a randomly initialised model of ``family`` from ``seed``, save both to ``out_dir``.
 
     Same arguments give byte-identical files. If ``out_dir`` already holds a build with the same arguments
     (``rankstudy_build.json``) it is reused; the build is written to a temporary sibling directory and renamed,
@@ -166,6 +155,8 @@ def build_local_model(
     texts = list(train_texts)
     if not texts:
         raise StudyError("train_texts: the tokenizer corpus is empty; pass GSM8K question/answer texts")
+    if family not in FAMILIES:
+        raise StudyError(f"family: must be one of {', '.join(FAMILIES)}, got {family!r}")
     if hidden_size % num_heads or num_heads % num_kv_heads:
         raise StudyError(
             f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads}), and num_heads by "
@@ -174,7 +165,7 @@ def build_local_model(
     record = _build_record(
         texts, num_layers=num_layers, hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_heads=num_heads, num_kv_heads=num_kv_heads, vocab_size=vocab_size, seed=seed,
-        max_position_embeddings=max_position_embeddings,
+        max_position_embeddings=max_position_embeddings, family=family,
     )
     if _read_record(out_dir) == record:
         return out_dir
@@ -184,7 +175,10 @@ def build_local_model(
         )
 
     tokenizer = train_tokenizer(texts, vocab_size, model_max_length=max_position_embeddings)
-    config = Qwen2Config(
+    classes = FAMILIES[family]
+    # Qwen3's head_dim defaults to 128 whatever the hidden size; the others derive it from hidden / heads.
+    extra = {"head_dim": hidden_size // num_heads} if family == "qwen3" else {}
+    config = getattr(transformers, classes.config_class)(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
@@ -196,11 +190,12 @@ def build_local_model(
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **extra,
     )
     # fork_rng: seeding must not change the caller's global RNG stream.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config)
+        model = getattr(transformers, classes.model_class)(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = None
@@ -231,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--train-jsonl", required=True, help="GSM8K train .jsonl: the tokenizer corpus")
+    parser.add_argument("--family", default="qwen2", choices=list(FAMILIES))
     parser.add_argument("--num-layers", type=int, default=4)
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--intermediate-size", type=int, default=128)
@@ -240,10 +236,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
+        from workers.tasks import get_task
+
+        gsm8k = get_task("gsm8k")
         path = build_local_model(
             args.out_dir, num_layers=args.num_layers, hidden_size=args.hidden_size,
             intermediate_size=args.intermediate_size, num_heads=args.num_heads, num_kv_heads=args.num_kv_heads,
-            vocab_size=args.vocab_size, train_texts=gsm8k_corpus(args.train_jsonl), seed=args.seed,
+            vocab_size=args.vocab_size, train_texts=gsm8k.corpus(gsm8k.load(args.train_jsonl, "train")),
+            seed=args.seed, family=args.family,
         )
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -19,10 +19,13 @@ larger rank does not change the update's scale (PEFT keeps ``lora_alpha`` fixed 
 ``audit_lora`` then checks the wrapped model itself: every targeted module's ``lora_A`` rank, no LoRA module
 elsewhere, the scaling, and the trainable-parameter count against ``r * (in + out)`` per module.
 
-Use::
+Use (the GRPO worker passes the config to TRL, which calls ``get_peft_model``)::
 
     layout = discover_layers(model, settings.target_modules)
-    peft_model, audit = apply_lora(model, layout, ranks, settings, seed=0)   # raises StudyError if wrong
+    config = build_lora_config(layout, ranks, alpha_per_rank=settings.alpha / settings.rank,
+                               dropout=settings.dropout, target_modules=settings.target_modules)
+    trainer = GRPOTrainer(model=model, peft_config=config, ...)
+    audit = audit_lora(trainer.model, layout, ranks, alpha_per_rank=...)   # raises StudyError if wrong
 """
 
 from __future__ import annotations
@@ -32,25 +35,14 @@ import numbers
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
-import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
 
 from orchestrator.errors import StudyError
 from workers.model import LayerLayout
 
 MAX_LISTED_MISMATCHES = 5
-
-
-class LoraSettingsLike(Protocol):
-    """The fields of ``orchestrator.config.LoraSettings`` that LoRA construction reads."""
-
-    rank: int
-    alpha: float
-    dropout: float
-    target_modules: tuple[str, ...]
 
 
 def anchored_key(module_path: str) -> str:
@@ -189,28 +181,3 @@ def audit_lora(
         trainable_params=trainable,
         scaling=next(iter(scalings)) if len(scalings) == 1 else float("nan"),
     )
-
-
-def apply_lora(
-    model: torch.nn.Module,
-    layout: LayerLayout,
-    ranks: Sequence[int],
-    settings: LoraSettingsLike,
-    seed: int,
-) -> tuple[PeftModel, LoraAudit]:
-    """Wrap ``model`` with LoRA at the per-layer ``ranks`` and return it with its (passed) audit.
-
-    ``alpha_per_rank = settings.alpha / settings.rank`` (alpha is given at the uniform rank). torch is seeded
-    with ``seed`` right before ``get_peft_model`` because lora_A's Kaiming init draws from the global RNG, so
-    the same seed gives the same initial adapter.
-    """
-    alpha_per_rank = settings.alpha / settings.rank
-    config = build_lora_config(
-        layout, ranks, alpha_per_rank=alpha_per_rank, dropout=settings.dropout, target_modules=settings.target_modules
-    )
-    torch.manual_seed(seed)
-    peft_model = get_peft_model(model, config)
-    audit = audit_lora(
-        peft_model, layout, ranks, target_modules=settings.target_modules, alpha_per_rank=alpha_per_rank
-    )
-    return peft_model, audit

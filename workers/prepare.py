@@ -4,8 +4,9 @@
 there was a warm start. Both steps are cached by content under ``config.cache_dir`` and reused by later
 studies and later invocations:
 
-- ``model.build``: :func:`workers.local_model.build_local_model` trains a BPE tokenizer on the training
-  questions/solutions and builds a randomly initialised Qwen2 (all 7 projections) with the chat template;
+- ``model.build``: :func:`workers.local_model.build_local_model` trains a BPE tokenizer on the task's training
+  questions/solutions and builds a randomly initialised model of ``model.build.family`` (all 7 projections)
+  with the chat template;
 - ``warm_start``: :func:`workers.warmstart.warm_start` teaches the <think>/<answer> format with TRL's
   SFTTrainer so GRPO groups have unequal rewards (a random model never earns one), profiling every step.
 
@@ -18,6 +19,7 @@ import dataclasses
 from pathlib import Path
 
 from orchestrator.config import StudyConfig
+from workers.tasks import get_task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,18 +31,18 @@ class PreparedModel:
 def prepare_base_model(config: StudyConfig) -> PreparedModel:
     cache = Path(config.cache_dir)
     model_dir = config.model.name_or_path
+    task = get_task(config.data.task)
     if config.model.build is not None:
-        from workers.data import load_gsm8k
         from workers.local_model import build_local_model
 
         b = config.model.build
-        records = load_gsm8k(config.data.train, "train", config.data.hub_config)
-        texts = [f"{q}\n{s}" for q, s in zip(records["question"], records["solution"], strict=True)]
-        name = f"qwen2-{b.num_layers}l-h{b.hidden_size}-i{b.intermediate_size}-a{b.num_heads}x{b.num_kv_heads}-v{b.vocab_size}-s{b.seed}"
+        texts = task.corpus(task.load(config.data.train, "train", hub_config=config.data.hub_config))
+        name = (f"{b.family}-{b.num_layers}l-h{b.hidden_size}-i{b.intermediate_size}-a{b.num_heads}x{b.num_kv_heads}"
+                f"-v{b.vocab_size}-s{b.seed}")
         model_dir = str(build_local_model(
             cache / "models" / name, num_layers=b.num_layers, hidden_size=b.hidden_size,
             intermediate_size=b.intermediate_size, num_heads=b.num_heads, num_kv_heads=b.num_kv_heads,
-            vocab_size=b.vocab_size, train_texts=texts, seed=b.seed,
+            vocab_size=b.vocab_size, train_texts=texts, seed=b.seed, family=b.family,
         ))
     if config.warm_start is None:
         return PreparedModel(model_dir)
@@ -50,6 +52,6 @@ def prepare_base_model(config: StudyConfig) -> PreparedModel:
     entry = warm_start(
         Path(model_dir), config.data.train, cache / "warmstart", steps=w.steps, learning_rate=w.learning_rate,
         batch_size=w.batch_size, max_length=w.max_length, seed=w.seed, system_prompt=config.data.system_prompt,
-        limit=w.limit,
+        limit=w.limit, task=config.data.task, target_modules=config.lora.target_modules,
     )
     return PreparedModel(str(entry), str(entry / SFT_PROFILE))

@@ -12,6 +12,10 @@ calls :meth:`GradientProfiler.capture` from ``_clip_grad_norm`` (:class:`Profile
 the GRPO and SFT trainers), and the callback captures in ``on_pre_optimizer_step`` only when clipping is off.
 
 Non-finite norms are kept as they are and flagged (column ``nonfinite``), never dropped or averaged.
+
+The ``rank`` column is each module's rank at that step: fixed for an allocation made before training, and
+whatever :meth:`GradientProfiler.set_ranks` last reported for a strategy whose ranks change while training.
+The table's schema is the contract's (:data:`orchestrator.contract.PROFILE_SCHEMA`).
 """
 
 from __future__ import annotations
@@ -19,27 +23,18 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
 import torch
 from transformers import TrainerCallback
 
+from orchestrator.contract import PROFILE_SCHEMA
+from workers.compat import ProfileBeforeClipping, foreach_norm
 from workers.model import LayerLayout
 
-PROFILE_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("strategy", pa.string()),
-        ("seed", pa.int64()),
-        ("step", pa.int64()),
-        ("layer", pa.int64()),
-        ("module", pa.string()),
-        ("rank", pa.int64()),
-        ("grad_norm", pa.float64()),
-        ("nonfinite", pa.bool_()),
-    ]
-)
+__all__ = ["GradientProfiler", "ProfileBeforeClipping", "ProfilerCallback", "RunLabels"]
 
 _ADAPTER = "default"  # the trained PEFT adapter; TRL may add a frozen "ref" adapter beside it
 
@@ -61,12 +56,13 @@ class GradientProfiler:
     def __init__(self, groups: list[tuple[int, str, int, list[torch.nn.Parameter]]], labels: RunLabels):
         self.labels = labels
         self._keys = [(layer, module) for layer, module, _rank, _params in groups]
-        self._ranks = [rank for _layer, _module, rank, _params in groups]
+        self._ranks = [rank for _layer, _module, rank, _params in groups]  # current; each step keeps its own
         self._params = [p for *_, params in groups for p in params]
         # Group index of each tensor, so one index_add folds squared tensor norms into module norms.
         self._group_of = torch.tensor([g for g, (*_, params) in enumerate(groups) for _ in params])
         self._steps: list[int] = []
         self._norms: list[list[float]] = []
+        self._step_ranks: list[list[int]] = []  # the ranks at each captured step (shared lists while unchanged)
         self.capture_seconds: dict[int, float] = {}
 
     @classmethod
@@ -96,12 +92,13 @@ class GradientProfiler:
         started = time.perf_counter()
         grads = [p.grad if p.grad is not None else torch.zeros((), device=p.device) for p in self._params]
         with torch.no_grad():
-            per_tensor = torch.stack(torch._foreach_norm(grads)).to(torch.float64)  # one fused kernel
+            per_tensor = torch.stack(foreach_norm(grads)).to(torch.float64)  # one fused kernel
             group_of = self._group_of.to(per_tensor.device)
             squared = torch.zeros(len(self._keys), dtype=torch.float64, device=per_tensor.device)
             values = squared.index_add_(0, group_of, per_tensor.pow(2)).sqrt().cpu().tolist()  # one host copy
         self._steps.append(step)
         self._norms.append(values)
+        self._step_ranks.append(self._ranks)
         # The profiler's own cost, including the device->host sync: the metrics table reports it per step.
         self.capture_seconds[step] = time.perf_counter() - started
 
@@ -109,16 +106,32 @@ class GradientProfiler:
     def steps(self) -> list[int]:
         return list(self._steps)
 
+    @property
+    def keys(self) -> list[tuple[int, str]]:
+        """The profiled (layer, module) groups, in row order within a step."""
+        return list(self._keys)
+
+    def set_ranks(self, ranks: Mapping[tuple[int, str], int]) -> None:
+        """Report new ranks for some (layer, module) groups; steps captured from now on carry them."""
+        unknown = [key for key in ranks if key not in self._keys]
+        if unknown:
+            raise KeyError(f"not profiled: {unknown[:3]}")
+        self._ranks = [int(ranks.get(key, rank)) for key, rank in zip(self._keys, self._ranks, strict=True)]
+
     def restore(self, table: pa.Table) -> None:
         """Reload rows written at a checkpoint, so a resumed run keeps each step exactly once."""
-        by_step: dict[int, list[float]] = {}
+        by_step: dict[int, tuple[list[float], list[int]]] = {}
         n = len(self._keys)
         steps = table.column("step").to_pylist()
         norms = table.column("grad_norm").to_pylist()
+        ranks = table.column("rank").to_pylist()
         for i in range(0, len(steps), n):
-            by_step[steps[i]] = norms[i : i + n]
+            by_step[steps[i]] = (norms[i : i + n], ranks[i : i + n])
         self._steps = sorted(by_step)
-        self._norms = [by_step[s] for s in self._steps]
+        self._norms = [by_step[s][0] for s in self._steps]
+        self._step_ranks = [by_step[s][1] for s in self._steps]
+        if self._steps:
+            self._ranks = list(self._step_ranks[-1])
 
     def table(self, up_to_step: int | None = None) -> pa.Table:
         """All rows so far (optionally only steps <= ``up_to_step``), in (step, layer, module) order."""
@@ -134,27 +147,12 @@ class GradientProfiler:
                 "step": [self._steps[i] for i in keep for _ in range(n)],
                 "layer": [layer for _ in keep for layer, _m in self._keys],
                 "module": [m for _ in keep for _l, m in self._keys],
-                "rank": [r for _ in keep for r in self._ranks],
+                "rank": [r for i in keep for r in self._step_ranks[i]],
                 "grad_norm": flat,
                 "nonfinite": [not math.isfinite(v) for v in flat],
             },
             schema=PROFILE_SCHEMA,
         )
-
-
-class ProfileBeforeClipping:
-    """Trainer mixin: the profiler sees the gradients right before transformers clips them in place.
-
-    transformers' training loop calls ``_clip_grad_norm`` with the accumulated, unscaled gradients and only then
-    ``on_pre_optimizer_step``; a callback alone would see clipped gradients.
-    """
-
-    gradient_profiler: GradientProfiler | None = None
-
-    def _clip_grad_norm(self, model):
-        if self.gradient_profiler is not None:
-            self.gradient_profiler.capture(self.state.global_step + 1)
-        return super()._clip_grad_norm(model)
 
 
 class ProfilerCallback(TrainerCallback):

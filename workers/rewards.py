@@ -1,4 +1,7 @@
-"""GRPO rewards for GSM8K: format compliance and answer correctness, as batched pure functions.
+"""GRPO rewards of the study's answer format: format compliance and answer correctness, batched pure functions.
+
+Every task in the ``<think>...</think><answer>...</answer>`` format (:mod:`workers.tasks`) scores its
+completions with these; a task's module says which of them it uses and under which config names.
 
 Each reward has TRL's ``GRPOTrainer`` reward-function signature ``fn(completions, **kwargs) -> list[float]``:
 ``completions`` holds one entry per generated completion, either a plain string or (for conversational
@@ -12,7 +15,7 @@ TRL 1.16 names a reward's metrics after the function's ``__name__`` (``reward_fu
 ``GRPOTrainer.__init__``) and logs, per reward, ``rewards/<name>/mean`` and ``rewards/<name>/std``, plus
 ``reward`` and ``reward_std`` for the sum. So this module's rewards appear as
 ``rewards/format_reward/mean``, ``rewards/format_reward/std``, ``rewards/correctness_reward/mean`` and
-``rewards/correctness_reward/std`` (see :func:`reward_metric_name`).
+``rewards/correctness_reward/std`` (workers/trainer.py maps them to the metrics table's columns).
 
 Simplified: answers are compared as plain decimal numbers only (no fractions, units, percentages or
 scientific notation); every GSM8K gold answer is an integer, and the system prompt asks for only the
@@ -20,8 +23,8 @@ final number inside ``<answer>``.
 
 Use::
 
-    from workers.rewards import reward_functions
-    trainer = GRPOTrainer(..., reward_funcs=reward_functions(config.rewards))
+    task = get_task(config.data.task)
+    trainer = GRPOTrainer(..., reward_funcs=task.reward_functions(config.rewards))
 """
 
 from __future__ import annotations
@@ -30,8 +33,6 @@ import re
 from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
-
-from orchestrator.errors import StudyError
 
 RewardFunction = Callable[..., list[float]]
 
@@ -145,23 +146,6 @@ def parse_number(text: str | None) -> Decimal | None:
         return None
 
 
-def gold_number(gsm8k_answer_text: str) -> str:
-    """The gold answer of a GSM8K solution: the text after ``####``, stripped, without ``,`` and ``$``.
-
-    Raises ValueError when there is no ``####`` marker (the data loader reports the file and line).
-
-    >>> gold_number("48/2 = <<48/2=24>>24 clips in May.\\n#### 1,072")
-    '1072'
-    >>> gold_number("no marker")
-    Traceback (most recent call last):
-    ...
-    ValueError: GSM8K answer has no '####' gold marker
-    """
-    if "####" not in gsm8k_answer_text:
-        raise ValueError("GSM8K answer has no '####' gold marker")
-    return gsm8k_answer_text.rpartition("####")[2].replace(",", "").replace("$", "").strip()
-
-
 def format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float]:
     """1.0 per completion that is exactly ``<think>...</think>`` then ``<answer>...</answer>``, else 0.0.
 
@@ -195,27 +179,3 @@ def correctness_reward(completions: Sequence[Any], answer: Sequence[str], **kwar
         target = parse_number(str(gold))  # str(): tolerate an int gold column
         rewards.append(1.0 if predicted is not None and target is not None and predicted == target else 0.0)
     return rewards
-
-
-REWARD_FUNCTIONS: dict[str, RewardFunction] = {"format": format_reward, "correctness": correctness_reward}
-
-
-def reward_functions(names: Sequence[str]) -> list[RewardFunction]:
-    """The reward functions for config names, in order; StudyError for an unknown name.
-
-    >>> [f.__name__ for f in reward_functions(["format", "correctness"])]
-    ['format_reward', 'correctness_reward']
-    """
-    unknown = [name for name in names if name not in REWARD_FUNCTIONS]
-    if unknown:
-        raise StudyError(f"rewards: unknown reward {unknown[0]!r}; choose from {', '.join(REWARD_FUNCTIONS)}")
-    return [REWARD_FUNCTIONS[name] for name in names]
-
-
-def reward_metric_name(name: str, stat: str = "mean") -> str:
-    """The key TRL 1.16 logs for reward ``name``'s per-batch ``stat`` (``mean`` or ``std``).
-
-    >>> reward_metric_name("correctness")
-    'rewards/correctness_reward/mean'
-    """
-    return f"rewards/{REWARD_FUNCTIONS[name].__name__}/{stat}"

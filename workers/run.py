@@ -3,11 +3,15 @@
     from workers.run import execute_run
     record = execute_run(config, spec, study_dir)      # what the Ray actor calls, and what tests call
 
-:class:`GRPORun` follows one small protocol (torchtune-style): ``setup()`` loads model, tokenizer and data,
-allocates ranks (for proportional/reduced from the layer importance of the profile the spec depends on),
-builds TRL's GRPOTrainer with PEFT LoRA at those ranks and audits them; ``train()`` trains, resuming from
-the latest complete checkpoint; ``evaluate()`` scores greedy completions on the test split; ``write()``
-publishes the three Parquet tables and run.json atomically; ``cleanup()`` frees the model and checkpoints.
+:class:`GRPORun` follows one small protocol (torchtune-style). ``setup()`` is a few steps: ``_setup_model``
+loads model and tokenizer and finds the decoder layers; ``_setup_allocation`` asks the run's strategy
+(:mod:`orchestrator.strategies`) for its ranks, with the layer importance of the profile the spec depends on
+when the strategy needs one; ``_setup_data`` loads the task's train and test splits (:mod:`workers.tasks`);
+``_setup_trainer`` builds TRL's GRPOTrainer with PEFT LoRA at those ranks, and ``_setup_profiling`` audits
+the LoRA ranks, attaches the gradient profiler, the step recorder, the checkpointed tables and the strategy's
+own training hooks. ``train()`` trains, resuming from the latest complete checkpoint; ``evaluate()`` scores
+greedy completions on the test split; ``write()`` publishes the three Parquet tables and run.json atomically;
+``cleanup()`` frees the model and checkpoints.
 
 The run's seed controls data order and LoRA init (TRL calls ``set_seed(args.seed)`` before
 ``get_peft_model``), rollout sampling (torch RNG for HF generate; vLLM's sampling seed is set explicitly in
@@ -29,20 +33,26 @@ from collections.abc import Callable
 import torch
 from transformers.trainer_callback import PrinterCallback
 
-from orchestrator.allocation import allocate, importance_from_profile
+from orchestrator import strategies
 from orchestrator.config import StudyConfig
+from orchestrator.contract import COMPLETED, FAILED, RunRecord, StudyPaths, atomic_write_table
 from orchestrator.errors import StudyError
+from orchestrator.importance import importance_from_profile
 from orchestrator.plan import RunSpec
-from orchestrator.results import COMPLETED, StudyPaths, atomic_write_json, atomic_write_table
-from workers.data import load_gsm8k, render_prompt
+from workers.compat import check_library_versions
+from workers.data import render_prompt
 from workers.evaluate import evaluate, generate_greedy_hf
 from workers.lora import audit_lora, build_lora_config
-from workers.model import discover_layers, load_model_and_tokenizer
+from workers.model import LayerLayout, discover_layers, load_model_and_tokenizer
 from workers.profiler import GradientProfiler, ProfilerCallback, RunLabels
-from workers.rewards import reward_functions
+from workers.tasks import get_task
 from workers.trainer import CheckpointTables, ProfiledGRPOTrainer, StepRecorder, checkpoint_step, latest_checkpoint
 
 Report = Callable[[dict], None]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 class GRPORun:
@@ -51,75 +61,30 @@ class GRPORun:
         self.paths = StudyPaths(study_dir)
         self.labels = RunLabels(spec.run_id, spec.strategy, spec.seed)
         self.report = report or (lambda progress: None)
-        self.record: dict = {}
+        self.strategy = strategies.get_strategy(spec.strategy)
+        self.task = get_task(config.data.task)
+        self.record = RunRecord(spec.run_id, spec.strategy, spec.seed, axes=spec.cell,
+                                spec={"depends_on": spec.depends_on, "profile_path": spec.profile_path})
         self.timings: dict[str, float] = {}
+        self.model = self.tokenizer = None
+        self.layout: LayerLayout | None = None
+        self.ranks: list[int] = []
+        self.train_set = self.test_set = None
+        self.recorder: StepRecorder | None = None
+        self.profiler: GradientProfiler | None = None
+        self.checkpoint_tables: CheckpointTables | None = None
         self.trainer: ProfiledGRPOTrainer | None = None
 
     # -- protocol -------------------------------------------------------------------------------------------
     def setup(self) -> None:
         start = time.perf_counter()
-        cfg, spec = self.config, self.spec
-        self.record = {
-            "run_id": spec.run_id, "strategy": spec.strategy, "seed": spec.seed,
-            "spec": {"depends_on": spec.depends_on, "profile_path": spec.profile_path},
-            "status": "running", "host": socket.gethostname(), "pid": os.getpid(), "error": None,
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        previous = self.paths.read_run(spec.run_id) or {}
-        self.record["attempt"] = int(previous.get("attempt", 0)) + 1
-        self._write_record()
-
-        model, tokenizer = load_model_and_tokenizer(cfg.model.name_or_path, cfg.model.dtype, cfg.model.revision)
-        self.tokenizer = tokenizer
-        layout = discover_layers(model, cfg.lora.target_modules)
-        self.layout = layout
-        ranks, importance = self._allocate(layout.num_layers)
-        self.ranks = ranks
-        self.record.update(allocation=ranks, importance=importance, num_layers=layout.num_layers)
-
-        data = cfg.data
-        train = load_gsm8k(data.train, "train", data.hub_config, data.train_limit, data.system_prompt)
-        self.test = load_gsm8k(data.test, "test", data.hub_config, data.eval_limit, data.system_prompt)
-
-        lora_config = build_lora_config(
-            layout, ranks, alpha_per_rank=cfg.lora.alpha / cfg.lora.rank, dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules,
-        )
-        self.recorder = StepRecorder(self.labels, report=self.report)
-        rewards = [self.recorder.watch_rollouts(fn) for fn in reward_functions(cfg.rewards)]
-        engine = contextlib.nullcontext()
-        if cfg.grpo.use_vllm:
-            from workers.generation import colocated_vllm_engine
-
-            # TRL builds the colocated engine inside GRPOTrainer.__init__; this block gives it the run's seed.
-            engine = colocated_vllm_engine(spec.seed, on_cpu=not torch.cuda.is_available(),
-                                           max_num_seqs=cfg.grpo.eval_batch_size)
-        with engine:
-            trainer = ProfiledGRPOTrainer(
-                model=model,
-                reward_funcs=rewards,
-                args=self._grpo_args(),
-                train_dataset=train,
-                processing_class=tokenizer,
-                peft_config=lora_config,
-            )
-        audit = audit_lora(trainer.model, layout, ranks, target_modules=cfg.lora.target_modules,
-                           alpha_per_rank=cfg.lora.alpha / cfg.lora.rank)
-        self.record.update(trainable_params=audit.trainable_params, lora=audit.to_dict(),
-                           lora_params=_params_by_module(audit.module_params, layout))
-        self.profiler = GradientProfiler.for_lora(trainer.model, layout, ranks, self.labels)
-        trainer.gradient_profiler = self.profiler
-        self.recorder.profiler = self.profiler
-        self.checkpoint_tables = CheckpointTables(self.profiler, self.recorder)
-        for callback in (self.recorder, ProfilerCallback(self.profiler), self.checkpoint_tables):
-            trainer.add_callback(callback)
-        # With tqdm off, transformers prints every log dict; the driver shows progress from our recorder instead.
-        trainer.remove_callback(PrinterCallback)
-        if cfg.grpo.use_vllm:
-            from workers.generation import prepare_vllm_trainer
-
-            prepare_vllm_trainer(trainer, spec.seed)
-        self.trainer = trainer
+        check_library_versions(use_vllm=self.config.grpo.use_vllm)
+        self._start_record()
+        self._setup_model()
+        self._setup_allocation()
+        self._setup_data()
+        self._setup_trainer()
+        self._setup_profiling()
         self.timings["setup_s"] = time.perf_counter() - start
 
     def train(self) -> None:
@@ -133,14 +98,14 @@ class GRPORun:
                 if (checkpoint_step(stale) or 0) > resume_step:
                     shutil.rmtree(stale, ignore_errors=True)
             self.checkpoint_tables.restore(resume)
-            self.record["resumed_from_step"] = resume_step
-            self._write_record()
+            self.record.resumed_from_step = resume_step
+            self.paths.write_record(self.record)
         self.trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         self.timings["train_s"] = time.perf_counter() - start
 
     def evaluate(self):
         start = time.perf_counter()
-        cfg, test = self.config, self.test
+        cfg, test = self.config, self.test_set
         prompts = [render_prompt(self.tokenizer, messages) for messages in test["prompt"]]
         if cfg.grpo.use_vllm:
             from workers.generation import generate_greedy_vllm
@@ -160,52 +125,125 @@ class GRPORun:
         self.timings["eval_s"] = time.perf_counter() - start
         return table
 
-    def write(self, eval_table) -> dict:
+    def write(self, eval_table) -> RunRecord:
         run_id = self.spec.run_id
-        adapter_dir = self.paths.run_dir(run_id) / "adapter"
-        self.trainer.model.save_pretrained(str(adapter_dir))
+        self.trainer.model.save_pretrained(str(self.paths.adapter(run_id)))
         atomic_write_table(self.paths.table("profiles", run_id), self.profiler.table())
         atomic_write_table(self.paths.table("metrics", run_id), self.recorder.table())
         atomic_write_table(self.paths.table("eval", run_id), eval_table)
         correct = sum(eval_table.column("correct").to_pylist())
         self.timings["total_s"] = sum(self.timings.values())
-        self.record.update(
-            status=COMPLETED, steps=len(self.profiler.steps), timings=self.timings,
-            eval={"n": eval_table.num_rows, "correct": correct, "accuracy": correct / max(eval_table.num_rows, 1)},
-            finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        )
-        self._write_record()  # last: the run is complete only once its tables are all in place
-        return self.record
+        record = self.record
+        record.status, record.steps, record.timings = COMPLETED, len(self.profiler.steps), self.timings
+        record.eval = {"n": eval_table.num_rows, "correct": correct, "accuracy": correct / max(eval_table.num_rows, 1)}
+        record.finished_at = _now()
+        self.paths.write_record(record)  # last: the run is complete only once its tables are all in place
+        return record
 
     def cleanup(self) -> None:
         shutil.rmtree(self.paths.checkpoints(self.spec.run_id), ignore_errors=True)
-        self.trainer = None
+        self.trainer = self.model = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    # -- helpers --------------------------------------------------------------------------------------------
-    def _allocate(self, num_layers: int) -> tuple[list[int], list[float] | None]:
-        cfg, spec = self.config, self.spec
+    def fail(self, err: BaseException) -> None:
+        """Record the failure in run.json (results already written stay as they are)."""
+        if self.record.started_at is None:
+            return  # failed before the run started (e.g. bad library versions): nothing of this run exists yet
+        self.record.status, self.record.error = FAILED, _one_line(err)
+        self.record.traceback = traceback.format_exc(limit=20)
+        self.paths.write_record(self.record)
+
+    # -- setup steps ----------------------------------------------------------------------------------------
+    def _start_record(self) -> None:
+        previous = self.paths.read_record(self.spec.run_id)
+        record = self.record
+        record.host, record.pid, record.started_at = socket.gethostname(), os.getpid(), _now()
+        record.attempt = (previous.attempt if previous is not None else 0) + 1
+        self.paths.write_record(record)
+
+    def _setup_model(self) -> None:
+        m = self.config.model
+        self.model, self.tokenizer = load_model_and_tokenizer(m.name_or_path, m.dtype, m.revision)
+        self.layout = discover_layers(self.model, self.config.lora.target_modules)
+        self.record.num_layers = self.layout.num_layers
+
+    def _setup_allocation(self) -> None:
+        spec, record, num_layers = self.spec, self.record, self.layout.num_layers
         importance = None
         if spec.depends_on is not None:
-            path = self.paths.table("profiles", spec.depends_on)
             if not self.paths.is_complete(spec.depends_on):
                 raise StudyError(f"{spec.run_id}: needs the profile of {spec.depends_on}, which has not completed")
-            importance = importance_from_profile(str(path), spec.depends_on)
-            self.record["importance_source"] = str(path)
+            path = str(self.paths.table("profiles", spec.depends_on))
+            importance = importance_from_profile(path, spec.depends_on)
         elif spec.profile_path is not None:
             importance = importance_from_profile(spec.profile_path)
-            self.record["importance_source"] = spec.profile_path
-        if importance is not None and len(importance) != num_layers:
-            raise StudyError(f"{spec.run_id}: profile has {len(importance)} layers but the model has {num_layers}")
-        a = cfg.allocation
-        ranks = allocate(
-            spec.strategy, importance=importance, num_layers=num_layers, rank=cfg.lora.rank, r_min=a.r_min,
-            r_max=a.r_max, multiple=a.multiple, reduced_fraction=a.reduced_fraction, random_range=a.random_range,
-            seed=spec.seed,
+        if importance is not None:
+            if len(importance.values) != num_layers:
+                raise StudyError(f"{spec.run_id}: profile has {len(importance.values)} layers but the model has "
+                                 f"{num_layers}")
+            record.importance, record.importance_source = importance.values, importance.source
+            record.importance_nonfinite = importance.nonfinite
+            if importance.note():
+                print(f"[{spec.run_id}] warning: {importance.note()}", flush=True)
+        request = strategies.AllocationRequest.from_config(
+            self.config, num_layers, spec.seed, importance.values if importance is not None else None)
+        self.ranks = self.strategy.ranks(request)
+        record.allocation = self.ranks
+
+    def _setup_data(self) -> None:
+        data, task = self.config.data, self.task
+        self.train_set = task.load(data.train, "train", hub_config=data.hub_config, limit=data.train_limit,
+                                   system_prompt=data.system_prompt)
+        self.test_set = task.load(data.test, "test", hub_config=data.hub_config, limit=data.eval_limit,
+                                  system_prompt=data.system_prompt)
+
+    def _setup_trainer(self) -> None:
+        cfg, spec = self.config, self.spec
+        lora_config = build_lora_config(
+            self.layout, self.ranks, alpha_per_rank=cfg.lora.alpha / cfg.lora.rank, dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.target_modules,
         )
-        return ranks, importance
+        rewards = dict(zip(cfg.rewards, self.task.reward_functions(cfg.rewards), strict=True))
+        self.recorder = StepRecorder(self.labels, rewards, report=self.report)
+        engine = contextlib.nullcontext()
+        if cfg.grpo.use_vllm:
+            from workers.generation import colocated_vllm_engine
+
+            # TRL builds the colocated engine inside GRPOTrainer.__init__; this block gives it the run's seed.
+            engine = colocated_vllm_engine(spec.seed, on_cpu=not torch.cuda.is_available(),
+                                           max_num_seqs=cfg.grpo.eval_batch_size)
+        with engine:
+            self.trainer = ProfiledGRPOTrainer(
+                model=self.model,
+                reward_funcs=[self.recorder.watch_rollouts(fn) for fn in rewards.values()],
+                args=self._grpo_args(),
+                train_dataset=self.train_set,
+                processing_class=self.tokenizer,
+                peft_config=lora_config,
+            )
+        if cfg.grpo.use_vllm:
+            from workers.generation import prepare_vllm_trainer
+
+            prepare_vllm_trainer(self.trainer, spec.seed)
+
+    def _setup_profiling(self) -> None:
+        cfg, trainer, layout = self.config, self.trainer, self.layout
+        audit = audit_lora(trainer.model, layout, self.ranks, target_modules=cfg.lora.target_modules,
+                           alpha_per_rank=cfg.lora.alpha / cfg.lora.rank)
+        self.record.trainable_params, self.record.lora = audit.trainable_params, audit.to_dict()
+        self.record.lora_params = {m: [audit.module_params[(layer, m)] for layer in range(layout.num_layers)
+                                       if (layer, m) in audit.module_params] for m in layout.modules}
+        self.profiler = GradientProfiler.for_lora(trainer.model, layout, self.ranks, self.labels)
+        trainer.gradient_profiler = self.profiler
+        self.recorder.profiler = self.profiler
+        self.checkpoint_tables = CheckpointTables(self.profiler, self.recorder)
+        for callback in (self.recorder, ProfilerCallback(self.profiler), self.checkpoint_tables,
+                         *self.strategy.callbacks(self)):
+            trainer.add_callback(callback)
+        # With tqdm off, transformers prints every log dict; the driver shows progress from our recorder instead.
+        trainer.remove_callback(PrinterCallback)
 
     def _grpo_args(self):
         from trl import GRPOConfig
@@ -248,32 +286,22 @@ class GRPORun:
             kwargs.update(vllm_grpo_args(g, spec.seed, on_cpu=not on_gpu))
         return GRPOConfig(**kwargs)
 
-    def _write_record(self) -> None:
-        atomic_write_json(self.paths.run_json(self.spec.run_id), self.record)
 
-
-def _params_by_module(module_params: dict[tuple[int, str], int], layout) -> dict[str, list[int]]:
-    return {m: [module_params[(layer, m)] for layer in range(layout.num_layers) if (layer, m) in module_params]
-            for m in layout.modules}
-
-
-def execute_run(config: StudyConfig, spec: RunSpec, study_dir: str | os.PathLike, report: Report | None = None) -> dict:
+def execute_run(config: StudyConfig, spec: RunSpec, study_dir: str | os.PathLike,
+                report: Report | None = None) -> RunRecord:
     """Run one spec to completion (or return its record if it already completed); failures are recorded."""
     paths = StudyPaths(study_dir)
     if paths.is_complete(spec.run_id):
-        return paths.read_run(spec.run_id)
+        return paths.read_record(spec.run_id)
     run = GRPORun(config, spec, study_dir, report)
     try:
         run.setup()
         run.train()
-        table = run.evaluate()
-        record = run.write(table)
+        record = run.write(run.evaluate())
         run.cleanup()
         return record
     except BaseException as err:
-        if run.record:
-            run.record.update(status="failed", error=_one_line(err), traceback=traceback.format_exc(limit=20))
-            run._write_record()
+        run.fail(err)
         raise
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,15 +23,13 @@ import pyarrow.parquet as pq
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
+from orchestrator.contract import metrics_schema, reward_column
 from workers.profiler import GradientProfiler, ProfileBeforeClipping, RunLabels
 
 CHECKPOINT_MARKER = "rankstudy_tables.done"
 
-# TRL log key -> metrics column (contract names first; the rest are TRL metrics worth keeping).
-METRIC_COLUMNS = {
-    "reward": "reward",
-    "rewards/format_reward/mean": "reward_format",
-    "rewards/correctness_reward/mean": "reward_correctness",
+# TRL 1.16 log key -> metrics column, besides the per-reward means (see :func:`trl_metric_columns`).
+TRL_STEP_METRICS = {
     "reward_std": "reward_std",
     "kl": "kl",
     "loss": "loss",
@@ -42,11 +40,19 @@ METRIC_COLUMNS = {
     "entropy": "entropy",
     "learning_rate": "learning_rate",
 }
-METRICS_SCHEMA = pa.schema(
-    [("run_id", pa.string()), ("strategy", pa.string()), ("seed", pa.int64()), ("step", pa.int64())]
-    + [(col, pa.float64()) for col in METRIC_COLUMNS.values()]
-    + [("step_time_s", pa.float64()), ("profile_time_s", pa.float64()), ("rollout_digest", pa.string())]
-)
+
+
+def trl_metric_columns(rewards: Mapping[str, Callable]) -> dict[str, str]:
+    """TRL log key -> metrics column for a run with these rewards (config name -> reward function).
+
+    TRL 1.16 logs ``reward`` (the sum) and ``rewards/<function __name__>/mean`` per reward.
+
+    >>> from workers.rewards import format_reward
+    >>> trl_metric_columns({"format": format_reward})["rewards/format_reward/mean"]
+    'reward_format'
+    """
+    per_reward = {f"rewards/{fn.__name__}/mean": reward_column(name) for name, fn in rewards.items()}
+    return {"reward": "reward", **per_reward, **TRL_STEP_METRICS}
 
 
 class ProfiledGRPOTrainer(ProfileBeforeClipping, GRPOTrainer):
@@ -56,9 +62,12 @@ class ProfiledGRPOTrainer(ProfileBeforeClipping, GRPOTrainer):
 class StepRecorder(TrainerCallback):
     """One metrics row per optimizer step; progress reports; rollout digests via a reward wrapper."""
 
-    def __init__(self, labels: RunLabels, report: Callable[[dict], None] | None = None):
+    def __init__(self, labels: RunLabels, rewards: Mapping[str, Callable],
+                 report: Callable[[dict], None] | None = None):
         self.labels = labels
         self.report = report
+        self.columns = trl_metric_columns(rewards)
+        self.schema = metrics_schema(list(rewards))
         self.rows: dict[int, dict] = {}
         self._step_start = 0.0
         self._step_time: dict[int, float] = {}
@@ -87,7 +96,7 @@ class StepRecorder(TrainerCallback):
         if not logs or "loss" not in logs or step in self.rows:
             return  # the final train summary (train_runtime, ...) is not a step
         row = {"run_id": self.labels.run_id, "strategy": self.labels.strategy, "seed": self.labels.seed, "step": step}
-        for key, column in METRIC_COLUMNS.items():
+        for key, column in self.columns.items():
             value = logs.get(key)
             row[column] = float(value) if value is not None else math.nan
         row["step_time_s"] = self._step_time.get(step, math.nan)
@@ -102,7 +111,7 @@ class StepRecorder(TrainerCallback):
 
     def table(self, up_to_step: int | None = None) -> pa.Table:
         steps = sorted(s for s in self.rows if up_to_step is None or s <= up_to_step)
-        return pa.Table.from_pylist([self.rows[s] for s in steps], schema=METRICS_SCHEMA)
+        return pa.Table.from_pylist([self.rows[s] for s in steps], schema=self.schema)
 
     def restore(self, table: pa.Table) -> None:
         self.rows = {row["step"]: row for row in table.to_pylist()}

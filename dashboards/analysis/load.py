@@ -18,8 +18,8 @@ and is skipped; nothing here raises for a bad study directory.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,60 +30,29 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-PROFILE_REQUIRED = ("run_id", "step", "layer", "module", "grad_norm")
+from orchestrator.contract import RunRecord, StudyPaths
+from orchestrator.importance import PROFILE_COLUMNS
+
+PROFILE_REQUIRED = PROFILE_COLUMNS  # what Eq. 2 needs (orchestrator.importance)
 PROFILE_OPTIONAL = ("strategy", "seed", "rank")
 
 
-def parse_run_id(run_id: str) -> tuple[str, int | None]:
-    """Strategy and seed from a ``<strategy>-seed<seed>`` run id (seed None if it does not parse).
-
-    >>> parse_run_id("uniform-seed3"), parse_run_id("sft-warmup")
-    (('uniform', 3), ('sft-warmup', None))
-    """
-    match = re.fullmatch(r"(.+)-seed(\d+)", run_id)
-    return (match.group(1), int(match.group(2))) if match else (run_id, None)
-
-
-@dataclass
-class RunInfo:
-    """What DIR/runs/<run_id>/run.json says about one run (fields None where it is silent)."""
-
-    run_id: str
-    strategy: str
-    seed: int | None
-    status: str | None = None
-    allocation: list[int] | None = None
-    trainable_params: int | None = None
-    lora_params: dict[str, list[int]] | None = None
-
-
-def load_run_infos(study_dir: Path, warnings: list[str]) -> dict[str, RunInfo]:
-    """Every readable run.json, keyed by run id."""
-    runs: dict[str, RunInfo] = {}
-    runs_dir = study_dir / "runs"
-    if not runs_dir.is_dir():
-        warnings.append(f"runs: {runs_dir} is missing; allocations come from the profiles' rank column, "
+def load_run_records(paths: StudyPaths, warnings: list[str]) -> dict[str, RunRecord]:
+    """Every readable run.json, keyed by run id (an unreadable one is a warning; its run's metadata is skipped)."""
+    records: dict[str, RunRecord] = {}
+    if not paths.runs_dir.is_dir():
+        warnings.append(f"runs: {paths.runs_dir} is missing; allocations come from the profiles' rank column, "
                         "trainable params and the per-parameter control are unavailable")
-        return runs
-    for path in sorted(runs_dir.glob("*/run.json")):
+        return records
+    for path in sorted(paths.runs_dir.glob("*/run.json")):
         try:
-            data = json.loads(path.read_text())
-            run_id = str(data.get("run_id") or path.parent.name)
-            strategy, seed = parse_run_id(run_id)
-            lora = data.get("lora_params")
-            runs[run_id] = RunInfo(
-                run_id=run_id, strategy=str(data.get("strategy", strategy)),
-                seed=int(data["seed"]) if data.get("seed") is not None else seed,
-                status=data.get("status"),
-                allocation=[int(r) for r in data["allocation"]] if data.get("allocation") else None,
-                trainable_params=int(data["trainable_params"]) if data.get("trainable_params") is not None else None,
-                lora_params={m: [int(p) for p in v] for m, v in lora.items()} if isinstance(lora, dict) else None,
-            )
+            record = RunRecord.from_json(json.loads(path.read_text()), fallback_run_id=path.parent.name)
+            records[record.run_id] = record
         except (ValueError, TypeError, KeyError, AttributeError) as err:
             warnings.append(f"runs: {path} is not a readable run.json ({err}); that run's metadata is skipped")
-    if not runs:
-        warnings.append(f"runs: no run.json under {runs_dir}; allocations come from the profiles' rank column")
-    return runs
+    if not records:
+        warnings.append(f"runs: no run.json under {paths.runs_dir}; allocations come from the profiles' rank column")
+    return records
 
 
 def usable_parquet_files(table_dir: Path, required: tuple[str, ...], warnings: list[str],
@@ -158,6 +127,16 @@ class ProfileAggregates:
     nonfinite: np.ndarray  # (R,) rows with a non-finite grad_norm
     rows: np.ndarray  # (R,) rows read
     files: list[str] = field(default_factory=list)
+
+    def select(self, rows: list[int]) -> ProfileAggregates:
+        """The aggregates of some runs only (rows of the run axis, in the given order)."""
+        idx = np.asarray(rows, dtype=np.int64)
+        return dataclasses.replace(
+            self, run_ids=[self.run_ids[r] for r in rows], strategies=[self.strategies[r] for r in rows],
+            seeds=[self.seeds[r] for r in rows], sum_lm=self.sum_lm[idx], count_lm=self.count_lm[idx],
+            half_sum=self.half_sum[idx], half_count=self.half_count[idx], step_layer_sum=self.step_layer_sum[idx],
+            step_present=self.step_present[idx], profile_rank=self.profile_rank[idx], nonfinite=self.nonfinite[idx],
+            rows=self.rows[idx])
 
 
 def _dictionary_lookup(array: pa.DictionaryArray, index: dict[str, int]) -> np.ndarray:

@@ -18,8 +18,9 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from orchestrator import analysis_stats as st
-from orchestrator.analysis_profiles import RunMeta
+from dashboards.analysis import stats as st
+from dashboards.analysis.profiles import RunMeta
+from orchestrator.strategies import REFERENCE
 
 NO_SEED = -1  # internal stand-in for a run whose seed is unknown (it then has no uniform partner)
 
@@ -61,7 +62,7 @@ def strategy_eval(eval_df: pd.DataFrame, runs: dict[str, RunMeta], warnings: lis
     formats = df.groupby("strategy", sort=False)["format_ok"].mean() if "format_ok" in df else {}
 
     # McNemar pairs: every non-uniform row joined to the uniform row of the same (seed, item).
-    is_uniform = (df["strategy"] == "uniform").to_numpy()
+    is_uniform = (df["strategy"] == REFERENCE).to_numpy()
     uniform = df.loc[is_uniform, ["seed", "item", "correct"]].rename(columns={"correct": "u"})
     uniform = uniform.assign(u=uniform["u"].astype(np.int8))
     uniform_seeds = set(uniform["seed"].unique().tolist())
@@ -80,7 +81,7 @@ def strategy_eval(eval_df: pd.DataFrame, runs: dict[str, RunMeta], warnings: lis
         entry = {"accuracy": k / n if n else math.nan, "ci_low": low, "ci_high": high, "n_eval": n, "n_correct": k,
                  "wald_half_width": st.wald_half_width(k, n),
                  "format_rate": float(formats[strategy]) if len(formats) else math.nan}
-        if strategy != "uniform":
+        if strategy != REFERENCE:
             b = c = paired = 0
             paired_seeds = []
             for run in per_run[per_run["strategy"] == strategy].itertuples(index=False):

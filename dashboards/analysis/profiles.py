@@ -1,16 +1,12 @@
 """Layer importance (Eq. 2), the landscape and the amplification statistics from aggregated profiles.
 
-``layer_importance`` turns per (run, layer, module) sums and counts into S(l) per run. ``importance_stats``
+S(l) per run comes from :func:`orchestrator.importance.layer_importance` (Eq. 2, its one implementation). ``importance_stats``
 computes, for one notion of importance (Eq. 2 itself, the per-parameter normalised control, or one module
 alone), the landscape of the profiling strategy ``uniform`` and, per strategy, the seed-averaged
 max/min ratio and the correlation between allocated rank and share shift against the uniform run of the
 same seed. It returns the numbers and the long tables the figures are drawn from.
 
-Simplified: every run of the study must have the same number of layers (one model per study).
-
->>> s, c = np.array([[[2.0, 4.0], [6.0, 8.0]]]), np.array([[[2, 2], [2, 2]]])
->>> layer_importance(s, c).tolist()  # means per module 1,2 and 3,4; summed over modules
-[[3.0, 7.0]]
+Simplified: every run of a cell must have the same number of layers (one model per cell).
 """
 
 from __future__ import annotations
@@ -22,7 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from orchestrator import analysis_stats as st
+from dashboards.analysis import stats as st
+from orchestrator.importance import layer_importance
+from orchestrator.strategies import REFERENCE, SFT
 
 
 @dataclass
@@ -35,21 +33,7 @@ class RunMeta:
     ranks: np.ndarray | None = None  # allocated rank per layer (run.json, else the profiles' rank column)
     trainable_params: int | None = None
     lora_params: dict[str, list[int]] | None = None
-
-
-def layer_importance(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """S(l) per run from (R, L, M) sums and counts: the sum over modules of each module's mean over steps.
-
-    A module absent from a whole run is not part of its sum; a layer missing a module the run has
-    elsewhere gets NaN (its S(l) would be incomparable).
-    """
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-    module_present = (counts > 0).any(axis=1, keepdims=True)  # (R, 1, M)
-    missing = ((counts == 0) & module_present).any(axis=2)  # (R, L)
-    importance = np.where(module_present, np.nan_to_num(mean), 0.0).sum(axis=2)
-    importance[missing] = np.nan
-    return importance
+    cell: str = ""  # the cell part of the run id ('' without axes)
 
 
 def _shares_ok(share: np.ndarray) -> bool:
@@ -112,13 +96,13 @@ def importance_stats(importance: dict[str, np.ndarray], runs: dict[str, RunMeta]
     for run_id in shares:
         by_strategy.setdefault(runs[run_id].strategy, []).append(run_id)
     mean_share = {s: np.mean([shares[r] for r in ids], axis=0) for s, ids in by_strategy.items()}
-    uniform_by_seed = {runs[r].seed: r for r in by_strategy.get("uniform", [])}
+    uniform_by_seed = {runs[r].seed: r for r in by_strategy.get(REFERENCE, [])}
 
     per_strategy: dict[str, dict] = {}
     for strategy, ids in by_strategy.items():
         entry = {"max_min_ratio": st.max_min_ratio(mean_share[strategy]), "n_profiled_runs": len(ids),
                  "layer_share": [float(x) for x in mean_share[strategy]]}
-        if strategy in ("uniform", "sft"):
+        if strategy in (REFERENCE, SFT):
             entry["rank_shift_corr"] = None
             per_strategy[strategy] = entry
             continue
@@ -149,9 +133,9 @@ def importance_stats(importance: dict[str, np.ndarray], runs: dict[str, RunMeta]
                                     "share": {r: shares[r] for r in amp_runs},
                                     "shift": {r: shift for r, _, _, _, shift in amp_parts}})
 
-    if "uniform" in mean_share:
-        landscape = landscape_of(mean_share["uniform"])
-        landscape["n_runs"] = len(by_strategy["uniform"])
+    if REFERENCE in mean_share:
+        landscape = landscape_of(mean_share[REFERENCE])
+        landscape["n_runs"] = len(by_strategy[REFERENCE])
     else:
         landscape = landscape_of(np.array([]))
         landscape["n_runs"] = 0

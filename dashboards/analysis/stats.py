@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
-ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
+from orchestrator.projections import module_group
+
 Z_95 = float(stats.norm.ppf(0.975))
 
 
@@ -150,8 +150,8 @@ def group_shares(module_share: dict[str, float]) -> tuple[float, float]:
     >>> group_shares({"q_proj": 0.1, "k_proj": 0.1, "v_proj": 0.2, "o_proj": 0.1, "up_proj": 0.5})
     (0.5, 0.5)
     """
-    attention = sum(v for m, v in module_share.items() if m in ATTENTION_MODULES)
-    mlp = sum(v for m, v in module_share.items() if m in MLP_MODULES)
+    attention = sum(v for m, v in module_share.items() if module_group(m) == "attention")
+    mlp = sum(v for m, v in module_share.items() if module_group(m) == "mlp")
     return round(attention, 12), round(mlp, 12)
 
 

@@ -13,6 +13,8 @@ only at p < 0.05, and the amplification only "persists" under a control when r >
 
 from __future__ import annotations
 
+from orchestrator.strategies import REFERENCE
+
 
 def _pct(x: float | None, digits: int = 1) -> str:
     return "n/a" if x is None else f"{100 * x:.{digits}f}%"
@@ -67,9 +69,9 @@ def landscape_findings(land: dict, sft: dict | None) -> list[str]:
 def strategy_findings(strategies: dict) -> list[str]:
     """Accuracy vs uniform with the McNemar test, then the amplification of each non-uniform strategy."""
     out = []
-    uniform = strategies.get("uniform", {})
+    uniform = strategies.get(REFERENCE, {})
     for name, entry in strategies.items():
-        if name == "uniform" or entry.get("accuracy") is None:
+        if name == REFERENCE or entry.get("accuracy") is None:
             continue
         p = entry.get("p_value_vs_uniform")
         if uniform.get("accuracy") is None or p is None:
@@ -86,7 +88,7 @@ def strategy_findings(strategies: dict) -> list[str]:
     base = uniform.get("max_min_ratio")
     for name, entry in strategies.items():
         r = entry.get("rank_shift_corr")
-        if name == "uniform" or r is None:
+        if name == REFERENCE or r is None:
             continue
         ratio = entry.get("max_min_ratio")
         change = f" ({100 * (ratio / base - 1):+.0f}%)" if ratio is not None and base else ""
@@ -139,3 +141,12 @@ def findings(summary: dict) -> list[str]:
     out += control_findings(summary.get("normalized_control"))
     out += training_findings(summary.get("training"), list(summary.get("strategies") or {}))
     return out
+
+
+def cell_findings(cells: list[tuple[str, dict]]) -> list[str]:
+    """A study with axes: each cell's findings, prefixed with the cell, in cell order.
+
+    >>> cell_findings([("{lora.rank: 8}", {"findings": ["a."]}), ("{lora.rank: 16}", {"findings": []})])
+    ['{lora.rank: 8}: a.']
+    """
+    return [f"{label}: {line}" for label, part in cells for line in part.get("findings", [])]

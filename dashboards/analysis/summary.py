@@ -1,0 +1,223 @@
+"""Analysis of a study directory: every statistic of the paper, with uncertainty, as one summary dict.
+
+``summarize(DIR) -> (summary, warnings)`` reads the Parquet results of the output contract (only the columns
+it needs) and computes, with the definitions of the analysis issue, for each cell of the study
+(:mod:`dashboards.analysis.cell`):
+
+- ``landscape``: the layer-share landscape of the reference strategy ``uniform`` (Eq. 2 importance, shares
+  averaged over its seeds): max/min ratio, top-30% share, early/middle/late band shares, temporal
+  stability, module, attention and MLP shares;
+- ``strategies``: per strategy, pooled accuracy with a 95% Wilson interval, the exact McNemar p-value
+  against uniform on items paired by (seed, item), trainable params, the max/min ratio of its own
+  landscape and the rank-vs-share-shift correlation (the amplification effect);
+- ``normalized_control``: the landscape and amplification again with norms divided by
+  sqrt(LoRA parameters of the module), and for each single module alone;
+- ``sft``: the landscape of the SFT warm-start profiles (strategy ``sft``) when there are any;
+- ``training``: final training reward per strategy (the paper's "identical reward curves").
+
+A study without axes has one cell, and these are the summary's top-level keys. A study with axes
+(``grid.axes``) has ``axes`` (the dotted keys) and ``cells``: one object per cell with its ``axes`` values,
+its ``run_ids`` and the keys above; the runs of a cell are the ones whose run.json names those axis values
+(the SFT profile published for the cell joins it; one without a cell joins every cell).
+
+Anything missing (a table, a run's uniform partner, an empty profile, a failed run) becomes one line in
+``warnings`` and everything else is still reported; undefined numbers are None. ``analyze(DIR)`` returns the
+same plus the tables the report draws its figures from. Pure: it reads DIR and writes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dashboards.analysis.cell import analyze_cell
+from dashboards.analysis.findings import cell_findings, findings
+from dashboards.analysis.load import ProfileAggregates, aggregate_profiles, load_run_records, read_small_table
+from dashboards.analysis.profiles import RunMeta
+from orchestrator.axes import describe
+from orchestrator.contract import COMPLETED, RunRecord, StudyPaths, parse_run_id
+from orchestrator.errors import StudyError
+from orchestrator.strategies import SFT
+
+
+@dataclass
+class CellAnalysis:
+    """One cell: its axis values, its run ids, its summary part and the tables its figures are drawn from."""
+
+    axes: dict
+    run_ids: list[str]
+    summary: dict
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def label(self) -> str:
+        return describe(self.axes)
+
+
+@dataclass
+class Analysis:
+    """The summary, the warnings, and each cell's long tables (pandas) the report's figures are drawn from."""
+
+    summary: dict
+    warnings: list[str]
+    cells: list[CellAnalysis] = field(default_factory=list)
+
+    @property
+    def frames(self) -> dict[str, pd.DataFrame]:
+        """The figure tables of a study without axes (its one cell)."""
+        return self.cells[0].frames if len(self.cells) == 1 else {}
+
+
+def summarize(study_dir: Path) -> tuple[dict, list[str]]:
+    """The summary dict (keys as in the analysis issue; undefined numbers None) and one warning per gap."""
+    result = analyze(study_dir)
+    return result.summary, result.warnings
+
+
+def _collect_runs(records: dict[str, RunRecord], warnings: list[str], tables: list[pd.DataFrame | None]
+                  ) -> tuple[dict[str, RunMeta], set[str]]:
+    """Every run of run.json, eval and metrics; runs whose run.json says they did not complete are excluded."""
+    runs: dict[str, RunMeta] = {}
+    for rec in records.values():
+        runs[rec.run_id] = RunMeta(rec.run_id, rec.strategy, rec.seed,
+                                   np.array(rec.allocation) if rec.allocation else None,
+                                   rec.trainable_params, rec.lora_params, cell=parse_run_id(rec.run_id)[2])
+    for table in tables:
+        if table is None:
+            continue
+        codes, uniques = pd.factorize(table["run_id"].astype(str))
+        first_row = np.full(len(uniques), -1)
+        first_row[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)  # reversed: the first row's write wins
+        for i, run_id in enumerate(uniques):
+            if run_id in runs or first_row[i] < 0:
+                continue
+            row = table.iloc[int(first_row[i])]
+            strategy, seed, cell = parse_run_id(run_id)
+            seed = int(row["seed"]) if "seed" in row and pd.notna(row["seed"]) else seed
+            runs[run_id] = RunMeta(run_id, str(row["strategy"]) if "strategy" in row and pd.notna(row["strategy"])
+                                   else strategy, seed, cell=cell)
+    excluded = {rid for rid, rec in records.items() if rec.status not in (None, COMPLETED)}
+    for run_id in sorted(excluded):
+        warnings.append(f"runs: {run_id} has status {records[run_id].status!r}; left out of every statistic")
+    return {rid: m for rid, m in runs.items() if rid not in excluded}, excluded
+
+
+def _add_profile_runs(runs: dict[str, RunMeta], excluded: set[str], prof: ProfileAggregates) -> None:
+    """Runs known only from their profile; the profiles' rank column where run.json has no allocation."""
+    for r, run_id in enumerate(prof.run_ids):
+        if run_id in excluded:
+            continue
+        parsed_strategy, parsed_seed, cell = parse_run_id(run_id)
+        meta = runs.setdefault(run_id, RunMeta(run_id, prof.strategies[r] or parsed_strategy,
+                                               prof.seeds[r] if prof.seeds[r] is not None else parsed_seed,
+                                               cell=cell))
+        if meta.ranks is None and (prof.profile_rank[r] >= 0).all():
+            meta.ranks = prof.profile_rank[r].copy()
+
+
+def _cells(runs: dict[str, RunMeta], records: dict[str, RunRecord]) -> list[tuple[dict, list[str]]]:
+    """(axis values, run ids) per cell, in the order the runs' records list them.
+
+    A run without a record takes its cell from its run id; an SFT profile without a cell joins every cell.
+    """
+    axes_of: dict[str, dict] = {}
+    for record in records.values():
+        axes_of.setdefault(parse_run_id(record.run_id)[2], dict(record.axes))
+    members: dict[str, list[str]] = {}
+    shared = []
+    for run_id, meta in runs.items():
+        if meta.cell == "" and meta.strategy == SFT and axes_of.keys() - {""}:
+            shared.append(run_id)
+            continue
+        members.setdefault(meta.cell, []).append(run_id)
+        axes_of.setdefault(meta.cell, {})
+    order = [slug for slug in axes_of if slug in members] or [""]
+    return [(axes_of.get(slug, {}), members.get(slug, []) + shared) for slug in order]
+
+
+def analyze(study_dir: Path) -> Analysis:
+    """Everything :func:`summarize` returns, plus the figure tables of each cell."""
+    study_dir = Path(study_dir)
+    if not study_dir.is_dir():
+        raise StudyError(f"analyze: {study_dir} is not a directory; pass the study's output directory")
+    paths = StudyPaths(study_dir)
+    run_warnings: list[str] = []
+    profile_warnings: list[str] = []
+    table_warnings: list[str] = []
+    records = load_run_records(paths, run_warnings)
+    # The profiles are read and reduced in a worker thread while this one does the small tables: pyarrow
+    # and numpy's large loops release the GIL, so the two overlap on a multi-core machine.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        profiles_done = pool.submit(aggregate_profiles, paths.table_dir("profiles"), profile_warnings,
+                                    {rid for rid, rec in records.items() if rec.allocation is not None})
+        eval_df = read_small_table(paths.table_dir("eval"), ("run_id", "item", "correct"),
+                                   ("strategy", "seed", "format_ok"), table_warnings, "eval")
+        metrics_df = read_small_table(paths.table_dir("metrics"), ("run_id", "step"),
+                                      ("strategy", "seed", "reward", "reward_correctness", "reward_format"),
+                                      table_warnings, "metrics")
+        runs, excluded = _collect_runs(records, run_warnings, [eval_df, metrics_df])
+        if eval_df is not None:
+            eval_df = eval_df[~eval_df["run_id"].isin(excluded)]
+        if metrics_df is not None:
+            metrics_df = metrics_df[~metrics_df["run_id"].isin(excluded)]
+        prof = profiles_done.result()
+    if prof is not None:
+        _add_profile_runs(runs, excluded, prof)
+
+    cells: list[CellAnalysis] = []
+    cell_list = _cells(runs, records)
+    with_axes = any(axes for axes, _ in cell_list)
+    for axes, run_ids in cell_list:
+        members = {rid: runs[rid] for rid in run_ids}
+        result = analyze_cell(study_dir, members, _rows_of(eval_df, members), _rows_of(metrics_df, members),
+                              _profiles_of(prof, members))
+        prefix = f"cell {describe(axes)}: " if with_axes else ""
+        profile_warnings += [prefix + w for w in result.profile_warnings]
+        table_warnings += [prefix + w for w in result.table_warnings]
+        summary = jsonable(result.summary)
+        summary["findings"] = findings(summary)
+        cells.append(CellAnalysis(axes, run_ids, summary, result.frames))
+    warnings = run_warnings + profile_warnings + table_warnings
+    if with_axes:
+        summary = {"axes": list(cells[0].axes), "cells": [{"axes": c.axes, "run_ids": c.run_ids, **c.summary}
+                                                          for c in cells],
+                   "study_dir": str(study_dir), "findings": cell_findings([(c.label(), c.summary) for c in cells])}
+    else:
+        summary = {**{k: v for k, v in cells[0].summary.items() if k != "findings"}, "study_dir": str(study_dir),
+                   "findings": cells[0].summary["findings"]}
+    summary["warnings"] = list(warnings)
+    return Analysis(summary=jsonable(summary), warnings=warnings, cells=cells)
+
+
+def _rows_of(table: pd.DataFrame | None, runs: dict[str, RunMeta]) -> pd.DataFrame | None:
+    return None if table is None else table[table["run_id"].isin(list(runs))]
+
+
+def _profiles_of(prof: ProfileAggregates | None, runs: dict[str, RunMeta]) -> ProfileAggregates | None:
+    if prof is None:
+        return None
+    rows = [r for r, rid in enumerate(prof.run_ids) if rid in runs]
+    return prof.select(rows) if rows else None
+
+
+def jsonable(value):
+    """numpy scalars to Python, NaN and infinities to None, recursively (summary.json stays strict JSON).
+
+    >>> jsonable({"a": np.float64("nan"), "b": [np.int64(2), float("inf")], "c": (1.5,)})
+    {'a': None, 'b': [2, None], 'c': [1.5]}
+    """
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value

@@ -1,0 +1,312 @@
+"""The output contract of a study directory, in one torch-free module: paths, run ids, run.json, table schemas.
+
+```
+DIR/study.yaml                 resolved config, package versions, git commit
+DIR/runs/<run_id>/run.json     a RunRecord: spec, cell axes, status, allocation, importance, LoRA audit, timings
+DIR/runs/<run_id>/adapter/     the trained LoRA adapter (PEFT format)
+DIR/profiles/<run_id>.parquet  PROFILE_SCHEMA: one row per optimizer step x layer x module
+DIR/metrics/<run_id>.parquet   metrics_schema(): one row per optimizer step
+DIR/eval/<run_id>.parquet      EVAL_SCHEMA: one row per test item
+DIR/report/summary.json, index.html
+```
+
+Workers write it, synthetic studies imitate it and the analysis reads it, all through this module. Every file
+is written to a temporary name in the same directory and renamed into place, so a crash never leaves a
+truncated file, and ``pandas.read_parquet(DIR / "profiles")`` only ever sees whole files. A run is complete
+when its run.json says so and its three Parquet files exist; completed results are never rewritten.
+
+Run ids are ``<strategy>-seed<seed>`` in a study without axes, and ``<strategy>-seed<seed>__<cell>`` with
+them, where the cell part names each axis by the last part of its dotted key (the whole key where two axes
+share it) and its value: ``uniform-seed0__rank-8__learning_rate-1e-05``. They are stable (the same run
+always gets the same id, so a re-run finds its results), unique within a study and filesystem-safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TABLES = ("profiles", "metrics", "eval")
+COMPLETED, RUNNING, FAILED = "completed", "running", "failed"
+CELL_SEPARATOR = "__"
+MAX_RUN_ID_LENGTH = 200  # file names (<run_id>.parquet) must stay below the usual 255-byte limit
+
+PROFILE_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("strategy", pa.string()), ("seed", pa.int64()), ("step", pa.int64()),
+    ("layer", pa.int64()), ("module", pa.string()), ("rank", pa.int64()), ("grad_norm", pa.float64()),
+    ("nonfinite", pa.bool_()),
+])
+EVAL_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("strategy", pa.string()), ("seed", pa.int64()), ("item", pa.int64()),
+    ("correct", pa.bool_()), ("format_ok", pa.bool_()), ("prediction", pa.string()), ("target", pa.string()),
+    ("completion", pa.string()),
+])
+# Per-step training metrics besides the per-reward means, in file order.
+STEP_METRICS = ("reward_std", "kl", "loss", "grad_norm", "frac_reward_zero_std", "completion_mean_length",
+                "completion_clipped_ratio", "entropy", "learning_rate", "step_time_s", "profile_time_s")
+
+
+def reward_column(reward: str) -> str:
+    """The metrics column of one reward's per-step mean.
+
+    >>> reward_column("format")
+    'reward_format'
+    """
+    return f"reward_{reward}"
+
+
+def metrics_schema(rewards: Sequence[str] = ("format", "correctness")) -> pa.Schema:
+    """The metrics table's schema for a run with these reward names (``reward`` is their sum)."""
+    return pa.schema(
+        [("run_id", pa.string()), ("strategy", pa.string()), ("seed", pa.int64()), ("step", pa.int64()),
+         ("reward", pa.float64())]
+        + [(reward_column(r), pa.float64()) for r in rewards]
+        + [(name, pa.float64()) for name in STEP_METRICS]
+        + [("rollout_digest", pa.string())]
+    )
+
+
+# -- run ids and cells -------------------------------------------------------------------------------------
+_SAFE_VALUE = re.compile(r"[A-Za-z0-9.][A-Za-z0-9._-]*")
+
+
+def format_axis_value(value: Any) -> str:
+    """An axis value as it appears in a run id: plain when filesystem-safe, else slugged with a short hash.
+
+    >>> [format_axis_value(v) for v in (8, 1e-05, True, None, "fixed_alpha")]
+    ['8', '1e-05', 'true', 'null', 'fixed_alpha']
+    >>> format_axis_value("Qwen/Qwen2.5-1.5B")
+    'Qwen_Qwen2.5-1.5B-d9621eb4'
+    """
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+    if isinstance(value, str) and _SAFE_VALUE.fullmatch(text) and CELL_SEPARATOR not in text:
+        return text
+    slug = re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9.-]", "_", text)).strip("_.-")[:40] or "value"
+    return f"{slug}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+def axis_labels(keys: Sequence[str]) -> dict[str, str]:
+    """Short names for axis keys in run ids: the last dotted part, or the whole key where that is ambiguous.
+
+    >>> axis_labels(["lora.rank", "grpo.learning_rate", "model.build.seed", "warm_start.seed"])
+    {'lora.rank': 'rank', 'grpo.learning_rate': 'learning_rate', 'model.build.seed': 'model.build.seed', 'warm_start.seed': 'warm_start.seed'}
+    """
+    last = [key.rsplit(".", 1)[-1] for key in keys]
+    return {key: short if last.count(short) == 1 else key for key, short in zip(keys, last, strict=True)}
+
+
+def cell_slug(axes: Mapping[str, Any]) -> str:
+    """The cell part of a run id ('' without axes).
+
+    >>> cell_slug({}), cell_slug({"lora.rank": 8, "grpo.learning_rate": 1e-05})
+    ('', 'rank-8__learning_rate-1e-05')
+    """
+    labels = axis_labels(list(axes))
+    return CELL_SEPARATOR.join(f"{labels[key]}-{format_axis_value(value)}" for key, value in axes.items())
+
+
+def run_id(strategy: str, seed: int, axes: Mapping[str, Any] | None = None) -> str:
+    """The stable id of one run of the grid.
+
+    >>> run_id("uniform", 3), run_id("uniform", 3, {"lora.rank": 8})
+    ('uniform-seed3', 'uniform-seed3__rank-8')
+    """
+    base = f"{strategy}-seed{seed}"
+    slug = cell_slug(axes or {})
+    return f"{base}{CELL_SEPARATOR}{slug}" if slug else base
+
+
+def parse_run_id(value: str) -> tuple[str, int | None, str]:
+    """(strategy, seed, cell slug) of a run id; seed None when the id is not of this module's form.
+
+    >>> parse_run_id("uniform-seed3"), parse_run_id("random-seed0__rank-8"), parse_run_id("sft-warmup")
+    (('uniform', 3, ''), ('random', 0, 'rank-8'), ('sft-warmup', None, ''))
+    """
+    head, _, slug = value.partition(CELL_SEPARATOR)
+    match = re.fullmatch(r"(.+)-seed(\d+)", head)
+    return (match.group(1), int(match.group(2)), slug) if match else (value, None, "")
+
+
+def actor_name(strategy: str, seed: int, axes: Mapping[str, Any] | None = None) -> str:
+    """The run's actor name in the Ray dashboard.
+
+    >>> actor_name("uniform", 0), actor_name("uniform", 0, {"lora.rank": 8, "lora.alpha": 16})
+    ('grpo:uniform:seed0', 'grpo:uniform:seed0:rank-8,alpha-16')
+    """
+    slug = cell_slug(axes or {})
+    return f"grpo:{strategy}:seed{seed}" + (":" + slug.replace(CELL_SEPARATOR, ",") if slug else "")
+
+
+# -- run.json ----------------------------------------------------------------------------------------------
+@dataclass
+class RunRecord:
+    """DIR/runs/<run_id>/run.json: what one run is, how far it got, and what it was given and measured."""
+
+    run_id: str
+    strategy: str
+    seed: int | None
+    axes: dict[str, Any] = field(default_factory=dict)  # the run's cell: {dotted key: value}; {} without axes
+    spec: dict[str, Any] = field(default_factory=dict)  # depends_on (run id) / profile_path (a fixed profile)
+    status: str = RUNNING
+    attempt: int = 1
+    host: str | None = None
+    pid: int | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    num_layers: int | None = None
+    allocation: list[int] | None = None  # rank per layer, as audited
+    importance: list[float] | None = None  # S(l) the allocation used, when it used one
+    importance_source: str | None = None  # the profile it came from
+    importance_nonfinite: int | None = None  # profile rows left out of S(l) (non-finite grad_norm)
+    trainable_params: int | None = None
+    lora: dict[str, Any] | None = None  # the LoRA audit: layer ranks, layer params, scaling
+    lora_params: dict[str, list[int]] | None = None  # per module, per layer
+    resumed_from_step: int | None = None
+    steps: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    eval: dict[str, Any] | None = None  # n, correct, accuracy
+    extra: dict[str, Any] = field(default_factory=dict)  # keys of other rankstudy versions, kept as they are
+
+    def to_json(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {**self.extra, **data}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], fallback_run_id: str | None = None) -> RunRecord:
+        """A record from parsed run.json; strategy and seed default to the run id's. Raises ValueError/TypeError."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"run.json must hold an object, got {type(data).__name__}")
+        rid = str(data.get("run_id") or fallback_run_id or "")
+        if not rid:
+            raise ValueError("run.json has no run_id")
+        strategy, seed, _ = parse_run_id(rid)
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        known["run_id"], known["strategy"] = rid, str(known.get("strategy") or strategy)
+        known["seed"] = int(known["seed"]) if known.get("seed") is not None else seed
+        for key in ("allocation",):
+            if known.get(key) is not None:
+                known[key] = [int(v) for v in known[key]]
+        if known.get("lora_params") is not None:
+            known["lora_params"] = {str(m): [int(p) for p in v] for m, v in dict(known["lora_params"]).items()}
+        for key in ("axes", "spec", "timings"):
+            known[key] = dict(known.get(key) or {})
+        return cls(**known, extra={k: v for k, v in data.items() if k not in names})
+
+
+# -- paths -------------------------------------------------------------------------------------------------
+class StudyPaths:
+    """Where each file of the contract lives for one study directory."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    @property
+    def study_yaml(self) -> Path:
+        return self.root / "study.yaml"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs_dir / run_id
+
+    def run_json(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / "run.json"
+
+    def adapter(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / "adapter"
+
+    def checkpoints(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / "checkpoints"
+
+    def table_dir(self, kind: str) -> Path:
+        if kind not in TABLES:
+            raise ValueError(f"unknown table {kind!r}; the contract's tables are {TABLES}")
+        return self.root / kind
+
+    def table(self, kind: str, run_id: str) -> Path:
+        return self.table_dir(kind) / f"{run_id}.parquet"
+
+    def read_record(self, run_id: str) -> RunRecord | None:
+        path = self.run_json(run_id)
+        if not path.exists():
+            return None
+        return RunRecord.from_json(json.loads(path.read_text()), fallback_run_id=run_id)
+
+    def write_record(self, record: RunRecord) -> None:
+        atomic_write_json(self.run_json(record.run_id), record.to_json())
+
+    def is_complete(self, run_id: str) -> bool:
+        record = self.read_record(run_id)
+        return (record is not None and record.status == COMPLETED
+                and all(self.table(kind, run_id).exists() for kind in TABLES))
+
+
+# -- atomic writes -----------------------------------------------------------------------------------------
+_UMASK = os.umask(0)  # read the process umask (the only way is to set it) and restore it at once
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def _atomic_target(path: Path) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; once the block has written it, fsync and rename it into place.
+
+    The dot-prefixed temp name is skipped by pyarrow's dataset discovery (pandas.read_parquet on a directory).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        # mkstemp creates the file 0600; results are shared (a cluster's output directory, a report sent to
+        # colleagues), so give it the mode an ordinary open() would: 0666 less the umask.
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with _atomic_target(path) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, record: Mapping[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_write_table(path: Path, table: pa.Table) -> None:
+    """Write a Parquet file atomically (temp file in the same directory, then rename)."""
+    with _atomic_target(path) as tmp:
+        pq.write_table(table, tmp)

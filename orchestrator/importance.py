@@ -1,0 +1,133 @@
+"""Eq. 2, implemented once: the layer importance S(l) from gradient-norm profiles.
+
+    S(l) = (1/T) sum_t sum_m || grad of module m of layer l at step t ||_2
+
+Allocation (a profile-dependent run reading its source run's profile) and the analysis (every run of a
+study, vectorised) both call :func:`layer_importance` on per (run, layer, module) sums and counts of the
+profile's ``grad_norm``. One rule covers incomplete profiles:
+
+- a non-finite ``grad_norm`` (kept and flagged in the profile's ``nonfinite`` column) is left out;
+- each (layer, module) term is the mean over the steps where that module has a finite norm, so a missing
+  or non-finite step neither inflates nor deflates the layer;
+- S(l) is the sum of those means over the modules the run profiles; a layer lacking a module that the run
+  has elsewhere gets NaN (its S(l) would not be comparable), and so does a run with no rows at all.
+
+On a complete, finite profile this is exactly Eq. 2. Callers report what was left out
+(:class:`ProfileImportance` counts it; the analysis warns per run).
+
+>>> sums, counts = np.array([[[2.0, 4.0], [6.0, 8.0]]]), np.array([[[2, 2], [2, 2]]])
+>>> layer_importance(sums, counts).tolist()  # module means 1, 2 and 3, 4; summed over modules
+[[3.0, 7.0]]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from orchestrator.errors import StudyError
+
+PROFILE_COLUMNS = ("run_id", "step", "layer", "module", "grad_norm")
+
+
+def layer_importance(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """S(l) per run from (R, L, M) sums and counts of finite norms (the module doc's rule); shape (R, L)."""
+    sums, counts = np.asarray(sums, dtype=float), np.asarray(counts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    module_present = (counts > 0).any(axis=1, keepdims=True)  # (R, 1, M)
+    missing = ((counts == 0) & module_present).any(axis=2)  # (R, L)
+    importance = np.where(module_present, np.nan_to_num(mean), 0.0).sum(axis=2)
+    importance[missing | ~module_present.any(axis=2)] = np.nan
+    return importance
+
+
+def sums_and_counts(layer: np.ndarray, module_codes: np.ndarray, grad_norm: np.ndarray, num_layers: int,
+                    num_modules: int) -> tuple[np.ndarray, np.ndarray]:
+    """(L, M) sums and counts of the finite norms of one run's rows (layer index, module code, norm)."""
+    finite = np.isfinite(grad_norm)
+    cell = layer[finite] * num_modules + module_codes[finite]
+    size = num_layers * num_modules
+    sums = np.bincount(cell, weights=grad_norm[finite], minlength=size).reshape(num_layers, num_modules)
+    counts = np.bincount(cell, minlength=size).reshape(num_layers, num_modules)
+    return sums, counts
+
+
+@dataclass(frozen=True)
+class ProfileImportance:
+    """S(l) of one profiled run, and what the rule of this module left out."""
+
+    values: list[float]
+    steps: int  # distinct profiled steps
+    nonfinite: int  # rows left out because their grad_norm is not finite
+    source: str  # the profile file ('' for rows given directly)
+
+    def note(self) -> str | None:
+        """A one-line warning when rows were left out, else None."""
+        if not self.nonfinite:
+            return None
+        return (f"{_where(self.source)}: {self.nonfinite} non-finite grad_norm value(s) left out of the layer "
+                "importance (each module's mean is over its finite steps)")
+
+
+def _where(source: str) -> str:
+    return f"profile {source}" if source else "profile"
+
+
+def importance_from_frame(frame, source: str = "") -> ProfileImportance:
+    """S(l) of ONE run's profile rows (a DataFrame with step, layer, module, grad_norm).
+
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"step": [1, 1, 2, 2], "layer": [0, 1, 0, 1], "module": ["q_proj"] * 4,
+    ...                    "grad_norm": [1.0, 3.0, 3.0, 5.0]})
+    >>> importance_from_frame(df).values
+    [2.0, 4.0]
+    """
+    import pandas as pd
+
+    where = _where(source)
+    if frame.empty:
+        raise StudyError(f"{where}: no rows, so no layer importance can be computed")
+    layer = frame["layer"].to_numpy(dtype=np.int64)
+    if layer.min() < 0:
+        raise StudyError(f"{where}: negative layer index {int(layer.min())}")
+    codes, modules = pd.factorize(frame["module"].astype(str))
+    num_layers = int(layer.max()) + 1
+    present = np.zeros(num_layers, dtype=bool)
+    present[layer] = True
+    if not present.all():
+        missing = np.flatnonzero(~present).tolist()
+        raise StudyError(f"{where}: layers {missing[:5]} have no rows; a profile must cover every layer")
+    grad = frame["grad_norm"].to_numpy(dtype=float)
+    sums, counts = sums_and_counts(layer, codes.astype(np.int64), grad, num_layers, len(modules))
+    values = layer_importance(sums[None], counts[None])[0]
+    if not np.isfinite(values).all():
+        bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+        raise StudyError(f"{where}: layer(s) {bad[:5]} have no finite gradient norm for some module; "
+                         "the importance S(l) is undefined there")
+    return ProfileImportance(values=[float(v) for v in values], steps=int(frame["step"].nunique()),
+                             nonfinite=int((~np.isfinite(grad)).sum()), source=source)
+
+
+def importance_from_profile(path: str, run_id: str | None = None) -> ProfileImportance:
+    """S(l) from a profile .parquet holding one run (or the rows of ``run_id``)."""
+    import pyarrow.lib
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path, columns=list(PROFILE_COLUMNS))
+    except FileNotFoundError:
+        raise StudyError(f"profile {path} does not exist") from None
+    except (pyarrow.lib.ArrowInvalid, KeyError, OSError) as err:
+        raise StudyError(f"profile {path}: not a profile parquet with columns {list(PROFILE_COLUMNS)} ({err})") from None
+    df = table.to_pandas()
+    runs = sorted(df["run_id"].unique())
+    if run_id is not None:
+        df = df[df["run_id"] == run_id]
+        if df.empty:
+            raise StudyError(f"profile {path}: no rows for run {run_id} (runs in file: {runs[:5]})")
+    elif len(runs) > 1:
+        raise StudyError(f"profile {path}: holds {len(runs)} runs ({runs[:5]}); pick one with --run-id")
+    return importance_from_frame(df, source=str(path))

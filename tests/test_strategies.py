@@ -1,0 +1,124 @@
+"""The strategy registry (issue 10): one class per strategy, and a strategy that exists only in this file runs
+through the plan, a tiny worker run and the analysis with no edit anywhere else."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+from transformers import TrainerCallback
+
+from dashboards.analysis import analyze
+from dashboards.figures import strategy_color
+from orchestrator import strategies
+from orchestrator.allocation import allocate
+from orchestrator.config import load_config
+from orchestrator.contract import StudyPaths
+from orchestrator.errors import ConfigError, StudyError
+from orchestrator.plan import make_plan
+from orchestrator.strategies import AllocationRequest, Strategy, register_strategy
+
+
+class RecordRanksAtStep2(TrainerCallback):
+    """A training-time hook as a dynamic strategy would have: it changes the ranks the profiler records."""
+
+    def __init__(self, run):
+        self.run = run
+        self.calls = 0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.calls += 1
+        if state.global_step == 1:  # the second step's rows carry rank 1 for layer 0's modules
+            self.run.profiler.set_ranks({(0, m): 1 for m in self.run.layout.modules})
+
+
+class Alternating(Strategy):
+    name = "alternating_test"
+    description = "r_max on even layers, r_min on odd ones (exists only in this test file)"
+    order = 15  # between uniform (10) and proportional (20)
+
+    def ranks(self, request: AllocationRequest) -> list[int]:
+        return [request.r_max if layer % 2 == 0 else request.r_min for layer in range(request.num_layers)]
+
+    def callbacks(self, run) -> list:
+        self.hook = RecordRanksAtStep2(run)
+        return [self.hook]
+
+
+@pytest.fixture
+def alternating():
+    register_strategy(Alternating)
+    try:
+        yield strategies.get_strategy("alternating_test")
+    finally:
+        strategies.unregister_strategy("alternating_test")
+
+
+def test_registry_lists_orders_and_names_unknown_strategies():
+    assert strategies.registered_names() == ["uniform", "proportional", "random", "reduced"]
+    assert strategies.default_strategies() == ("uniform", "proportional", "random", "reduced")
+    assert [s for s in strategies.registered_names() if strategies.get_strategy(s).needs_profile] == [
+        "proportional", "reduced"]
+    with pytest.raises(ConfigError, match=r"^allocation: unknown strategy 'greedy'; registered strategies: uniform, "
+                                          r"proportional, random, reduced$"):
+        allocate("greedy", num_layers=2, rank=8, r_min=4, r_max=16, multiple=4)
+    with pytest.raises(TypeError, match="already registered"):
+        register_strategy(type("Again", (Strategy,), {"name": "uniform"}))
+    assert strategies.order_strategies({"zeta", "reduced", "sft", "uniform"}) == ["uniform", "reduced", "zeta", "sft"]
+
+
+def test_profile_sources_must_be_in_the_grid_and_acyclic(write_study_config):
+    config = load_config(write_study_config(allocation={"profile_from": "random"},
+                                            grid={"strategies": ["random", "proportional"], "seeds": [0]}))
+    plan = make_plan(config)
+    assert [(r.run_id, r.depends_on) for r in plan.runs] == [("random-seed0", None),
+                                                             ("proportional-seed0", "random-seed0")]
+    with pytest.raises(ConfigError, match=r"^grid\.strategies: \['proportional'\] need layer importance from the "
+                                          r"random run"):
+        load_config(write_study_config(allocation={"profile_from": "random"},
+                                       grid={"strategies": ["uniform", "proportional"], "seeds": [0]}))
+    with pytest.raises(ConfigError, match=r"profile sources form a cycle \(proportional -> proportional\)"):
+        load_config(write_study_config(allocation={"profile_from": "proportional"},
+                                       grid={"strategies": ["proportional"], "seeds": [0]}))
+
+
+def test_a_strategy_defined_only_here_runs_through_plan_worker_and_analysis(alternating, write_study_config,
+                                                                           tmp_path):
+    from workers.run import execute_run
+
+    config = load_config(write_study_config(grid={"strategies": ["uniform", "alternating_test"], "seeds": [0]},
+                                            grpo={"max_steps": 2}, data={"eval_limit": 2}))
+    plan = make_plan(config)
+    assert [r.run_id for r in plan.runs] == ["uniform-seed0", "alternating_test-seed0"]
+    assert plan.runs[1].depends_on is None and plan.runs[1].actor_name == "grpo:alternating_test:seed0"
+
+    study = tmp_path / "study"
+    records = {spec.strategy: execute_run(plan.config_for(spec), spec, study) for spec in plan.runs}
+    record = records["alternating_test"]
+    assert record.allocation == [16, 4, 16, 4] == record.lora["layer_ranks"]  # audited: the model got them
+    assert alternating.hook.calls == 2
+    profile = pq.read_table(StudyPaths(study).table("profiles", "alternating_test-seed0")).to_pandas()
+    ranks = profile.groupby(["step", "layer"])["rank"].first().unstack()
+    assert ranks.loc[1].tolist() == [16, 4, 16, 4] and ranks.loc[2].tolist() == [1, 4, 16, 4]
+
+    analysis = analyze(study)
+    entry = analysis.summary["strategies"]["alternating_test"]
+    assert list(analysis.summary["strategies"]) == ["uniform", "alternating_test"]  # its `order`
+    assert entry["n_runs"] == 1 and entry["n_eval"] == 2 and entry["rank_shift_corr"] is not None
+    assert entry["trainable_params"] == record.trainable_params
+    assert strategy_color("alternating_test").startswith("#")
+
+
+def test_plan_accepts_registered_strategy_by_name_only(write_study_config):
+    with pytest.raises(StudyError, match="registered strategies"):
+        load_config(write_study_config(grid={"strategies": ["uniform", "alternating_test"], "seeds": [0]}))
+
+
+def test_config_resolves_the_tasks_rewards_and_prompt(write_study_config):
+    # Resolved into the config, so study.yaml records what the runs used.
+    config = load_config(write_study_config())
+    assert config.rewards == ("format", "correctness") and config.data.task == "gsm8k"
+    assert "<think>" in config.data.system_prompt
+    with pytest.raises(ConfigError, match=r"^rewards: task 'gsm8k' has no reward 'length'"):
+        load_config(write_study_config(rewards=["format", "length"]))
+    with pytest.raises(ConfigError, match=r"^data\.task: unknown task 'mmlu'; registered tasks: gsm8k"):
+        load_config(write_study_config(data={"task": "mmlu"}))

