@@ -5,8 +5,8 @@ with ``grpo.use_vllm`` (TRL's colocated engine, seeded, float32 + eager on CPU) 
 on the prepared laptop model with its fresh LoRA adapter. Measured, alternating HF / vLLM ``repeats`` times:
 
 - **training batch**: one GRPO rollout batch (``prompts_per_step`` prompts x ``num_generations``, sampled at the
-  config's temperature) through TRL's own rollout function ``GRPOTrainer._generate``, i.e. exactly what a
-  training step runs (private TRL API: the benchmark follows TRL 1.16's signature);
+  config's temperature) through TRL's own rollout function (``GRPOTrainer._generate``, reached through
+  ``workers.compat``), i.e. exactly what a training step runs;
 - **evaluation batch**: ``eval_batch_size`` test prompts, greedy, through the worker's evaluation functions
   (``generate_greedy_hf`` / ``generate_greedy_vllm``).
 
@@ -56,6 +56,7 @@ def run(repeats: int = 3) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    from workers import compat
     from workers.data import render_prompt
     from workers.evaluate import generate_greedy_hf
     from workers.generation import generate_greedy_vllm
@@ -69,11 +70,11 @@ def run(repeats: int = 3) -> dict:
         tokenizer = hf_run.tokenizer
         train_prompts = [p for p in hf_run.trainer.train_dataset["prompt"][: g.prompts_per_step]
                          for _ in range(g.num_generations)]
-        eval_prompts = [render_prompt(tokenizer, m) for m in hf_run.test["prompt"][: g.eval_batch_size]]
+        eval_prompts = [render_prompt(tokenizer, m) for m in hf_run.test_set["prompt"][: g.eval_batch_size]]
 
         def train_batch(run):
             run.trainer.model.train()
-            completions = run.trainer._generate(train_prompts)[3]  # (prompt_ids, completion_ids, _, completions, ...)
+            completions = compat.generate_rollouts(run.trainer, train_prompts)
             return [c[0]["content"] if isinstance(c, list) else c for c in completions]
 
         paths = {

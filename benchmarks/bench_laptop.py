@@ -28,6 +28,8 @@ from pathlib import Path
 import pandas as pd
 import psutil
 
+from orchestrator.strategies import SFT
+
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"wall_s": 600, "peak_rss_gib": 8.0, "nonzero_variance_groups": 0.5}
 
@@ -86,7 +88,7 @@ def run(output: Path, cold: bool = False) -> dict:
         raise SystemExit(f"make run failed ({proc.returncode}):\n{log[-3000:]}")
     metrics = pd.read_parquet(output / "metrics")
     profiles = pd.read_parquet(output / "profiles")
-    grpo = profiles[profiles.strategy != "sft"]
+    grpo = profiles[profiles.strategy != SFT]
     after_first = grpo[grpo.step >= 2].groupby(["run_id", "layer"])["grad_norm"].sum()
     reward = _first_last_mean(metrics, "reward")
     reward_format = _first_last_mean(metrics, "reward_format")

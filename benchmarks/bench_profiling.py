@@ -78,11 +78,13 @@ def _update_phase(config, iterations: int) -> dict:
     """Time the part of a step the profiler touches, on one fixed rollout batch, alternating on/off per update.
 
     One rollout batch is generated once through TRL's own ``_generate_and_score_completions`` (private API,
-    TRL 1.16); then each update is TRL's ``compute_loss`` + backward (+ the profiler's capture when on) + the
+    reached through ``workers.compat``); then each update is TRL's ``compute_loss`` + backward (+ the profiler's capture when on) + the
     gradient clipping, with no optimizer step, so every update does exactly the same work. Adjacent on/off
     updates are a fraction of a second apart, so the machine's drift cancels.
     """
     import torch
+
+    from workers import compat
 
     g = config.grpo
     with tempfile.TemporaryDirectory(prefix="rankstudy-bench-prof-") as study_dir:
@@ -92,7 +94,7 @@ def _update_phase(config, iterations: int) -> dict:
         model.train()
         trainer.current_gradient_accumulation_steps = 1  # set by transformers' training loop, read by compute_loss
         rows = [trainer.train_dataset[i] for i in range(g.prompts_per_step)]
-        inputs = trainer._generate_and_score_completions([row for row in rows for _ in range(g.num_generations)])
+        inputs = compat.generate_and_score(trainer, [row for row in rows for _ in range(g.num_generations)])
         params = [p for p in model.parameters() if p.requires_grad]
 
         def update(profile: bool, step: int) -> float:

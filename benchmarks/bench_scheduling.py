@@ -31,7 +31,7 @@ from benchmarks.common import spread
 from orchestrator import scheduler
 from orchestrator.config import load_config
 from orchestrator.plan import make_plan
-from orchestrator.strategies import default_strategies
+from orchestrator.strategies import REFERENCE, default_strategies, get_strategy
 
 RUNS, SLOTS = 16, 4
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"  # checked to exist, never read
@@ -95,7 +95,9 @@ def run(duration_s: float = 40.0, latency_repeats: int = 3) -> dict:
         latencies = []
         for _ in range(latency_repeats):
             with tempfile.TemporaryDirectory(prefix="rankstudy-bench-dep-") as study_dir:
-                dep, _, _ = _grid(1.0, ["uniform", "proportional", "reduced"], [0], study_dir)
+                # The reference run and the strategies that wait for its profile.
+                dependants = [s for s in strategies if get_strategy(s).needs_profile]
+                dep, _, _ = _grid(1.0, [REFERENCE, *dependants], [0], study_dir)
             latencies += [r["started"] - dep[r["depends_on"]]["finished"] for r in dep.values() if r["depends_on"]]
     finally:
         scheduler.shutdown()

@@ -31,9 +31,10 @@ def laptop_config(overrides: list[str] = ()):
 def set_up_uniform_run(config, study_dir: str):
     """A study run of ``config`` (uniform strategy, seed 0), set up exactly as a worker sets it up, not trained."""
     from orchestrator.plan import RunSpec
+    from orchestrator.strategies import REFERENCE
     from workers.run import GRPORun
 
-    run = GRPORun(config, RunSpec("uniform", 0, num_gpus=0, num_cpus=1), study_dir)
+    run = GRPORun(config, RunSpec(REFERENCE, 0, num_gpus=0, num_cpus=1), study_dir)
     run.setup()
     return run
 

@@ -14,6 +14,7 @@ import torch
 
 from orchestrator.config import GRPOSettings
 from orchestrator.errors import StudyError
+from workers import compat
 from workers.generation import (
     colocated_vllm_engine,
     generate_greedy_vllm,
@@ -199,7 +200,7 @@ def test_greedy_evaluation_generates_the_synced_models_argmax(trainer):
     syncs = []
     cpu_sync = trainer.vllm_generation.sync_weights
     trainer.vllm_generation.sync_weights = lambda: (syncs.append(trainer.state.global_step), cpu_sync())
-    trainer._last_loaded_step = -1  # as if the engine held older weights (after training it is one step behind)
+    compat.set_engine_weights_step(trainer, -1)  # as if the engine held older weights (after training: one behind)
     try:
         completion_ids = greedy_completion_ids(trainer, prompts, max_new_tokens=12)
         texts = generate_greedy_vllm(trainer, prompts, max_new_tokens=12)
@@ -239,7 +240,7 @@ def test_grpo_trains_with_colocated_vllm_and_syncs_weights_every_step(trainer):
         cpu_sync()
 
     trainer.vllm_generation.sync_weights = counting_sync
-    trainer._last_loaded_step = -1  # as in a fresh trainer (the evaluation test may have synced step 0 already)
+    compat.set_engine_weights_step(trainer, -1)  # as in a fresh trainer (the evaluation test may have synced step 0)
     try:
         trainer.train()
     finally:

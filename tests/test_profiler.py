@@ -8,6 +8,7 @@ import torch
 
 from orchestrator.config import LoraSettings
 from tests.fixtures.tiny import apply_lora
+from workers.compat import clip_gradients
 from workers.model import discover_layers, load_model_and_tokenizer
 from workers.profiler import GradientProfiler, ProfileBeforeClipping, RunLabels
 
@@ -71,7 +72,7 @@ def test_capture_happens_before_the_trainer_clips(lora_model):
     expected.capture(5)
     trainer = Trainer()
     trainer.gradient_profiler = GradientProfiler.for_lora(model, layout, ranks, LABELS)
-    trainer._clip_grad_norm(model)
+    clip_gradients(trainer, model)
     got = trainer.gradient_profiler.table().to_pandas()
     assert list(got.step.unique()) == [5]  # global_step + 1: steps count from 1
     assert got.grad_norm.tolist() == pytest.approx(expected.table().to_pandas().grad_norm.tolist())
@@ -94,3 +95,23 @@ def test_full_weight_profile_and_restore_round_trip(tiny_model_dir):
     fresh = GradientProfiler.for_full_weights(model, layout, RunLabels("sft-seed0", "sft", 0))
     fresh.restore(profiler.table(up_to_step=1))
     assert fresh.steps == [1] and fresh.table().equals(profiler.table(up_to_step=1))
+
+
+def test_rank_column_is_the_rank_at_each_step_and_survives_a_resume(lora_model):
+    # A strategy whose ranks change while training reports them; rows keep the rank of their own step.
+    model, layout, ranks = lora_model
+    profiler = GradientProfiler.for_lora(model, layout, ranks, LABELS)
+    profiler.capture(1)
+    profiler.set_ranks({(1, "q_proj"): 2, (1, "v_proj"): 6})
+    profiler.capture(2)
+    df = profiler.table().to_pandas().set_index(["step", "layer", "module"])["rank"]
+    assert df[(1, 1, "q_proj")] == 8 and df[(2, 1, "q_proj")] == 2 and df[(2, 1, "v_proj")] == 6
+    assert df[(2, 1, "k_proj")] == 8 and df[(2, 0, "q_proj")] == 4
+    with pytest.raises(KeyError, match="not profiled"):
+        profiler.set_ranks({(99, "q_proj"): 1})
+    resumed = GradientProfiler.for_lora(model, layout, ranks, LABELS)
+    resumed.restore(profiler.table())
+    assert resumed.table().equals(profiler.table())
+    resumed.capture(3)  # after a resume the latest reported ranks carry on
+    later = resumed.table().to_pandas().set_index(["step", "layer", "module"])["rank"]
+    assert later[(3, 1, "q_proj")] == 2

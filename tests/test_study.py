@@ -164,3 +164,38 @@ def test_a_run_that_fails_for_good_is_reported_and_the_others_go_on(write_study_
     failed = json.loads((out / "runs" / "proportional-seed0" / "run.json").read_text())
     assert failed["status"] == "failed" and "3 layers" in failed["error"]
     assert not (out / "profiles" / "proportional-seed0.parquet").exists()
+
+
+def test_a_two_cell_study_runs_reports_across_cells_and_grows_by_a_value(write_study_config, tmp_path):
+    # grid.axes through Ray: run ids and actors per cell, each dependant on the uniform run of its own cell,
+    # summary.json with one entry per cell, the report's cross-cell figure; a third value runs only its cell.
+    config = write_study_config("cells", grid={"strategies": ["uniform", "proportional"], "seeds": [0]},
+                                grpo={"max_steps": 2}, data={"eval_limit": 2})
+    out = tmp_path / "cells"
+    result = rankstudy_run(config, out, "--set", "grid.axes={lora.rank: [4, 8]}", wait=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    cells = {4: "rank-4", 8: "rank-8"}
+    for rank, slug in cells.items():
+        uniform = json.loads((out / "runs" / f"uniform-seed0__{slug}" / "run.json").read_text())
+        prop = json.loads((out / "runs" / f"proportional-seed0__{slug}" / "run.json").read_text())
+        assert uniform["axes"] == prop["axes"] == {"lora.rank": rank}
+        assert uniform["allocation"] == [rank] * 4 and sum(prop["allocation"]) == 4 * rank
+        assert Path(prop["importance_source"]) == out / "profiles" / f"uniform-seed0__{slug}.parquet"
+        assert f"submitted as actor grpo:proportional:seed0:{slug}" in result.stdout
+    analysis = subprocess.run([sys.executable, "-m", "orchestrator", "analyze", str(out)], capture_output=True,
+                              text=True)
+    assert analysis.returncode == 0, analysis.stderr
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert summary["axes"] == ["lora.rank"] and [c["axes"] for c in summary["cells"]] == [
+        {"lora.rank": 4}, {"lora.rank": 8}]
+    for cell in summary["cells"]:
+        assert set(cell["strategies"]) == {"uniform", "proportional"}
+        assert cell["strategies"]["uniform"]["n_eval"] == 2 and cell["landscape"]["n_runs"] == 1
+    page = (out / "report" / "index.html").read_text()
+    assert "id='cross-cell'" in page or 'id="cross-cell"' in page
+    assert page.count("Table 1. Accuracy") == 2
+
+    grown = rankstudy_run(config, out, "--set", "grid.axes={lora.rank: [4, 8, 12]}")
+    assert grown.returncode == 0, grown.stdout[-3000:]
+    assert "4/6 runs already completed" in grown.stdout
+    assert grown.stdout.count("submitted as actor") == 2 and "seed0:rank-12" in grown.stdout

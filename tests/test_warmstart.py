@@ -142,3 +142,22 @@ def test_cache_key_covers_data_bytes_model_files_and_settings(tiny_model_dir: Pa
     data.write_text("\n".join(lines) + "\n")
     (model / "tokenizer_config.json").write_text((model / "tokenizer_config.json").read_text() + " ")
     assert warm_start_key(model, str(data), settings) != key
+
+
+def test_prepared_warm_start_profiles_the_configured_lora_targets(write_study_config, tmp_path):
+    # The SFT profile records exactly lora.target_modules (what the GRPO profiles of the study record).
+    import pyarrow.parquet as pq
+
+    from orchestrator.config import load_config
+    from workers.prepare import prepare_base_model
+
+    config = load_config(write_study_config(
+        model={"name_or_path": None, "build": {"num_layers": 2, "hidden_size": 64, "intermediate_size": 64,
+                                               "num_heads": 2, "num_kv_heads": 1, "vocab_size": 300}},
+        warm_start={"steps": 2, "batch_size": 2, "limit": 40, "max_length": 512},
+        lora={"target_modules": ["q_proj", "down_proj"]}, cache_dir=str(tmp_path / "cache")))
+    prepared = prepare_base_model(config)
+    profile = pq.read_table(prepared.sft_profile).to_pandas()
+    assert set(profile["module"]) == {"q_proj", "down_proj"} and set(profile["step"]) == {1, 2}
+    assert set(profile["run_id"]) == {"sft-seed0"} and (profile["rank"] == 0).all()
+    assert (Path(prepared.model_dir).parent.parent / "models" / "qwen2-2l-h64-i64-a2x1-v300-s0").is_dir()

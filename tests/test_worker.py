@@ -122,3 +122,52 @@ def test_proportional_run_from_a_given_profile_file(write_study_config, tmp_path
     assert record.importance_source == str(profile) and record.importance_nonfinite == 0
     assert record.allocation == allocate("proportional", importance=[2, 4, 6, 8], rank=8, r_min=4, r_max=16,
                                             multiple=4)
+
+
+def length_reward(completions, **kwargs):
+    """A test reward with variance even for an untrained model: longer completions score higher."""
+    from workers.rewards import completion_text
+
+    return [min(len(completion_text(c)), 200) / 200 for c in completions]
+
+
+@pytest.fixture
+def length_task():
+    from workers.tasks import get_task, register_task, unregister_task
+    from workers.tasks.gsm8k import GSM8K
+
+    @register_task
+    class GSM8KByLength(GSM8K):
+        name = "gsm8k_length_test"
+        rewards = {"length": length_reward}
+
+    try:
+        yield get_task("gsm8k_length_test")
+    finally:
+        unregister_task("gsm8k_length_test")
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama", "qwen3"])
+def test_each_model_family_gets_a_profiled_audited_grpo_run(family, length_task, gsm8k_texts, write_study_config,
+                                                            tmp_path):
+    # The tiny builder makes each family's layout; a task defined in this file gives the rewards variance.
+    import json
+
+    from workers.local_model import build_local_model
+
+    model_dir = build_local_model(tmp_path / family, num_layers=2, hidden_size=64, intermediate_size=128,
+                                  num_heads=2, num_kv_heads=1, vocab_size=400, train_texts=gsm8k_texts[:300], seed=0,
+                                  family=family)
+    assert json.loads((model_dir / "config.json").read_text())["model_type"] == family
+    config = load_config(write_study_config(
+        model={"name_or_path": str(model_dir)}, data={"task": "gsm8k_length_test", "eval_limit": 2},
+        rewards=["length"], grpo={"max_steps": 2, "max_completion_length": 24},
+        grid={"strategies": ["random"], "seeds": [2]}))
+    record = execute_run(config, RunSpec("random", 2, num_gpus=0, num_cpus=1), tmp_path / "study")
+    assert record.status == "completed" and record.lora["layer_ranks"] == record.allocation == [12, 4]  # audited
+    paths = StudyPaths(tmp_path / "study")
+    profile = pq.read_table(paths.table("profiles", "random-seed2")).to_pandas()
+    assert len(profile) == 2 * 2 * 7 and set(profile["module"]) == set(config.lora.target_modules)
+    assert (profile[profile.step == 2]["grad_norm"] > 0).all()  # every module of every layer got gradient
+    metrics = pq.read_table(paths.table("metrics", "random-seed2")).to_pandas()
+    assert "reward_length" in metrics.columns and metrics["reward_length"].notna().all()

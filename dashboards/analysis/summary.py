@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from dashboards.analysis.cell import analyze_cell
 from dashboards.analysis.findings import cell_findings, findings
@@ -119,8 +120,28 @@ def _add_profile_runs(runs: dict[str, RunMeta], excluded: set[str], prof: Profil
             meta.ranks = prof.profile_rank[r].copy()
 
 
-def _cells(runs: dict[str, RunMeta], records: dict[str, RunRecord]) -> list[tuple[dict, list[str]]]:
-    """(axis values, run ids) per cell, in the order the runs' records list them.
+def _study_axes(paths: StudyPaths) -> dict[str, list]:
+    """The study's ``grid.axes`` as study.yaml records it ({} when it is missing or unreadable)."""
+    try:
+        data = yaml.safe_load(paths.study_yaml.read_text())
+        axes = data["config"]["grid"].get("axes") or {}
+        return {str(k): list(v) for k, v in axes.items()} if isinstance(axes, dict) else {}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _cell_order(axes: dict, study_axes: dict[str, list]) -> tuple:
+    """Sort key of a cell: each axis value's position in study.yaml's list, then the value itself."""
+    key = []
+    for name, value in axes.items():
+        listed = study_axes.get(name, [])
+        key.append((listed.index(value) if value in listed else len(listed), type(value).__name__, str(value)))
+    return tuple(key)
+
+
+def _cells(runs: dict[str, RunMeta], records: dict[str, RunRecord],
+           study_axes: dict[str, list]) -> list[tuple[dict, list[str]]]:
+    """(axis values, run ids) per cell, in the order of the study's axis values (study.yaml).
 
     A run without a record takes its cell from its run id; an SFT profile without a cell joins every cell.
     """
@@ -135,8 +156,8 @@ def _cells(runs: dict[str, RunMeta], records: dict[str, RunRecord]) -> list[tupl
             continue
         members.setdefault(meta.cell, []).append(run_id)
         axes_of.setdefault(meta.cell, {})
-    order = [slug for slug in axes_of if slug in members] or [""]
-    return [(axes_of.get(slug, {}), members.get(slug, []) + shared) for slug in order]
+    order = sorted((slug for slug in axes_of if slug in members), key=lambda c: _cell_order(axes_of[c], study_axes))
+    return [(axes_of.get(slug, {}), members.get(slug, []) + shared) for slug in order or [""]]
 
 
 def analyze(study_dir: Path) -> Analysis:
@@ -169,7 +190,7 @@ def analyze(study_dir: Path) -> Analysis:
         _add_profile_runs(runs, excluded, prof)
 
     cells: list[CellAnalysis] = []
-    cell_list = _cells(runs, records)
+    cell_list = _cells(runs, records, _study_axes(paths))
     with_axes = any(axes for axes, _ in cell_list)
     for axes, run_ids in cell_list:
         members = {rid: runs[rid] for rid in run_ids}

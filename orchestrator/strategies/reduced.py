@@ -6,28 +6,23 @@
 [12, 12, 20, 44]
 """
 
-from orchestrator.allocation import distribute, reduced_budget
+from orchestrator.allocation import reduced_budget
 from orchestrator.errors import ConfigError
-from orchestrator.strategies.registry import (
-    AllocationRequest,
-    Strategy,
-    check_rank_within_bounds,
-    register_strategy,
-    require_importance,
-)
+from orchestrator.strategies.proportional import Proportional
+from orchestrator.strategies.registry import AllocationRequest, register_strategy
 
 
 @register_strategy
-class Reduced(Strategy):
+class Reduced(Proportional):
+    """Proportional's ranks with a smaller budget: only the budget and its feasibility rule differ."""
+
     name = "reduced"
     description = "Eq. 3 at allocation.reduced_fraction of the uniform budget"
     order = 40
     color = "#9467bd"
-    needs_profile = True
-    in_default_grid = True
 
     def check(self, config) -> None:
-        check_rank_within_bounds(config)
+        super().check(config)
         a, rank = config.allocation, config.lora.rank
         if a.reduced_fraction * rank < a.r_min:
             raise ConfigError(
@@ -37,7 +32,3 @@ class Reduced(Strategy):
 
     def budget(self, request: AllocationRequest) -> int:
         return reduced_budget(request.num_layers, request.rank, request.reduced_fraction, request.multiple)
-
-    def ranks(self, request: AllocationRequest) -> list[int]:
-        importance = require_importance(self, request)
-        return distribute(importance, self.budget(request), request.r_min, request.r_max, request.multiple)

@@ -62,6 +62,11 @@ def register_task(cls: type[Task]) -> type[Task]:
     return cls
 
 
+def unregister_task(name: str) -> None:
+    """Remove a registered task (tests and plugins that register one for a while)."""
+    _REGISTRY.pop(name, None)
+
+
 def task_names() -> list[str]:
     return sorted(_REGISTRY)
 
