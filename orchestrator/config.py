@@ -21,20 +21,13 @@ import yaml
 from orchestrator import strategies
 from orchestrator.errors import ConfigError
 from orchestrator.projections import PROJECTION_MODULES
+from orchestrator.sources import is_local_path
 from orchestrator.typed_yaml import apply_override, from_dict
+from workers.tasks import get_task
 
 
 def _help(text: str, **kw):
     return field(metadata={"help": text}, **kw)
-
-
-def is_local_path(source: str) -> bool:
-    """A data/model source is a local path (not a hub id) when it exists or looks like a file path."""
-    return (
-        source.startswith(("/", "./", "../", "~"))
-        or source.endswith((".jsonl", ".json", ".parquet"))
-        or os.path.exists(source)
-    )
 
 
 @dataclass(frozen=True)
@@ -372,4 +365,3 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
 
 
 from orchestrator.axes import expand_cells  # noqa: E402 - axes builds StudyConfig objects of this module
-from workers.tasks import get_task  # noqa: E402 - tasks import orchestrator.config (is_local_path)

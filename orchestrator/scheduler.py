@@ -54,7 +54,7 @@ class RunActor:
         self._gauges = None
         self._tags: dict[str, str] = {}
 
-    def run(self, spec: RunSpec) -> dict:
+    def run(self, spec: RunSpec):
         runner = self.runner
         if runner is None:
             from workers.run import execute_run as runner  # heavy import (torch, TRL) inside the worker only

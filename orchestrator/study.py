@@ -17,10 +17,11 @@ import yaml
 
 from orchestrator import contract
 from orchestrator.axes import Cell
-from orchestrator.config import StudyConfig, is_local_path, load_config
+from orchestrator.config import StudyConfig, load_config
 from orchestrator.contract import StudyPaths, atomic_write_bytes, atomic_write_table, atomic_write_text
 from orchestrator.errors import StudyError
 from orchestrator.plan import StudyPlan, format_plan, make_plan
+from orchestrator.sources import is_local_path
 from orchestrator.strategies import SFT
 from orchestrator.typed_yaml import from_dict, to_dict
 

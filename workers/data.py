@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import is_local_path
 from orchestrator.errors import StudyError
+from orchestrator.sources import is_local_path
 
 
 def build_prompt(question: str, system_prompt: str) -> list[dict[str, str]]:

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from orchestrator.config import is_local_path
 from orchestrator.errors import StudyError
+from orchestrator.sources import is_local_path
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

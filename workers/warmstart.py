@@ -51,10 +51,10 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from orchestrator.config import is_local_path
 from orchestrator.contract import atomic_write_text, run_id
 from orchestrator.errors import StudyError
 from orchestrator.projections import PROJECTION_MODULES
+from orchestrator.sources import is_local_path
 from orchestrator.strategies import SFT
 
 # Bump when anything here changes what a warm start produces (example format, trainer settings), so cached
