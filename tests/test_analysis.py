@@ -122,11 +122,36 @@ def test_landscape_statistics_on_28_layers():
     assert bands["early"] == pytest.approx(sum(range(1, 10)) / 406)
     assert bands["middle"] == pytest.approx(sum(range(10, 20)) / 406)
     assert bands["late"] == pytest.approx(sum(range(20, 29)) / 406)
-    # ceil(0.3 * 28) = 9 largest layers: 20..28.
-    assert st.top_share(share) == pytest.approx(sum(range(20, 29)) / 406)
-    assert st.top_share(np.full(10, 0.1)) == pytest.approx(0.3)  # ceil(3.0) = 3, despite 0.3 * 10 > 3 in floats
+    # floor(0.3 * 28) = 8 largest layers: 21..28.
+    assert st.top_share(share) == pytest.approx(sum(range(21, 29)) / 406)
+    assert st.top_share(np.full(10, 0.1)) == pytest.approx(0.3)  # floor(3.0) = 3, although 0.3 * 10 > 3 in floats
     assert st.max_min_ratio(share) == pytest.approx(28.0)
     assert st.group_shares({"q_proj": 0.25, "up_proj": 0.75}) == (0.25, 0.75)
+
+
+# The paper's published landscape (Figure 1 and section 3): every value it states, on 28 layers, in percent.
+# Bands: 0-8 29.8, 9-18 43.0, 19-27 27.2; hottest layer 15 (4.68), coldest 26 (2.15); top 30% 35.7; layer 1
+# 3.09, layer 10 3.93, layer 18 4.53, layer 24 2.23. The other layers are filled in to meet those constraints.
+PAPER_SHARES = {
+    0: 3.20, 1: 3.09, 2: 3.25, 3: 3.30, 4: 3.35, 5: 3.35, 6: 3.40, 7: 3.40, 8: 3.46,
+    9: 4.50, 10: 3.93, 11: 4.45, 12: 4.42, 13: 4.40, 14: 4.38, 15: 4.68, 16: 4.34, 17: 3.37, 18: 4.53,
+    19: 3.60, 20: 3.50, 21: 3.40, 22: 3.30, 23: 3.10, 24: 2.23, 25: 2.96, 26: 2.15, 27: 2.96,
+}
+
+
+def test_the_analysis_reproduces_every_landscape_value_the_paper_publishes(tmp_path):
+    share = np.array([PAPER_SHARES[layer] for layer in range(28)])
+    assert round(share.sum(), 9) == 100.0
+    write_run(tmp_path, "uniform-seed0", [32] * 28)
+    write_profile(tmp_path, "uniform-seed0", {"q_proj": share[None, :] / 100}, [32] * 28)
+    land = summarize(tmp_path)[0]["landscape"]
+    pct = [round(100 * x, 2) for x in land["layer_share"]]
+    assert (pct.index(max(pct)), max(pct), pct.index(min(pct)), min(pct)) == (15, 4.68, 26, 2.15)
+    assert (pct[1], pct[10], pct[18], pct[24]) == (3.09, 3.93, 4.53, 2.23)
+    assert {k: round(100 * v, 1) for k, v in land["band_share"].items()} == {"early": 29.8, "middle": 43.0,
+                                                                           "late": 27.2}
+    assert round(100 * land["top30_share"], 1) == 35.7  # 8 layers; 9 would carry 39.6%
+    assert round(land["max_min_ratio"], 2) == 2.18  # 4.68 / 2.15 = 2.177; the paper prints 2.17
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -144,7 +169,7 @@ def test_eq2_landscape_temporal_and_module_shares(tmp_path):
     # S(l) = mean over steps of (q + 3q) = 4 * [1, 2, 3] -> shares 1/6, 1/3, 1/2.
     assert land["layer_share"] == pytest.approx([1 / 6, 1 / 3, 1 / 2])
     assert land["max_min_ratio"] == pytest.approx(3.0)
-    assert land["top30_share"] == pytest.approx(0.5)  # ceil(0.9) = 1 layer
+    assert land["top30_share"] == pytest.approx(0.5)  # floor(0.9) = 0, at least 1 layer
     assert land["band_share"] == pytest.approx({"early": 1 / 6, "middle": 1 / 3, "late": 1 / 2})
     # First half (steps 1-2): S = 4 * [1, 2, 1]; second half: 4 * [1, 2, 5]; r = -sqrt(1/13).
     assert land["temporal_stability"] == pytest.approx(-math.sqrt(1 / 13))

@@ -110,15 +110,20 @@ def max_min_ratio(share: np.ndarray) -> float:
 
 
 def top_share(share: np.ndarray, fraction: float = 0.3) -> float:
-    """Sum of the ``ceil(fraction * L)`` largest shares (the paper's "top 30% of layers").
+    """Sum of the ``floor(fraction * L)`` largest shares (the paper's "top 30% of layers": 8 of 28).
 
-    >>> top_share(np.array([0.1, 0.2, 0.3, 0.4]))  # ceil(1.2) = 2 layers: 0.4 + 0.3
-    0.7
+    The paper's own numbers fix the rule: layers 9-18 (10 layers) carry 43.0%, so any 9 largest carry at least
+    38.7% and its 35.7% is possible only with 8 layers, floor(0.3 x 28).
+
+    >>> top_share(np.array([0.1, 0.2, 0.3, 0.4]))  # floor(1.2) = 1 layer: 0.4
+    0.4
+    >>> top_share(np.full(10, 0.1))  # floor(3.0) = 3 (0.3 * 10 is 3.0000000000000004 in floats)
+    0.3
     """
     share = np.asarray(share, dtype=float)
     if share.size == 0 or not np.all(np.isfinite(share)):
         return math.nan
-    k = math.ceil(fraction * share.size - 1e-9)  # 0.3 * 10 is 3.0000000000000004 in floats
+    k = max(1, math.floor(fraction * share.size + 1e-9))
     return float(np.round(np.sort(share)[::-1][:k].sum(), 12))
 
 
