@@ -12,6 +12,7 @@ passes each one through explicitly.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from orchestrator import strategies
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, StudyError
 from orchestrator.projections import PROJECTION_MODULES
 from orchestrator.sources import is_local_path
 from orchestrator.typed_yaml import apply_override, from_dict
@@ -135,6 +136,10 @@ class DataConfig:
                     f"{key}: data file {source} does not exist (relative paths are resolved "
                     f"against the current directory {os.getcwd()})"
                 )
+            try:
+                task.check_source(source)  # every record, before any model loads (cached per file version)
+            except StudyError as err:
+                raise ConfigError(f"{key}: {err}") from None
         for key in ("train_limit", "eval_limit"):
             value = getattr(self, key)
             if value is not None and value < 1:
@@ -302,8 +307,9 @@ class StudyConfig:
     )
 
     def __post_init__(self):
-        if not self.name.strip() or "/" in self.name:
-            raise ConfigError(f"name: must be a non-empty name without '/', got {self.name!r}")
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", self.name) or self.name in (".", ".."):
+            raise ConfigError(f"name: must be letters, digits, '.', '_' or '-' (it names the output directory "
+                              f"runs/<name>), and not '.' or '..'; got {self.name!r}")
         a, lora = self.allocation, self.lora
         if lora.rank % a.multiple:
             raise ConfigError(

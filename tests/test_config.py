@@ -92,6 +92,8 @@ def test_every_field_has_help_text():
          r"^allocation\.profile_from: must be a registered strategy \(e\.g\. `uniform`\) or an existing"),
         ("grid.strategies=[proportional]", r"^grid\.strategies: \['proportional'\] need layer importance"),
         ("surprise=1", r"^surprise: unknown key"),
+        ("name=..", r"^name: must be letters, digits, '\.', '_' or '-' .* got '\.\.'$"),
+        ("name=runs/x", r"^name: must be letters, digits"),
         ("model.build={num_layers: 2}", r"^model\.name_or_path: set exactly one of model\.name_or_path"),
         ("warm_start={steps: 0}", r"^warm_start\.steps: must be a positive integer, got 0$"),
         ("warm_start={stps: 3}", r"^warm_start\.stps: unknown key \(did you mean 'steps'\?\)"),

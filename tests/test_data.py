@@ -1,6 +1,7 @@
 """GSM8K loading: the real files parse completely, limits, the hub path, bad files, chat templates."""
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -165,3 +166,29 @@ def test_render_prompt_applies_the_chat_template_with_generation_prompt():
 def test_render_prompt_without_chat_template_is_a_study_error():
     with pytest.raises(StudyError, match="has no chat template"):
         render_prompt(tiny_tokenizer(None), [{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    ([], r"empty\.jsonl: holds no records"),
+    (["", "   "], r"empty\.jsonl: holds no records"),
+    ([GOOD, '{"question": "q", "answer": "#### 7 apples"}'], r"empty\.jsonl:2: gold answer '7 apples'"),
+    ([GOOD, '{"question": "q", "answer": "seven"}'], r"empty\.jsonl:2: answer has no '#### <number>'"),
+])
+def test_bad_data_stops_plan_and_run_before_any_model_loads(tmp_path, lines, message):
+    # The config checks every record of the local data files when the study is planned: `rankstudy plan` and
+    # `rankstudy run` both stop with one line naming file and line, before Ray, a model, or an output directory.
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+    with pytest.raises(StudyError, match=message):
+        load_gsm8k(str(path), "train")  # the worker's loader says the same
+    for command in (["plan"], ["run", "--output", str(tmp_path / "out")]):
+        out = subprocess.run([sys.executable, "-m", "orchestrator", *command[:1], "configs/laptop.yaml",
+                              *command[1:], "--set", f"data.test={path}"], cwd=repo, capture_output=True, text=True)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+        assert out.stderr.startswith("error: data.test: ") and "Traceback" not in out.stderr
+        assert re.search(message, out.stderr), out.stderr
+    assert not (tmp_path / "out").exists()

@@ -13,8 +13,9 @@ is held in memory (GSM8K is 8,792 short records).
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,8 @@ def load_records(source: str, split: str, hub_config: str, required: Sequence[st
     else:
         raw = _load_hub(source, hub_config, split)
         where = _RecordLocator(f"{source} ({hub_config}, split {split})")
+    if len(raw) == 0:
+        raise StudyError(f"{where.label}: holds no records")
     missing = [name for name in required if name not in raw.column_names]
     if missing:
         raise StudyError(f"{where(0)}: record has no {missing[0]!r} field; records need {' and '.join(required)}")
@@ -58,15 +61,15 @@ def _load_local_jsonl(path: Path, required: Sequence[str]):
 
     if not path.is_file():
         raise StudyError(f"data file {path} does not exist; set data.train/data.test to a .jsonl or a hub id")
-    try:
-        # The JSON builder skips blank lines and fills a field missing from some records with None.
-        return datasets.load_dataset("json", data_files=str(path), split="train")
-    except datasets.exceptions.DatasetGenerationError:
-        # The JSON reader's error names neither the line nor the problem; find the first bad line ourselves.
-        raise StudyError(_first_invalid_json_line(path, required)) from None
+    if not sum(1 for _ in jsonl_records(path, required)):  # every line is an object, and there is one
+        raise StudyError(f"{path}: holds no records; each line must be one JSON object with {' and '.join(required)}")
+    # The JSON builder skips blank lines and fills a field missing from some records with None; its own errors
+    # name neither the line nor the problem, which jsonl_records (above) already reported.
+    return datasets.load_dataset("json", data_files=str(path), split="train")
 
 
-def _first_invalid_json_line(path: Path, required: Sequence[str]) -> str:
+def jsonl_records(path: Path, required: Sequence[str]) -> Iterator[tuple[int, Any]]:
+    """(line number, record) of every non-blank line; StudyError naming file and line for one that is not an object."""
     with path.open(encoding="utf-8", errors="replace") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
@@ -74,10 +77,40 @@ def _first_invalid_json_line(path: Path, required: Sequence[str]) -> str:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                return f"{path}:{number}: not valid JSON ({err.msg}); each line must be one JSON object"
+                raise StudyError(f"{path}:{number}: not valid JSON ({err.msg}); each line must be one JSON object") from None
             if not isinstance(record, dict):
-                return f"{path}:{number}: not a JSON object; each line must be one object with {' and '.join(required)}"
-    return f"{path}: could not be read as JSON lines with {' and '.join(required)} fields"
+                raise StudyError(f"{path}:{number}: not a JSON object; each line must be one object with "
+                                 f"{' and '.join(required)}")
+            yield number, record
+
+
+def check_jsonl(path: str, required: Sequence[str], parse: Callable[[Mapping[str, Any]], Any]) -> int:
+    """Check every record of a local .jsonl with a task's ``parse`` (no model, no ``datasets``); return the count.
+
+    Problems are one-line StudyErrors naming file and line: an empty file, a line that is not a JSON object, a
+    record ``parse`` rejects (its ValueError's message). Cached by path, size and modification time, so the
+    cells of a study do not re-read the same file.
+    """
+    stat = Path(path).stat()
+    return _check_jsonl_cached(str(path), stat.st_size, stat.st_mtime_ns, tuple(required), parse)
+
+
+@functools.lru_cache(maxsize=32)
+def _check_jsonl_cached(path: str, size: int, mtime_ns: int, required: tuple[str, ...], parse) -> int:
+    count = 0
+    for number, record in jsonl_records(Path(path), required):
+        missing = [name for name in required if name not in record]
+        if missing:
+            raise StudyError(f"{path}:{number}: record has no {missing[0]!r} field; records need "
+                             f"{' and '.join(required)}")
+        try:
+            parse(record)
+        except ValueError as err:
+            raise StudyError(f"{path}:{number}: {err}") from None
+        count += 1
+    if not count:
+        raise StudyError(f"{path}: holds no records; each line must be one JSON object with {' and '.join(required)}")
+    return count
 
 
 def _load_hub(source: str, hub_config: str, split: str):
@@ -98,6 +131,7 @@ class _LineLocator:
 
     def __init__(self, path: Path):
         self.path = path
+        self.label = str(path)
 
     def __call__(self, index: int) -> str:
         with self.path.open(encoding="utf-8", errors="replace") as lines:

@@ -6,8 +6,9 @@ Everything the study knows about GSM8K is here: loading (hub id ``openai/gsm8k``
 format, the two rewards (format and correctness, :mod:`workers.rewards`) and the SFT warm-start example
 (the solution's reasoning without calculator annotations, then the gold number alone in ``<answer>``).
 
-Every record is checked when loading: a missing or non-string field, or a gold answer that is not one number,
-raises :class:`StudyError` naming the file and line (or hub split and record).
+Every record is checked (:meth:`GSM8K.parse_record`), when loading and, for local files, when the study is
+planned: a missing or non-string field, or a gold answer that is not one number, is a one-line
+:class:`StudyError` naming the file and line (or hub split and record).
 
 Simplified: answers are compared as plain decimal numbers (every GSM8K gold answer is an integer).
 """
@@ -15,10 +16,8 @@ Simplified: answers are compared as plain decimal numbers (every GSM8K gold answ
 from __future__ import annotations
 
 import re
-from typing import Any
 
-from orchestrator.errors import StudyError
-from workers.data import build_prompt, load_records
+from workers.data import build_prompt
 from workers.rewards import (
     ANSWER_CLOSE,
     ANSWER_OPEN,
@@ -34,7 +33,7 @@ SYSTEM_PROMPT = (
     "Respond in the following format:\n<think>\n...\n</think>\n<answer>\n...\n</answer>\n"
     "Put your step-by-step reasoning inside <think> and only the final number inside <answer>."
 )
-FIELDS = ("question", "answer")
+FIELDS = ("question", "answer")  # GSM8K's names: `answer` holds the worked solution ending "#### <gold>"
 # GSM8K's calculator annotations, e.g. "48/2 = <<48/2=24>>24": the model should learn plain arithmetic text.
 _CALCULATOR_RE = re.compile(r"<<[^<>]*>>")
 
@@ -71,30 +70,26 @@ class GSM8K(Task):
     description = "GSM8K word problems (hub id openai/gsm8k or a local .jsonl with question/answer)"
     system_prompt = SYSTEM_PROMPT
     rewards = {"format": format_reward, "correctness": correctness_reward}
+    fields = FIELDS
 
-    def load(self, source: str, split: str, *, hub_config: str = "main", limit: int | None = None,
-             system_prompt: str = SYSTEM_PROMPT):
-        """GSM8K ``split`` from a hub id or a local .jsonl, checked, with the task columns (first ``limit``)."""
-        import datasets
+    def parse_record(self, record) -> dict[str, str]:
+        """The columns of one GSM8K record; ValueError naming the problem (the caller adds file and line).
 
-        raw, where = load_records(source, split, hub_config, FIELDS, limit)
-        columns: dict[str, list[Any]] = {"question": [], "answer": [], "solution": [], "item": [], "prompt": []}
-        for index, (question, solution) in enumerate(zip(raw["question"], raw["answer"], strict=True)):
-            for name, value in (("question", question), ("answer", solution)):
-                if not isinstance(value, str) or not value.strip():
-                    raise StudyError(f"{where(index)}: field {name!r} must be a non-empty string, got {value!r}")
-            try:
-                gold = gold_number(solution)
-            except ValueError:
-                raise StudyError(f"{where(index)}: answer has no '#### <number>' gold line") from None
-            if parse_number(gold) is None:
-                raise StudyError(f"{where(index)}: gold answer {gold[:40]!r} after '####' is not a number")
-            columns["question"].append(question)
-            columns["answer"].append(gold)
-            columns["solution"].append(solution)
-            columns["item"].append(index)
-            columns["prompt"].append(build_prompt(question, system_prompt))
-        return datasets.Dataset.from_dict(columns)
+        >>> GSM8K().parse_record({"question": "How many?", "answer": "2 + 2 = 4\\n#### 4"})["answer"]
+        '4'
+        """
+        for name in FIELDS:
+            value = record.get(name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"field {name!r} must be a non-empty string, got {value!r}")
+        solution = record["answer"]
+        try:
+            gold = gold_number(solution)
+        except ValueError:
+            raise ValueError("answer has no '#### <number>' gold line") from None
+        if parse_number(gold) is None:
+            raise ValueError(f"gold answer {gold[:40]!r} after '####' is not a number")
+        return {"question": record["question"], "answer": gold, "solution": solution}
 
     def sft_example(self, question: str, solution: str, system_prompt: str = SYSTEM_PROMPT) -> dict:
         """One conversational prompt/completion SFT example from a question and its worked solution.

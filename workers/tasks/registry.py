@@ -2,10 +2,15 @@
 
 A :class:`Task` (nanochat-style) answers everything the study asks of a dataset:
 
+- ``fields`` and :meth:`Task.parse_record`: the record fields and how one record becomes the task's columns
+  (a ValueError saying what is wrong with it otherwise);
 - :meth:`Task.load` returns a ``datasets.Dataset`` with the columns ``question``, ``answer`` (the gold answer
   string the correctness reward compares with; TRL passes it to the rewards), ``solution`` (the worked
   solution), ``item`` (0-based record index: the eval table's ``item``) and ``prompt`` (system + user
-  messages). Every record is checked, so bad data fails with one line naming the file and line.
+  messages). Every record is checked, so bad data fails with one line naming the file and line;
+- :meth:`Task.check_source`: the same check of a local file without loading a model or ``datasets``, which
+  the config runs when a study is planned, so bad data stops ``rankstudy plan`` and ``rankstudy run`` before
+  anything starts.
 - ``system_prompt``: the default of ``data.system_prompt``.
 - ``rewards``: config name -> reward function (TRL's signature), in their default order;
   :meth:`Task.reward_functions` resolves ``config.rewards``.
@@ -18,10 +23,12 @@ is one new file there (plus its test).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, StudyError
+from orchestrator.sources import is_local_path
 
 RewardFunction = Callable[..., list[float]]
 
@@ -31,9 +38,39 @@ class Task:
     description: ClassVar[str] = ""
     system_prompt: ClassVar[str]
     rewards: ClassVar[dict[str, RewardFunction]]
+    fields: ClassVar[tuple[str, ...]] = ("question", "answer")
 
-    def load(self, source: str, split: str, *, hub_config: str, limit: int | None, system_prompt: str):
+    def parse_record(self, record: Mapping[str, Any]) -> dict[str, str]:
+        """``{"question", "answer" (gold), "solution"}`` of one record; ValueError saying what is wrong."""
         raise NotImplementedError
+
+    def load(self, source: str, split: str, *, hub_config: str = "main", limit: int | None = None,
+             system_prompt: str | None = None):
+        """The task's ``split`` from a hub id or a local .jsonl, every record checked (first ``limit``)."""
+        import datasets
+
+        from workers.data import build_prompt, load_records
+
+        raw, where = load_records(source, split, hub_config, self.fields, limit)
+        columns: dict[str, list[Any]] = {"question": [], "answer": [], "solution": [], "item": [], "prompt": []}
+        for index, record in enumerate(raw.to_list()):
+            try:
+                parsed = self.parse_record(record)
+            except ValueError as err:
+                raise StudyError(f"{where(index)}: {err}") from None
+            for key in ("question", "answer", "solution"):
+                columns[key].append(parsed[key])
+            columns["item"].append(index)
+            columns["prompt"].append(build_prompt(parsed["question"], system_prompt or self.system_prompt))
+        return datasets.Dataset.from_dict(columns)
+
+    def check_source(self, source: str) -> None:
+        """Check a local data file record by record (StudyError naming file and line); hub ids are checked
+        when a worker loads them."""
+        from workers.data import check_jsonl
+
+        if is_local_path(source):
+            check_jsonl(str(Path(source).expanduser()), self.fields, self.parse_record)
 
     def sft_example(self, question: str, solution: str, system_prompt: str) -> dict[str, list[dict[str, str]]]:
         raise NotImplementedError
