@@ -183,6 +183,7 @@ class RunRecord:
     steps: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
     eval: dict[str, Any] | None = None  # n, correct, accuracy
+    warnings: list[str] = field(default_factory=list)  # what the run noticed and left as it was (one line each)
     extra: dict[str, Any] = field(default_factory=dict)  # keys of other rankstudy versions, kept as they are
 
     def to_json(self) -> dict[str, Any]:
@@ -209,6 +210,7 @@ class RunRecord:
             known["lora_params"] = {str(m): [int(p) for p in v] for m, v in dict(known["lora_params"]).items()}
         for key in ("axes", "spec", "timings"):
             known[key] = dict(known.get(key) or {})
+        known["warnings"] = [str(w) for w in known.get("warnings") or []]
         return cls(**known, extra={k: v for k, v in data.items() if k not in names})
 
 

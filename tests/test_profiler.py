@@ -115,3 +115,33 @@ def test_rank_column_is_the_rank_at_each_step_and_survives_a_resume(lora_model):
     resumed.capture(3)  # after a resume the latest reported ranks carry on
     later = resumed.table().to_pandas().set_index(["step", "layer", "module"])["rank"]
     assert later[(3, 1, "q_proj")] == 2
+
+
+def test_a_parameter_without_gradient_is_nan_and_flagged_not_zero(lora_model):
+    model, layout, ranks = lora_model
+    profiler = GradientProfiler.for_lora(model, layout, ranks, LABELS)
+    named = dict(model.named_parameters())
+    for name in named:
+        if ".layers.1.self_attn.k_proj.lora_B" in name:
+            named[name].grad = None  # e.g. a step with no backward through that module
+    profiler.capture(1)
+    for p in model.parameters():
+        p.grad = None
+    profiler.capture(2)  # no backward at all: every row
+    df = profiler.table().to_pandas()
+    step1, step2 = df[df.step == 1], df[df.step == 2]
+    flagged = step1[step1.nonfinite]
+    assert list(zip(flagged.layer, flagged.module, strict=True)) == [(1, "k_proj")] and flagged.grad_norm.isna().all()
+    assert step2.grad_norm.isna().all() and step2.nonfinite.all()
+    assert profiler.missing_rows == 1 + len(step2)
+
+
+def test_sharded_set_ups_are_refused_naming_the_setting():
+    from orchestrator.errors import StudyError
+    from workers.profiler import check_unsharded
+
+    check_unsharded({"ACCELERATE_USE_FSDP": "false"}, SimpleNamespace(is_deepspeed_enabled=False))
+    with pytest.raises(StudyError, match=r"^ACCELERATE_USE_DEEPSPEED=true turns on DeepSpeed, which shards"):
+        check_unsharded({"ACCELERATE_USE_DEEPSPEED": "true"})
+    with pytest.raises(StudyError, match=r"runs with FSDP \(is_fsdp_enabled\)"):
+        check_unsharded({}, SimpleNamespace(is_deepspeed_enabled=False, is_fsdp_enabled=True))

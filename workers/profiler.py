@@ -11,7 +11,10 @@ norms would be capped and useless for comparing runs. transformers' Trainer clip
 calls :meth:`GradientProfiler.capture` from ``_clip_grad_norm`` (:class:`ProfileBeforeClipping`, mixed into
 the GRPO and SFT trainers), and the callback captures in ``on_pre_optimizer_step`` only when clipping is off.
 
-Non-finite norms are kept as they are and flagged (column ``nonfinite``), never dropped or averaged.
+Non-finite norms are kept as they are and flagged (column ``nonfinite``), never dropped or averaged. A tracked
+parameter without a gradient makes its row NaN (flagged), never a valid-looking 0.0, and is counted in
+``missing_rows`` (the run lists it among its warnings). The profiler must see every gradient whole:
+:func:`check_unsharded` refuses DeepSpeed ZeRO and FSDP, which shard them across processes.
 
 The ``rank`` column is each module's rank at that step: fixed for an allocation made before training, and
 whatever :meth:`GradientProfiler.set_ranks` last reported for a strategy whose ranks change while training.
@@ -31,10 +34,11 @@ import torch
 from transformers import TrainerCallback
 
 from orchestrator.contract import PROFILE_SCHEMA
+from orchestrator.errors import StudyError
 from workers.compat import ProfileBeforeClipping, foreach_norm
 from workers.model import LayerLayout
 
-__all__ = ["GradientProfiler", "ProfileBeforeClipping", "ProfilerCallback", "RunLabels"]
+__all__ = ["GradientProfiler", "ProfileBeforeClipping", "ProfilerCallback", "RunLabels", "check_unsharded"]
 
 _ADAPTER = "default"  # the trained PEFT adapter; TRL may add a frozen "ref" adapter beside it
 
@@ -59,7 +63,9 @@ class GradientProfiler:
         self._ranks = [rank for _layer, _module, rank, _params in groups]  # current; each step keeps its own
         self._params = [p for *_, params in groups for p in params]
         # Group index of each tensor, so one index_add folds squared tensor norms into module norms.
-        self._group_of = torch.tensor([g for g, (*_, params) in enumerate(groups) for _ in params])
+        self._group_list = [g for g, (*_, params) in enumerate(groups) for _ in params]
+        self._group_of = torch.tensor(self._group_list)
+        self.missing_rows = 0  # (step, layer, module) rows captured with a parameter that had no gradient
         self._steps: list[int] = []
         self._norms: list[list[float]] = []
         self._step_ranks: list[list[int]] = []  # the ranks at each captured step (shared lists while unchanged)
@@ -90,7 +96,13 @@ class GradientProfiler:
         if self._steps and self._steps[-1] == step:
             return
         started = time.perf_counter()
-        grads = [p.grad if p.grad is not None else torch.zeros((), device=p.device) for p in self._params]
+        grads = [p.grad for p in self._params]
+        missing = [i for i, g in enumerate(grads) if g is None]
+        if missing:
+            # No gradient is not a zero gradient (a step without backward gave 0.0 before): NaN, flagged nonfinite.
+            for i in missing:
+                grads[i] = torch.full((), math.nan, device=self._params[i].device)
+            self.missing_rows += len({self._group_list[i] for i in missing})
         with torch.no_grad():
             per_tensor = torch.stack(foreach_norm(grads)).to(torch.float64)  # one fused kernel
             group_of = self._group_of.to(per_tensor.device)
@@ -130,6 +142,7 @@ class GradientProfiler:
         self._steps = sorted(by_step)
         self._norms = [by_step[s][0] for s in self._steps]
         self._step_ranks = [by_step[s][1] for s in self._steps]
+        self.missing_rows = sum(1 for v in norms if v is None or math.isnan(v))  # NaN rows: no gradient, mostly
         if self._steps:
             self._ranks = list(self._step_ranks[-1])
 
@@ -153,6 +166,31 @@ class GradientProfiler:
             },
             schema=PROFILE_SCHEMA,
         )
+
+
+SHARDING_ENV = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_FSDP": "FSDP"}
+
+
+def check_unsharded(environ: Mapping[str, str], trainer=None) -> None:
+    """Refuse a set-up whose gradients the profiler cannot see whole (DeepSpeed ZeRO, FSDP), naming it.
+
+    Each process would see only its shard, so every norm would be a fragment. Checked from the environment
+    (accelerate's launch flags) before the model loads, and from the trainer once it exists.
+
+    >>> check_unsharded({"ACCELERATE_USE_FSDP": "true"})
+    Traceback (most recent call last):
+    ...
+    orchestrator.errors.StudyError: ACCELERATE_USE_FSDP=true turns on FSDP, which shards gradients across processes; the gradient profiler must see every gradient whole: run each study run unsharded, on one device
+    """
+    for key, what in SHARDING_ENV.items():
+        if environ.get(key, "").lower() in ("1", "true", "yes"):
+            raise StudyError(f"{key}={environ[key]} turns on {what}, which shards gradients across processes; "
+                             "the gradient profiler must see every gradient whole: run each study run unsharded, "
+                             "on one device")
+    for flag, what in (("is_deepspeed_enabled", "DeepSpeed"), ("is_fsdp_enabled", "FSDP")):
+        if trainer is not None and getattr(trainer, flag, False):
+            raise StudyError(f"the trainer runs with {what} ({flag}), which shards gradients across processes; "
+                             "the gradient profiler must see every gradient whole: run each study run unsharded")
 
 
 class ProfilerCallback(TrainerCallback):

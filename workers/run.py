@@ -44,7 +44,7 @@ from workers.data import render_prompt
 from workers.evaluate import evaluate, generate_greedy_hf
 from workers.lora import audit_lora, build_lora_config
 from workers.model import LayerLayout, discover_layers, load_model_and_tokenizer
-from workers.profiler import GradientProfiler, ProfilerCallback, RunLabels
+from workers.profiler import GradientProfiler, ProfilerCallback, RunLabels, check_unsharded
 from workers.tasks import get_task
 from workers.trainer import CheckpointTables, ProfiledGRPOTrainer, StepRecorder, checkpoint_step, latest_checkpoint
 
@@ -79,6 +79,7 @@ class GRPORun:
     def setup(self) -> None:
         start = time.perf_counter()
         check_library_versions(use_vllm=self.config.grpo.use_vllm)
+        check_unsharded(os.environ)
         self._start_record()
         self._setup_model()
         self._setup_allocation()
@@ -135,6 +136,10 @@ class GRPORun:
         self.timings["total_s"] = sum(self.timings.values())
         record = self.record
         record.status, record.steps, record.timings = COMPLETED, len(self.profiler.steps), self.timings
+        if self.profiler.missing_rows:
+            rows = len(self.profiler.steps) * len(self.profiler.keys)
+            record.warnings.append(f"{self.profiler.missing_rows} of {rows} profile rows had a parameter without a "
+                                   "gradient; recorded as NaN (nonfinite), not 0")
         record.eval = {"n": eval_table.num_rows, "correct": correct, "accuracy": correct / max(eval_table.num_rows, 1)}
         record.finished_at = _now()
         self.paths.write_record(record)  # last: the run is complete only once its tables are all in place
@@ -223,6 +228,7 @@ class GRPORun:
                 processing_class=self.tokenizer,
                 peft_config=lora_config,
             )
+        check_unsharded(os.environ, self.trainer)
         if cfg.grpo.use_vllm:
             from workers.generation import prepare_vllm_trainer
 
