@@ -29,6 +29,7 @@ import yaml
 from dashboards import figures
 from dashboards.analysis import Analysis, analyze
 from orchestrator.contract import StudyPaths, atomic_write_text
+from orchestrator.lora_scaling import SCALINGS
 
 CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 0 auto; max-width: 1280px;
@@ -190,7 +191,7 @@ def _cell_html(s: dict, frames: dict, prefix: str) -> list[str]:
             "<p class='caption'>Accuracy pooled over the strategy's runs; 95% Wilson score interval on the "
             "pooled counts; exact two-sided McNemar test on items paired by (seed, item) against uniform. "
             "The paper's Table 1 labels its ± column Wilson, but its numbers are the Wald half-widths "
-            "shown beside.</p>"]
+            f"shown beside. {_e(_scaling_caption(s.get('lora_scaling')))}</p>"]
     for div_id, fig, caption in sections:
         body.append(f"<div class='figure'>{_figure_html(fig, prefix + div_id)}</div>"
                     f"<p class='caption'>{_e(caption)}</p>")
@@ -198,6 +199,15 @@ def _cell_html(s: dict, frames: dict, prefix: str) -> list[str]:
             body.append(control_table_html(control))
     body.append("<h2>Evaluation examples</h2>" + examples_html(frames.get("examples")))
     return body
+
+
+def _scaling_caption(scaling) -> str:
+    """The LoRA scaling convention the runs used, in words (orchestrator.lora_scaling)."""
+    if not scaling:
+        return ""
+    if isinstance(scaling, list):
+        return f"LoRA scaling: mixed ({', '.join(scaling)}) in this cell."
+    return f"LoRA scaling: {scaling} ({SCALINGS.get(scaling, 'unknown convention')})."
 
 
 def cross_cell_points(summary: dict) -> pd.DataFrame:

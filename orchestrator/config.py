@@ -21,6 +21,7 @@ import yaml
 
 from orchestrator import strategies
 from orchestrator.errors import ConfigError, StudyError
+from orchestrator.lora_scaling import SCALINGS
 from orchestrator.projections import PROJECTION_MODULES
 from orchestrator.sources import is_local_path
 from orchestrator.typed_yaml import apply_override, from_dict
@@ -149,7 +150,12 @@ class DataConfig:
 @dataclass(frozen=True)
 class LoraSettings:
     rank: int = _help("Uniform LoRA rank per module; the budget is num_layers x rank.", default=32)
-    alpha: float = _help("LoRA alpha at the uniform rank; alpha/rank is kept constant per module.", default=64.0)
+    alpha: float = _help("LoRA alpha at the uniform rank.", default=64.0)
+    scaling: str = _help(
+        "How a module's scale follows its allocated rank r_m: constant (alpha/rank everywhere), fixed_alpha "
+        "(alpha/r_m, PEFT with rank_pattern alone) or rslora (alpha/sqrt(r_m)); see orchestrator/lora_scaling.py.",
+        default="constant",
+    )
     dropout: float = _help("LoRA dropout.", default=0.05)
     target_modules: tuple[str, ...] = _help(
         "Projection modules that get LoRA in every decoder layer.", default=PROJECTION_MODULES
@@ -162,6 +168,8 @@ class LoraSettings:
             raise ConfigError(f"alpha: must be positive, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
+        if self.scaling not in SCALINGS:
+            raise ConfigError(f"scaling: must be one of {', '.join(SCALINGS)}, got {self.scaling!r}")
         if not self.target_modules or len(set(self.target_modules)) != len(self.target_modules):
             raise ConfigError(f"target_modules: must be a non-empty list without repeats, got {list(self.target_modules)}")
 

@@ -41,6 +41,7 @@ def test_paper_config_sets_the_paper_values_not_trl_defaults():
     assert (c.grpo.loss_type, c.grpo.beta, c.grpo.learning_rate) == ("grpo", 0.05, 1e-5)
     assert (c.grpo.num_generations, c.grpo.max_steps, c.grpo.max_completion_length) == (4, 1000, 512)
     assert c.lora.rank == 32 and c.lora.alpha == 64 and len(c.lora.target_modules) == 7
+    assert c.lora.scaling == "fixed_alpha"  # what the paper's footnote implies (rank_pattern alone)
     assert (c.allocation.r_min, c.allocation.r_max, c.allocation.multiple) == (4, 64, 4)
     assert c.grid.strategies == ("uniform", "proportional", "random", "reduced")
     assert c.model.name_or_path == "Qwen/Qwen2.5-1.5B-Instruct" and c.data.eval_limit is None
@@ -92,6 +93,7 @@ def test_every_field_has_help_text():
          r"^allocation\.profile_from: must be a registered strategy \(e\.g\. `uniform`\) or an existing"),
         ("grid.strategies=[proportional]", r"^grid\.strategies: \['proportional'\] need layer importance"),
         ("surprise=1", r"^surprise: unknown key"),
+        ("lora.scaling=rsLoRA", r"^lora\.scaling: must be one of constant, fixed_alpha, rslora, got 'rsLoRA'$"),
         ("name=..", r"^name: must be letters, digits, '\.', '_' or '-' .* got '\.\.'$"),
         ("name=runs/x", r"^name: must be letters, digits"),
         ("model.build={num_layers: 2}", r"^model\.name_or_path: set exactly one of model\.name_or_path"),

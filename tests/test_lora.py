@@ -1,5 +1,6 @@
 """Per-layer LoRA ranks: layer discovery, anchored rank_pattern keys, and the audit that catches wrong ranks."""
 
+import math
 import re
 
 import pytest
@@ -46,7 +47,7 @@ def test_discovery_finds_every_layer_and_projection_with_shapes(deep_model):
 
 def test_anchored_keys_match_exactly_their_module_under_peft_matching(deep_model):
     layout = discover_layers(deep_model, PROJECTION_MODULES)
-    config = build_lora_config(layout, RANKS, alpha_per_rank=2.0, dropout=0.0, target_modules=PROJECTION_MODULES)
+    config = build_lora_config(layout, RANKS, SETTINGS)
     keys = list(config.rank_pattern)
     assert keys[0] == r"^model\.layers\.0\.self_attn\.q_proj$"
     names = [name for name, _ in deep_model.named_modules() if name]
@@ -68,7 +69,8 @@ def test_wildcard_rank_pattern_leaks_layer_1_rank_into_layers_10_11_and_the_audi
     assert got[:10] == list(RANKS[:10])
     assert got[10] == got[11] == RANKS[1]  # `layers\.1.*q_proj` comes first in dict order and matches 10, 11
     with pytest.raises(StudyError) as caught:
-        audit_lora(peft_model, layout, RANKS)
+        audit_lora(peft_model, layout, RANKS, LoraSettings(rank=2, alpha=8.0, scaling="fixed_alpha",
+                                                           target_modules=("q_proj",)))
     message = str(caught.value)
     assert f"model.layers.10.self_attn.q_proj: rank {RANKS[1]}, expected {RANKS[10]}" in message
     assert f"model.layers.11.self_attn.q_proj: rank {RANKS[1]}, expected {RANKS[11]}" in message
@@ -150,10 +152,9 @@ def test_missing_or_broken_target_modules_are_named(deep_model):
 def test_rank_count_and_values_are_checked(deep_model):
     layout = discover_layers(deep_model, PROJECTION_MODULES)
     with pytest.raises(StudyError, match="11 ranks but the model has 12"):
-        build_lora_config(layout, RANKS[:-1], alpha_per_rank=2.0, dropout=0.0, target_modules=PROJECTION_MODULES)
+        build_lora_config(layout, RANKS[:-1], SETTINGS)
     with pytest.raises(StudyError, match="layer 3 rank 0"):
-        build_lora_config(layout, (4, 4, 4, 0) + (4,) * 8, alpha_per_rank=2.0, dropout=0.0,
-                          target_modules=PROJECTION_MODULES)
+        build_lora_config(layout, (4, 4, 4, 0) + (4,) * 8, SETTINGS)
 
 
 def test_saved_adapter_reloads_with_the_same_ranks(deep_model_dir, tmp_path):
@@ -166,7 +167,48 @@ def test_saved_adapter_reloads_with_the_same_ranks(deep_model_dir, tmp_path):
     peft_model.save_pretrained(tmp_path / "adapter")
     fresh, _ = load_model_and_tokenizer(str(deep_model_dir))
     reloaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter", is_trainable=True)
-    audit = audit_lora(reloaded, layout, RANKS, alpha_per_rank=SETTINGS.alpha / SETTINGS.rank)
+    audit = audit_lora(reloaded, layout, RANKS, SETTINGS)
     assert audit.layer_ranks == RANKS
     saved, loaded = lora_weights(peft_model), lora_weights(reloaded)
     assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
+
+
+class Stack(nn.Module):
+    """Decoder-like layers with one 256 x 256 q_proj each, so every layer's LoRA sees the same input."""
+
+    def __init__(self, layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.ModuleDict({"q_proj": nn.Linear(256, 256, bias=False)}) for _ in range(layers))
+
+    def forward(self, x, g):
+        return sum((block["q_proj"](x) * g).sum() for block in self.layers)
+
+
+@pytest.mark.parametrize(("scaling", "scale_of"), [
+    ("constant", lambda r: 64 / 32), ("fixed_alpha", lambda r: 64 / r), ("rslora", lambda r: 64 / math.sqrt(r))])
+def test_each_scaling_convention_is_built_audited_and_sets_the_rank_gradient_law(scaling, scale_of):
+    # At initialisation (B = 0) the LoRA-B gradient is scale * g (A x)^T, and |A x| grows like sqrt(r): so its norm
+    # grows like sqrt(r) under `constant`, falls like 1/sqrt(r) under `fixed_alpha`, stays flat under `rslora`.
+    from peft import get_peft_model
+
+    ranks = (8, 16, 32, 64)
+    torch.manual_seed(0)
+    model = Stack(len(ranks))
+    layout = discover_layers(model, ("q_proj",))
+    settings = LoraSettings(rank=32, alpha=64.0, dropout=0.0, scaling=scaling, target_modules=("q_proj",))
+    config = build_lora_config(layout, ranks, settings)
+    config.task_type = None  # a plain module, not a causal LM
+    peft_model = get_peft_model(model, config)
+    audit = audit_lora(peft_model, layout, ranks, settings)
+    assert audit.layer_scales == pytest.approx([scale_of(r) for r in ranks]) and audit.to_dict()["scaling"] == scaling
+    x, g = torch.randn(64, 256), torch.randn(64, 256)
+    peft_model(x, g).backward()
+    norms = [peft_model.get_base_model().layers[i]["q_proj"].lora_B["default"].weight.grad.norm().item()
+             for i in range(len(ranks))]
+    expected = [scale_of(r) * math.sqrt(r) for r in ranks]
+    assert [n / norms[0] for n in norms] == pytest.approx([e / expected[0] for e in expected], rel=0.15)
+    # The audit holds each module to its own convention: another convention's model fails it.
+    other = "fixed_alpha" if scaling != "fixed_alpha" else "constant"
+    with pytest.raises(StudyError, match=rf"scale .*expected .*\({other}\)"):
+        audit_lora(peft_model, layout, ranks, LoraSettings(rank=32, alpha=64.0, scaling=other,
+                                                           target_modules=("q_proj",)))

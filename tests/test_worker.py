@@ -75,6 +75,8 @@ def test_grpo_run_trains_profiles_and_evaluates(write_study_config, tmp_path):
     evaluation = pq.read_table(paths.table("eval", "random-seed0")).to_pandas()
     assert EVAL_COLUMNS <= set(evaluation.columns) and len(evaluation) == config.data.eval_limit
     assert record.trainable_params == sum(sum(v) for v in record.lora_params.values())
+    # The scaling convention is recorded and audited module by module (constant: alpha / rank = 16 / 8).
+    assert record.lora["scaling"] == "constant" and record.lora["layer_scales"] == [2.0] * layers
 
 
 def test_same_seed_same_allocation_and_metrics_other_seed_other_rollouts(write_study_config, tmp_path):

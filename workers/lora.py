@@ -13,19 +13,21 @@ matches against names of the *base* model (LoraModel.model.named_modules()), wit
 (PEFT condenses a long list into the shortest suffixes that select the same modules of this model, so a saved
 adapter_config.json may show ``q_proj`` etc.; the rank_pattern keys stay anchored and reload exactly).
 
-``alpha = rank * alpha_per_rank`` for every module, so ``scaling = alpha / r`` is the same everywhere and a
-larger rank does not change the update's scale (PEFT keeps ``lora_alpha`` fixed unless alpha_pattern is set).
+Each module's scale follows ``lora.scaling`` (:mod:`orchestrator.lora_scaling`): ``constant`` sets
+``alpha_pattern`` to ``alpha * r_m / rank`` so every module's scale is ``alpha / rank``; ``fixed_alpha`` leaves
+``lora_alpha`` at ``alpha`` (scale ``alpha / r_m``, PEFT's behaviour with rank_pattern alone); ``rslora`` uses
+PEFT's ``use_rslora`` with ``lora_alpha = alpha`` (scale ``alpha / sqrt(r_m)``).
 
 ``audit_lora`` then checks the wrapped model itself: every targeted module's ``lora_A`` rank, no LoRA module
-elsewhere, the scaling, and the trainable-parameter count against ``r * (in + out)`` per module.
+elsewhere, every module's scale against the convention, and the trainable-parameter count against
+``r * (in + out)`` per module.
 
 Use (the GRPO worker passes the config to TRL, which calls ``get_peft_model``)::
 
     layout = discover_layers(model, settings.target_modules)
-    config = build_lora_config(layout, ranks, alpha_per_rank=settings.alpha / settings.rank,
-                               dropout=settings.dropout, target_modules=settings.target_modules)
+    config = build_lora_config(layout, ranks, settings)
     trainer = GRPOTrainer(model=model, peft_config=config, ...)
-    audit = audit_lora(trainer.model, layout, ranks, alpha_per_rank=...)   # raises StudyError if wrong
+    audit = audit_lora(trainer.model, layout, ranks, settings)   # raises StudyError if wrong
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ from dataclasses import dataclass
 from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
 
+from orchestrator.config import LoraSettings
 from orchestrator.errors import StudyError
+from orchestrator.lora_scaling import module_scale
 from workers.model import LayerLayout
 
 MAX_LISTED_MISMATCHES = 5
@@ -65,33 +69,35 @@ def _check_ranks(layout: LayerLayout, ranks: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(rank) for rank in ranks)
 
 
-def build_lora_config(
-    layout: LayerLayout,
-    ranks: Sequence[int],
-    *,
-    alpha_per_rank: float,
-    dropout: float,
-    target_modules: Sequence[str],
-) -> LoraConfig:
-    """A LoraConfig giving layer ``l`` rank ``ranks[l]`` on each of ``target_modules``, alpha/r = alpha_per_rank."""
+def build_lora_config(layout: LayerLayout, ranks: Sequence[int], settings: LoraSettings) -> LoraConfig:
+    """A LoraConfig giving layer ``l`` rank ``ranks[l]`` on each of ``settings.target_modules``, scaled by
+    ``settings.scaling``."""
     ranks = _check_ranks(layout, ranks)
-    unknown = [module for module in target_modules if module not in layout.modules]
+    unknown = [module for module in settings.target_modules if module not in layout.modules]
     if unknown:
         raise StudyError(f"lora.target_modules: {unknown} were not found by layer discovery (found {list(layout.modules)})")
-    if not alpha_per_rank > 0:
-        raise StudyError(f"lora alpha/rank must be positive, got {alpha_per_rank}")
-    paths = [layout.path(layer, module) for layer in range(layout.num_layers) for module in target_modules]
-    rank_of = {layout.path(layer, module): ranks[layer] for layer in range(layout.num_layers) for module in target_modules}
+    if not settings.alpha > 0:
+        raise StudyError(f"lora.alpha must be positive, got {settings.alpha}")
+    rank_of = {layout.path(layer, module): ranks[layer] for layer in range(layout.num_layers)
+               for module in settings.target_modules}
     default_rank = max(ranks)  # never used: every targeted module has its own key
+    scaled = {}
+    if settings.scaling == "constant":
+        per_rank = settings.alpha / settings.rank
+        scaled = {"lora_alpha": default_rank * per_rank,
+                  "alpha_pattern": {anchored_key(path): rank * per_rank for path, rank in rank_of.items()}}
+    elif settings.scaling in ("fixed_alpha", "rslora"):
+        scaled = {"lora_alpha": settings.alpha, "use_rslora": settings.scaling == "rslora"}
+    else:
+        raise StudyError(f"lora.scaling: unknown convention {settings.scaling!r}")
     return LoraConfig(
         r=default_rank,
-        lora_alpha=default_rank * alpha_per_rank,
-        lora_dropout=dropout,
-        target_modules=paths,
+        lora_dropout=settings.dropout,
+        target_modules=list(rank_of),
         rank_pattern={anchored_key(path): rank for path, rank in rank_of.items()},
-        alpha_pattern={anchored_key(path): rank * alpha_per_rank for path, rank in rank_of.items()},
         bias="none",
         task_type="CAUSAL_LM",
+        **scaled,
     )
 
 
@@ -102,7 +108,8 @@ class LoraAudit:
     layer_ranks: tuple[int, ...]
     module_params: dict[tuple[int, str], int]
     trainable_params: int
-    scaling: float
+    scaling: str  # the convention (orchestrator.lora_scaling)
+    layer_scales: tuple[float, ...]  # each layer's scale (the same for every module of a layer)
 
     def layer_params(self) -> list[int]:
         """LoRA parameters per layer, summed over modules."""
@@ -118,6 +125,7 @@ class LoraAudit:
             "layer_params": self.layer_params(),
             "trainable_params": self.trainable_params,
             "scaling": self.scaling,
+            "layer_scales": list(self.layer_scales),
         }
 
 
@@ -125,24 +133,26 @@ def audit_lora(
     peft_model: PeftModel,
     layout: LayerLayout,
     ranks: Sequence[int],
+    settings: LoraSettings,
     *,
-    target_modules: Sequence[str] | None = None,
-    alpha_per_rank: float | None = None,
     adapter: str = "default",
 ) -> LoraAudit:
-    """Check the wrapped model has exactly the requested LoRA ranks; raise StudyError listing mismatches.
+    """Check the wrapped model has exactly the requested LoRA ranks and scales; raise StudyError listing mismatches.
 
-    Checks: each (layer, module) of ``target_modules`` (default: all of the layout's) is a LoRA layer whose
-    ``lora_A``/``lora_B`` rank equals ``ranks[layer]``; no other module has LoRA; ``scaling`` equals
-    ``alpha_per_rank`` when given; the trainable-parameter count equals the sum of ``r * (in + out)``.
+    Checks: each (layer, module) of ``settings.target_modules`` is a LoRA layer whose ``lora_A``/``lora_B`` rank
+    equals ``ranks[layer]``; no other module has LoRA; its scale is the convention's
+    (:func:`orchestrator.lora_scaling.module_scale`); the trainable-parameter count equals the sum of
+    ``r * (in + out)``.
     """
     ranks = _check_ranks(layout, ranks)
-    target_modules = tuple(target_modules or layout.modules)
+    target_modules = tuple(settings.target_modules)
     base = peft_model.get_base_model()
     mismatches: list[str] = []
     module_params: dict[tuple[int, str], int] = {}
     expected_paths = set()
     for layer in range(layout.num_layers):
+        expected_scale = module_scale(settings.scaling, alpha=settings.alpha, rank=settings.rank,
+                                      module_rank=ranks[layer])
         for module in target_modules:
             path = layout.path(layer, module)
             expected_paths.add(path)
@@ -154,9 +164,9 @@ def audit_lora(
             actual = lora_a.shape[0]
             if actual != ranks[layer] or lora_b.shape[1] != ranks[layer]:
                 mismatches.append(f"{path}: rank {actual}, expected {ranks[layer]}")
-            scaling = lora_layer.scaling[adapter]
-            if alpha_per_rank is not None and not math.isclose(scaling, alpha_per_rank, rel_tol=1e-9):
-                mismatches.append(f"{path}: alpha/r {scaling}, expected {alpha_per_rank}")
+            scale = lora_layer.scaling[adapter]
+            if not math.isclose(scale, expected_scale, rel_tol=1e-9):
+                mismatches.append(f"{path}: scale {scale}, expected {expected_scale} ({settings.scaling})")
             module_params[(layer, module)] = lora_a.numel() + lora_b.numel()
     for name, module in base.named_modules():
         if isinstance(module, LoraLayer) and name not in expected_paths:
@@ -174,10 +184,7 @@ def audit_lora(
             f"LoRA audit failed for {len(mismatches)} modules: {shown}{more}; build the config with "
             "workers.lora.build_lora_config (anchored full-path rank_pattern keys)"
         )
-    scalings = {base.get_submodule(path).scaling[adapter] for path in expected_paths}
-    return LoraAudit(
-        layer_ranks=ranks,
-        module_params=module_params,
-        trainable_params=trainable,
-        scaling=next(iter(scalings)) if len(scalings) == 1 else float("nan"),
-    )
+    layer_scales = tuple(float(base.get_submodule(layout.path(layer, target_modules[0])).scaling[adapter])
+                         for layer in range(layout.num_layers))
+    return LoraAudit(layer_ranks=ranks, module_params=module_params, trainable_params=trainable,
+                     scaling=settings.scaling, layer_scales=layer_scales)

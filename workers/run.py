@@ -206,10 +206,7 @@ class GRPORun:
 
     def _setup_trainer(self) -> None:
         cfg, spec = self.config, self.spec
-        lora_config = build_lora_config(
-            self.layout, self.ranks, alpha_per_rank=cfg.lora.alpha / cfg.lora.rank, dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules,
-        )
+        lora_config = build_lora_config(self.layout, self.ranks, cfg.lora)
         rewards = dict(zip(cfg.rewards, self.task.reward_functions(cfg.rewards), strict=True))
         self.recorder = StepRecorder(self.labels, rewards, report=self.report)
         engine = contextlib.nullcontext()
@@ -236,8 +233,7 @@ class GRPORun:
 
     def _setup_profiling(self) -> None:
         cfg, trainer, layout = self.config, self.trainer, self.layout
-        audit = audit_lora(trainer.model, layout, self.ranks, target_modules=cfg.lora.target_modules,
-                           alpha_per_rank=cfg.lora.alpha / cfg.lora.rank)
+        audit = audit_lora(trainer.model, layout, self.ranks, cfg.lora)
         self.record.trainable_params, self.record.lora = audit.trainable_params, audit.to_dict()
         self.record.lora_params = {m: [audit.module_params[(layer, m)] for layer in range(layout.num_layers)
                                        if (layer, m) in audit.module_params] for m in layout.modules}

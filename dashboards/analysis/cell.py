@@ -30,7 +30,7 @@ from dashboards.analysis.training import eval_examples, reward_curves, strategy_
 from orchestrator.importance import layer_importance
 from orchestrator.strategies import REFERENCE, SFT, order_strategies
 
-SUMMARY_KEYS = ("landscape", "strategies", "normalized_control", "sft", "training")
+SUMMARY_KEYS = ("landscape", "strategies", "normalized_control", "sft", "training", "lora_scaling")
 
 
 @dataclass
@@ -57,6 +57,8 @@ def analyze_cell(study_dir: Path, runs: dict[str, RunMeta], eval_df: pd.DataFram
         result.summary["landscape"] = None
         result.summary["normalized_control"] = None
     result.summary["strategies"] = _strategy_entries(runs, eval_stats, profile_strategies)
+    scalings = sorted({m.lora_scaling for m in runs.values() if m.lora_scaling})
+    result.summary["lora_scaling"] = scalings[0] if len(scalings) == 1 else (scalings or None)
     rank = {name: i for i, name in enumerate([*result.summary["strategies"], SFT])}
     for key, frame in result.frames.items():  # figures draw strategies in table order: the reference first
         if "strategy" in frame.columns and not frame.empty:

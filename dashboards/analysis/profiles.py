@@ -34,6 +34,7 @@ class RunMeta:
     trainable_params: int | None = None
     lora_params: dict[str, list[int]] | None = None
     cell: str = ""  # the cell part of the run id ('' without axes)
+    lora_scaling: str | None = None  # run.json's LoRA scaling convention (orchestrator.lora_scaling)
 
 
 def _shares_ok(share: np.ndarray) -> bool:

@@ -86,7 +86,8 @@ def _collect_runs(records: dict[str, RunRecord], warnings: list[str], tables: li
     for rec in records.values():
         runs[rec.run_id] = RunMeta(rec.run_id, rec.strategy, rec.seed,
                                    np.array(rec.allocation) if rec.allocation else None,
-                                   rec.trainable_params, rec.lora_params, cell=parse_run_id(rec.run_id)[2])
+                                   rec.trainable_params, rec.lora_params, cell=parse_run_id(rec.run_id)[2],
+                                   lora_scaling=_scaling_of(rec))
     for table in tables:
         if table is None:
             continue
@@ -105,6 +106,15 @@ def _collect_runs(records: dict[str, RunRecord], warnings: list[str], tables: li
     for run_id in sorted(excluded):
         warnings.append(f"runs: {run_id} has status {records[run_id].status!r}; left out of every statistic")
     return {rid: m for rid, m in runs.items() if rid not in excluded}, excluded
+
+
+def _scaling_of(record: RunRecord) -> str | None:
+    """The run's LoRA scaling convention; run.json files written before it was a choice held the one scale
+    alpha/rank of every module (the ``constant`` convention) as a number."""
+    scaling = (record.lora or {}).get("scaling")
+    if isinstance(scaling, str):
+        return scaling
+    return "constant" if isinstance(scaling, (int, float)) else None
 
 
 def _add_profile_runs(runs: dict[str, RunMeta], excluded: set[str], prof: ProfileAggregates) -> None:
