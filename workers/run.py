@@ -265,6 +265,13 @@ class GRPORun:
             max_steps=g.max_steps,
             temperature=g.temperature,
             max_grad_norm=g.max_grad_norm,
+            # Settings TRL would otherwise apply silently (orchestrator/config.py says what each does).
+            disable_dropout=g.disable_dropout,
+            top_p=g.top_p,
+            top_k=g.top_k,
+            mask_truncated_completions=g.mask_truncated_completions,
+            lr_scheduler_type=g.lr_scheduler_type,
+            warmup_steps=g.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of max_steps
             scale_rewards="group",  # Eq. 1: advantages normalised by the group's std
             # One generation batch per optimizer step, so a profiled step is one GRPO update.
             per_device_train_batch_size=g.prompts_per_step * g.num_generations,

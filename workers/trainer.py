@@ -39,6 +39,14 @@ TRL_STEP_METRICS = {
     "completions/clipped_ratio": "completion_clipped_ratio",
     "entropy": "entropy",
     "learning_rate": "learning_rate",
+    "sampling/sampling_logp_difference/mean": "sampling_logp_diff_mean",
+    "sampling/sampling_logp_difference/max": "sampling_logp_diff_max",
+    "sampling/importance_sampling_ratio/min": "is_ratio_min",
+    "sampling/importance_sampling_ratio/mean": "is_ratio_mean",
+    "sampling/importance_sampling_ratio/max": "is_ratio_max",
+    "clip_ratio/low_mean": "clip_ratio_low",
+    "clip_ratio/high_mean": "clip_ratio_high",
+    "clip_ratio/region_mean": "clip_ratio_region",
 }
 
 
