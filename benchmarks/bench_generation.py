@@ -57,8 +57,7 @@ def run(repeats: int = 3) -> dict:
 
     torch.set_num_threads(1)
     from workers import compat
-    from workers.data import render_prompt
-    from workers.evaluate import generate_greedy_hf
+    from workers.evaluate import generate_greedy_hf, prompt_token_ids
     from workers.generation import generate_greedy_vllm
 
     hf_config = laptop_config()
@@ -70,7 +69,7 @@ def run(repeats: int = 3) -> dict:
         tokenizer = hf_run.tokenizer
         train_prompts = [p for p in hf_run.trainer.train_dataset["prompt"][: g.prompts_per_step]
                          for _ in range(g.num_generations)]
-        eval_prompts = [render_prompt(tokenizer, m) for m in hf_run.test_set["prompt"][: g.eval_batch_size]]
+        eval_prompts = prompt_token_ids(tokenizer, hf_run.test_set["prompt"][: g.eval_batch_size])
 
         def train_batch(run):
             run.trainer.model.train()

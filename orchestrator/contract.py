@@ -183,6 +183,7 @@ class RunRecord:
     trainable_params: int | None = None
     lora: dict[str, Any] | None = None  # the LoRA audit: layer ranks, layer params, scaling
     lora_params: dict[str, list[int]] | None = None  # per module, per layer
+    frozen_base: dict[str, str] | None = None  # sha256 of every frozen weight: before training, after evaluation
     resumed_from_step: int | None = None
     steps: int | None = None
     timings: dict[str, float] = field(default_factory=dict)

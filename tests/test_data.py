@@ -12,7 +12,6 @@ from transformers import PreTrainedTokenizerFast
 from trl.data_utils import is_conversational
 
 from orchestrator.errors import StudyError
-from workers.data import render_prompt
 from workers.rewards import correctness_reward, format_reward, parse_number
 from workers.tasks import get_task
 from workers.tasks.gsm8k import SYSTEM_PROMPT
@@ -157,15 +156,22 @@ CHAT_TEMPLATE = (
 )
 
 
-def test_render_prompt_applies_the_chat_template_with_generation_prompt():
-    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "What is 2+2?"}]
-    text = render_prompt(tiny_tokenizer(CHAT_TEMPLATE), messages)
-    assert text == "<|system|>S<|end|><|user|>What is 2+2?<|end|><|assistant|>"
+def test_evaluation_prompts_are_the_chat_template_tokenised_as_trl_tokenises_training_prompts():
+    from workers.evaluate import prompt_token_ids
+
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "hello"}]
+    tokenizer = tiny_tokenizer(CHAT_TEMPLATE)
+    (ids,) = prompt_token_ids(tokenizer, [messages])
+    text = "<|system|>S<|end|><|user|>hello<|end|><|assistant|>"
+    assert tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == text
+    assert ids == tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def test_render_prompt_without_chat_template_is_a_study_error():
+def test_a_tokenizer_without_chat_template_is_a_study_error():
+    from workers.evaluate import prompt_token_ids
+
     with pytest.raises(StudyError, match="has no chat template"):
-        render_prompt(tiny_tokenizer(None), [{"role": "user", "content": "hi"}])
+        prompt_token_ids(tiny_tokenizer(None), [[{"role": "user", "content": "hi"}]])
 
 
 @pytest.mark.parametrize(("lines", "message"), [
@@ -192,3 +198,25 @@ def test_bad_data_stops_plan_and_run_before_any_model_loads(tmp_path, lines, mes
         assert out.stderr.startswith("error: data.test: ") and "Traceback" not in out.stderr
         assert re.search(message, out.stderr), out.stderr
     assert not (tmp_path / "out").exists()
+
+
+
+def test_evaluation_adds_no_second_bos_for_tokenizers_that_add_one():
+    # Llama-style: the tokenizer prepends <s> when encoding and the chat template starts with <s> too.
+    from tokenizers import processors
+
+    from workers.evaluate import prompt_token_ids
+
+    vocab = {"[UNK]": 0, "<s>": 1, "hello": 2, "<|user|>": 3, "<|end|>": 4, "<|assistant|>": 5}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.add_special_tokens(["<s>", "<|user|>", "<|end|>", "<|assistant|>"])
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", bos_token="<s>")
+    tokenizer.chat_template = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} "
+                               "<|end|> {% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    messages = [{"role": "user", "content": "hello"}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert tokenizer(text)["input_ids"].count(1) == 2  # what tokenising the rendered text used to feed vLLM
+    (ids,) = prompt_token_ids(tokenizer, [messages])
+    assert ids.count(1) == 1 and ids[0] == 1 and ids == [1, 3, 2, 4, 5]

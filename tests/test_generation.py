@@ -57,15 +57,28 @@ def vllm_process_state():
     os.environ.update(saved_env)
 
 
+# What Qwen2.5-Instruct checkpoints ship in generation_config.json (sampling, top-k/top-p, a repetition penalty;
+# the penalty exaggerated from their 1.05-1.1 so that it changes this tiny model's greedy text): evaluation
+# must ignore all of it.
+NOISY_GENERATION_CONFIG = {"do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.8,
+                           "repetition_penalty": 10.0}
+
+
 @pytest.fixture(scope="module")
 def vllm_model_dir(tmp_path_factory, gsm8k_texts):
+    """The engine's model; its generation_config.json asks for sampling with a repetition penalty."""
+    import json
+
     from workers.local_model import build_local_model
 
-    return build_local_model(
+    model_dir = build_local_model(
         tmp_path_factory.mktemp("models") / "tiny-qwen2-head32",
         num_layers=4, hidden_size=64, intermediate_size=128, num_heads=2, num_kv_heads=1,
         vocab_size=1000, train_texts=gsm8k_texts, seed=0,
     )
+    path = model_dir / "generation_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **NOISY_GENERATION_CONFIG}))
+    return model_dir
 
 
 def build_trainer(model_dir, seed: int, output_dir):
@@ -148,6 +161,12 @@ def chat_prompts(trainer, questions: list[str]) -> list[str]:
     ]
 
 
+def eval_prompt_ids(trainer, questions: list[str]) -> list[list[int]]:
+    from workers.evaluate import prompt_token_ids
+
+    return prompt_token_ids(trainer.processing_class, [[{"role": "user", "content": q}] for q in questions])
+
+
 def vllm_prompt_logprobs(trainer, token_ids: list[int]) -> torch.Tensor:
     """vLLM's log-probability of each token of ``token_ids`` given the tokens before it."""
     from vllm import SamplingParams
@@ -196,7 +215,7 @@ def test_sync_makes_vllm_follow_the_trained_adapter_not_the_base_weights(trainer
 
 def test_greedy_evaluation_generates_the_synced_models_argmax(trainer):
     model = trainer.model
-    prompts = chat_prompts(trainer, QUESTIONS[:3])
+    prompts = eval_prompt_ids(trainer, QUESTIONS[:3])
     syncs = []
     cpu_sync = trainer.vllm_generation.sync_weights
     trainer.vllm_generation.sync_weights = lambda: (syncs.append(trainer.state.global_step), cpu_sync())
@@ -210,9 +229,8 @@ def test_greedy_evaluation_generates_the_synced_models_argmax(trainer):
 
     assert texts == trainer.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
     eos = trainer.processing_class.eos_token_id
-    for prompt, completion in zip(prompts, completion_ids, strict=True):
+    for prompt_ids, completion in zip(prompts, completion_ids, strict=True):
         assert 1 <= len(completion) <= 12 and (len(completion) == 12 or completion[-1] == eos)
-        prompt_ids = trainer.processing_class(prompt)["input_ids"]
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([prompt_ids + list(completion)])).logits[0].float()
         chosen = logits[len(prompt_ids) - 1 : -1]  # the logits each completion token was picked from
@@ -220,6 +238,34 @@ def test_greedy_evaluation_generates_the_synced_models_argmax(trainer):
         # Greedy from the current adapter: each token is HF+LoRA's argmax up to float32 rounding.
         assert torch.all(picked >= chosen.max(-1).values - 1e-3)
     assert generate_greedy_vllm(trainer, [], max_new_tokens=4) == []
+
+
+def test_evaluation_decodes_greedily_whatever_the_models_generation_config_says(trainer):
+    # The model's generation_config.json asks for sampling, top-k/top-p and a repetition penalty: vLLM and HF
+    # evaluation both ignore it, agree with each other, and equal HF greedy on the same model without it.
+    from transformers import GenerationConfig
+
+    from workers.evaluate import generate_greedy_hf
+
+    model, tokenizer = trainer.model, trainer.processing_class
+    base = model.get_base_model()
+    assert base.generation_config.repetition_penalty == 10.0 and base.generation_config.do_sample
+    prompts = eval_prompt_ids(trainer, QUESTIONS[:4])
+    via_vllm = generate_greedy_vllm(trainer, prompts, max_new_tokens=24)
+    via_hf = generate_greedy_hf(model, tokenizer, prompts, max_new_tokens=24, batch_size=4)
+    shipped = base.generation_config
+    try:
+        base.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+                                                  pad_token_id=tokenizer.pad_token_id)
+        plain = generate_greedy_hf(model, tokenizer, prompts, max_new_tokens=24, batch_size=4)
+    finally:
+        base.generation_config = shipped
+    assert via_vllm == via_hf == plain
+    # Not vacuous: generate(**kwargs), as evaluation used to call it, lets the shipped penalty through.
+    batch = tokenizer.pad({"input_ids": prompts}, padding_side="left", return_tensors="pt")
+    with torch.no_grad():
+        old_way = model.generate(**batch, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert tokenizer.batch_decode(old_way[:, batch["input_ids"].shape[1]:], skip_special_tokens=True) != plain
 
 
 def test_run_seed_reaches_vllm_sampling(seeded_rollouts):

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from tests.fixtures.tiny import TINY_TEST_SETTINGS
-from workers.data import build_prompt, render_prompt
+from workers.data import build_prompt
+from workers.evaluate import prompt_token_ids
 from workers.rewards import extract_answer, format_reward, is_well_formatted
 from workers.tasks import get_task
 from workers.tasks.gsm8k import SYSTEM_PROMPT, gold_number
@@ -46,7 +47,7 @@ def _format_reward_per_group(model_dir: Path, prompts: list[list[dict[str, str]]
     torch.manual_seed(0)
     means = []
     for messages in prompts:
-        encoded = tokenizer(render_prompt(tokenizer, messages), return_tensors="pt")
+        encoded = {"input_ids": torch.tensor(prompt_token_ids(tokenizer, [messages]))}
         with torch.no_grad():
             output = model.generate(
                 **encoded, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,

@@ -79,6 +79,8 @@ def test_grpo_run_trains_profiles_and_evaluates(write_study_config, tmp_path):
     assert record.trainable_params == sum(sum(v) for v in record.lora_params.values())
     # The scaling convention is recorded and audited module by module (constant: alpha / rank = 16 / 8).
     assert record.lora["scaling"] == "constant" and record.lora["layer_scales"] == [2.0] * layers
+    # The frozen base is bitwise what it was before training (run.json records both digests).
+    assert record.frozen_base["before"] == record.frozen_base["after"] and len(record.frozen_base["before"]) == 64
 
 
 def test_same_seed_same_allocation_and_metrics_other_seed_other_rollouts(write_study_config, tmp_path):
@@ -188,3 +190,36 @@ def test_every_hidden_grpo_setting_reaches_trl_explicitly(write_study_config, tm
     assert args.lr_scheduler_type == "cosine" and args.warmup_steps == 0.1
     assert args.vllm_importance_sampling_correction is False and args.use_vllm
     assert (args.loss_type, args.beta, args.scale_rewards) == ("grpo", config.grpo.beta, "group")
+
+
+def test_a_run_whose_base_weights_change_fails_and_writes_no_results(write_study_config, tmp_path):
+    # A training hook that writes into a frozen base weight (as an in-place merge left behind would).
+    from orchestrator import strategies
+    from orchestrator.errors import StudyError
+
+    class LeakIntoBase(TrainerCallback):
+        def __init__(self, run):
+            self.run = run
+
+        def on_step_end(self, args, state, control, **kwargs):
+            with torch.no_grad():
+                self.run.trainer.model.get_base_model().model.embed_tokens.weight[0, 0] += 1.0
+
+    @strategies.register_strategy
+    class Leaky(strategies.get_strategy("uniform").__class__):
+        name = "leaky_test"
+
+        def callbacks(self, run):
+            return [LeakIntoBase(run)]
+
+    try:
+        config = load_config(write_study_config(grid={"strategies": ["leaky_test"], "seeds": [0]},
+                                                grpo={"max_steps": 1}, data={"eval_limit": 2}))
+        with pytest.raises(StudyError, match=r"leaky_test-seed0: the frozen base weights changed during the run"):
+            execute_run(config, RunSpec("leaky_test", 0, num_gpus=0, num_cpus=1), tmp_path)
+    finally:
+        strategies.unregister_strategy("leaky_test")
+    paths = StudyPaths(tmp_path)
+    record = paths.read_record("leaky_test-seed0")
+    assert record.status == "failed" and "frozen base" in record.error
+    assert not any(paths.table(kind, "leaky_test-seed0").exists() for kind in ("profiles", "metrics", "eval"))

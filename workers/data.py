@@ -4,8 +4,8 @@ Tasks (:mod:`workers.tasks`) build their datasets from :func:`load_records`, whi
 ``openai/gsm8k`` with config ``main``) or a local .jsonl and returns the raw records with a locator that names
 a record by file and line (or hub split and index), so a bad record fails with a one-line error before any
 model is loaded. :func:`build_prompt` makes the conversational prompt every task uses (system prompt, then
-the question as the user); TRL applies the model's chat template to it. :func:`render_prompt` turns the
-messages into the string a model sees (used by evaluation, which generates outside TRL).
+the question as the user); TRL applies the model's chat template to it, and so does evaluation
+(:func:`workers.evaluate.prompt_token_ids`).
 
 Simplified: for a local file ``split`` only labels messages (the file is the split), and the whole dataset
 is held in memory (GSM8K is 8,792 short records).
@@ -155,16 +155,3 @@ class _RecordLocator:
 
 
 _Locator = _LineLocator | _RecordLocator
-
-
-def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
-    """``messages`` as the prompt string the model sees: its chat template plus the assistant turn opener.
-
-    Raises StudyError when the tokenizer has no chat template (a base model rather than an instruct model).
-    """
-    if not getattr(tokenizer, "chat_template", None):
-        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-        raise StudyError(
-            f"tokenizer {name!r} has no chat template; use an instruct/chat model or set tokenizer.chat_template"
-        )
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

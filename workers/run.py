@@ -40,13 +40,13 @@ from orchestrator.errors import StudyError
 from orchestrator.importance import importance_from_profile
 from orchestrator.plan import RunSpec
 from workers.compat import check_library_versions
-from workers.data import render_prompt
-from workers.evaluate import evaluate, generate_greedy_hf
+from workers.evaluate import evaluate, generate_greedy_hf, prompt_token_ids
 from workers.lora import audit_lora, build_lora_config
 from workers.model import LayerLayout, discover_layers, load_model_and_tokenizer
 from workers.profiler import GradientProfiler, ProfilerCallback, RunLabels, check_unsharded
 from workers.tasks import get_task
 from workers.trainer import CheckpointTables, ProfiledGRPOTrainer, StepRecorder, checkpoint_step, latest_checkpoint
+from workers.weights import frozen_digest
 
 Report = Callable[[dict], None]
 
@@ -107,7 +107,7 @@ class GRPORun:
     def evaluate(self):
         start = time.perf_counter()
         cfg, test = self.config, self.test_set
-        prompts = [render_prompt(self.tokenizer, messages) for messages in test["prompt"]]
+        prompts = prompt_token_ids(self.tokenizer, test["prompt"])
         if cfg.grpo.use_vllm:
             from workers.generation import generate_greedy_vllm
 
@@ -128,6 +128,7 @@ class GRPORun:
 
     def write(self, eval_table) -> RunRecord:
         run_id = self.spec.run_id
+        self._check_frozen_base()
         self.trainer.model.save_pretrained(str(self.paths.adapter(run_id)))
         atomic_write_table(self.paths.table("profiles", run_id), self.profiler.table())
         atomic_write_table(self.paths.table("metrics", run_id), self.recorder.table())
@@ -237,6 +238,7 @@ class GRPORun:
         self.record.trainable_params, self.record.lora = audit.trainable_params, audit.to_dict()
         self.record.lora_params = {m: [audit.module_params[(layer, m)] for layer in range(layout.num_layers)
                                        if (layer, m) in audit.module_params] for m in layout.modules}
+        self.record.frozen_base = {"before": frozen_digest(trainer.model)}
         self.profiler = GradientProfiler.for_lora(trainer.model, layout, self.ranks, self.labels)
         trainer.gradient_profiler = self.profiler
         self.recorder.profiler = self.profiler
@@ -246,6 +248,17 @@ class GRPORun:
             trainer.add_callback(callback)
         # With tqdm off, transformers prints every log dict; the driver shows progress from our recorder instead.
         trainer.remove_callback(PrinterCallback)
+
+    def _check_frozen_base(self) -> None:
+        """The base weights must be bitwise what they were before training (LoRA trains only the adapter)."""
+        digests = self.record.frozen_base
+        digests["after"] = frozen_digest(self.trainer.model)
+        if digests["after"] != digests["before"]:
+            raise StudyError(
+                f"{self.spec.run_id}: the frozen base weights changed during the run (sha256 {digests['before'][:12]} "
+                f"before training, {digests['after'][:12]} after evaluation): the adapter leaked into the base, e.g. "
+                "by an in-place merge; the run's results are not written"
+            )
 
     def _grpo_args(self):
         from trl import GRPOConfig
