@@ -57,11 +57,13 @@ def _pct(x, digits: int = 1) -> str:
 def _params(n) -> str:
     """Trainable parameters as the paper prints them.
 
-    >>> _params(36929536), _params(None), _params(5120)
-    ('36.9M', '–', '5.1k')
+    >>> _params(36929536), _params(None), _params(5120), _params(0)
+    ('36.9M', '–', '5.1k', '0')
     """
     if n is None:
         return "–"
+    if n == 0:
+        return "0"
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
 
 
@@ -80,22 +82,40 @@ def _p(p) -> str:
     return "–" if p is None else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
 
 
+def _delta(test: dict | None) -> str:
+    """A paired item-level difference: points, its 95% interval and the sign-flip p."""
+    if not test or test.get("delta") is None:
+        return "–"
+    return (f"{100 * test['delta']:+.1f} [{_pct(test.get('ci_low'))}, {_pct(test.get('ci_high'))}] "
+            f"p {_p(test.get('p_permutation'))}")
+
+
 def table1_html(strategies: dict) -> str:
-    """Table 1: strategy, params, accuracy, Wilson 95% CI, n, seeds, McNemar p vs uniform, and more."""
-    head = ("<tr><th>Strategy</th><th>Params</th><th>Acc. (%)</th><th>95% CI (Wilson)</th>"
-            "<th>± (Wald, as printed in the paper)</th><th>n</th><th>Seeds</th><th>Format ok (%)</th>"
-            "<th>McNemar p vs uniform</th><th>max/min share</th><th>rank–shift r</th></tr>")
+    """Table 1: accuracy with item-level and pooled intervals, paired tests against uniform and base, and the
+    landscape's max/min and rank-shift r per strategy."""
+    head = ("<tr><th>Strategy</th><th>Params</th><th>Acc. (%)</th><th>95% CI (items, bootstrap)</th>"
+            "<th>95% CI (Wilson, pooled)</th><th>± (Wald, as printed in the paper)</th><th>n</th><th>Seeds</th>"
+            "<th>Format ok (%)</th><th>Δ vs uniform (points) [95% CI], sign-flip p</th>"
+            "<th>Δ vs base (points) [95% CI], sign-flip p</th><th>McNemar p vs uniform (pooled; per seed)</th>"
+            "<th>max/min share (per seed)</th><th>rank–shift r</th></tr>")
     rows = []
     for name, s in strategies.items():
         ci = "–" if s.get("ci_low") is None else f"[{_pct(s['ci_low'])}, {_pct(s['ci_high'])}]"
+        item_ci = "–" if s.get("item_ci_low") is None else f"[{_pct(s['item_ci_low'])}, {_pct(s['item_ci_high'])}]"
         wald = "–" if s.get("wald_half_width") is None else f"± {_pct(s['wald_half_width'])}"
         ratio = "–" if s.get("max_min_ratio") is None else f"{s['max_min_ratio']:.2f}x"
+        seed_range = s.get("max_min_ratio_seed_range") or []
+        if len(seed_range) == 2 and seed_range[0] != seed_range[1]:
+            ratio += f" ({seed_range[0]:.2f}–{seed_range[1]:.2f})"
         corr = "–" if s.get("rank_shift_corr") is None else f"{s['rank_shift_corr']:.3f}"
+        per_seed = ", ".join(_p(p) for _, p in sorted((s.get("mcnemar_per_seed") or {}).items()))
+        mcnemar = _p(s.get("p_value_vs_uniform")) + (f"; {per_seed}" if per_seed else "")
         rows.append(
             f"<tr><td>{_e(name)}</td><td>{_params(s.get('trainable_params'))}</td><td>{_pct(s.get('accuracy'))}</td>"
-            f"<td>{ci}</td><td>{wald}</td><td>{s.get('n_eval', 0)}</td><td>{len(s.get('seeds') or [])}</td>"
-            f"<td>{_pct(s.get('format_rate'))}</td><td>{_p(s.get('p_value_vs_uniform'))}</td><td>{ratio}</td>"
-            f"<td>{corr}</td></tr>")
+            f"<td>{item_ci}</td><td>{ci}</td><td>{wald}</td><td>{s.get('n_eval', 0)}</td>"
+            f"<td>{len(s.get('seeds') or [])}</td><td>{_pct(s.get('format_rate'))}</td>"
+            f"<td>{_delta(s.get('vs_uniform'))}</td><td>{_delta(s.get('vs_base'))}</td><td>{mcnemar}</td>"
+            f"<td>{ratio}</td><td>{corr}</td></tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
 
@@ -188,10 +208,15 @@ def _cell_html(s: dict, frames: dict, prefix: str) -> list[str]:
          "per strategy under each control."),
     ]
     body = ["<h2>Table 1. Accuracy by allocation strategy</h2>" + table1_html(s.get("strategies") or {}) +
-            "<p class='caption'>Accuracy pooled over the strategy's runs; 95% Wilson score interval on the "
-            "pooled counts; exact two-sided McNemar test on items paired by (seed, item) against uniform. "
-            "The paper's Table 1 labels its ± column Wilson, but its numbers are the Wald half-widths "
-            f"shown beside. {_e(_scaling_caption(s.get('lora_scaling')))}</p>"]
+            "<p class='caption'>Accuracy pooled over the strategy's runs. Every seed and strategy answers the "
+            "same test items, so the first interval and the paired differences treat the item as the unit: "
+            "each item's correctness averaged over seeds, a 95% percentile bootstrap over items, and a "
+            "two-sided paired sign-flip permutation test against uniform and against the untrained base "
+            "model. Beside them, as in the paper, the 95% Wilson interval on the pooled counts and the exact "
+            "McNemar test on (seed, item) pairs against uniform, pooled and per seed; these treat correlated "
+            "outcomes as independent and are too narrow. The paper's Table 1 labels its ± column Wilson, but "
+            "its numbers are the Wald half-widths shown beside. max/min: seed-averaged shares, each seed's "
+            f"own range in brackets. {_e(_scaling_caption(s.get('lora_scaling')))}</p>"]
     for div_id, fig, caption in sections:
         body.append(f"<div class='figure'>{_figure_html(fig, prefix + div_id)}</div>"
                     f"<p class='caption'>{_e(caption)}</p>")

@@ -13,7 +13,8 @@ DIR/report/summary.json, index.html
 Workers write it, synthetic studies imitate it and the analysis reads it, all through this module. Every file
 is written to a temporary name in the same directory and renamed into place, so a crash never leaves a
 truncated file, and ``pandas.read_parquet(DIR / "profiles")`` only ever sees whole files. A run is complete
-when its run.json says so and its three Parquet files exist; completed results are never rewritten.
+when its run.json says so and the Parquet files it lists (``tables``: all three, or eval alone for the base
+model's evaluation-only run) exist; completed results are never rewritten.
 
 Run ids are ``<strategy>-seed<seed>`` in a study without axes, and ``<strategy>-seed<seed>__<cell>`` with
 them, where the cell part names each axis by the last part of its dotted key (the whole key where two axes
@@ -189,6 +190,7 @@ class RunRecord:
     timings: dict[str, float] = field(default_factory=dict)
     eval: dict[str, Any] | None = None  # n, correct, accuracy
     warnings: list[str] = field(default_factory=list)  # what the run noticed and left as it was (one line each)
+    tables: list[str] = field(default_factory=lambda: list(TABLES))  # the tables this run writes
     extra: dict[str, Any] = field(default_factory=dict)  # keys of other rankstudy versions, kept as they are
 
     def to_json(self) -> dict[str, Any]:
@@ -216,6 +218,7 @@ class RunRecord:
         for key in ("axes", "spec", "timings"):
             known[key] = dict(known.get(key) or {})
         known["warnings"] = [str(w) for w in known.get("warnings") or []]
+        known["tables"] = [str(t) for t in known.get("tables") or TABLES]
         return cls(**known, extra={k: v for k, v in data.items() if k not in names})
 
 
@@ -270,7 +273,7 @@ class StudyPaths:
     def is_complete(self, run_id: str) -> bool:
         record = self.read_record(run_id)
         return (record is not None and record.status == COMPLETED
-                and all(self.table(kind, run_id).exists() for kind in TABLES))
+                and all(self.table(kind, run_id).exists() for kind in record.tables))
 
 
 # -- atomic writes -----------------------------------------------------------------------------------------

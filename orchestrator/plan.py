@@ -78,7 +78,10 @@ def make_plan(config: StudyConfig, cell_config: Callable[[StudyConfig], StudyCon
         axes = tuple(cell.axes.items())
         for seed in config.grid.seeds:
             for name in config.grid.strategies:
-                source = strategies.get_strategy(name).profile_source(cell.config)
+                strategy = strategies.get_strategy(name)
+                if not strategy.per_seed and seed != config.grid.seeds[0]:
+                    continue  # its result does not depend on the seed: once per cell
+                source = strategy.profile_source(cell.config)
                 depends_on = profile_path = None
                 if source in strategies.registered_names():
                     depends_on = contract.run_id(source, seed, cell.axes)
@@ -104,6 +107,8 @@ def format_plan(plan: StudyPlan) -> str:
     """A human-readable table of the grid for ``rankstudy plan``."""
     config, runs = plan.config, plan.runs
     cells = f" x {len(plan.cells)} cells" if config.grid.axes else ""
+    once = [n for n in config.grid.strategies if not strategies.get_strategy(n).per_seed]
+    cells += f"; {', '.join(once)} once per cell" if once and len(config.grid.seeds) > 1 else ""
     lines = [
         f"study {config.name}: {len(runs)} runs ({len(config.grid.strategies)} strategies x "
         f"{len(config.grid.seeds)} seeds{cells}), model {config.model.label}, "

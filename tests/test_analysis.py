@@ -433,3 +433,68 @@ def test_all_zero_profiles_are_reported_not_divided_by_zero(tmp_path):
     assert summary["landscape"]["max_min_ratio"] is None and summary["landscape"]["layer_share"] == []
     assert summary["strategies"]["uniform"]["accuracy"] == pytest.approx(0.25)
     json.dumps(summary, allow_nan=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Statistics that respect the design (issue 11): items shared by seeds and strategies, the base model row.
+
+
+def test_item_level_intervals_paired_tests_and_the_base_row(tmp_path):
+    # 40 items. uniform gets items 0-29 right with both seeds (perfectly correlated seeds); proportional gets
+    # items 0-19 right (seed 0) and 0-21 (seed 1); base (evaluated once, seed 0) gets items 0-14 right.
+    n = 40
+    for seed, right in ((0, 30), (1, 30)):
+        write_run(tmp_path, f"uniform-seed{seed}", [32] * 3)
+        write_eval(tmp_path, f"uniform-seed{seed}", [int(i < right) for i in range(n)])
+    for seed, right in ((0, 20), (1, 22)):
+        write_run(tmp_path, f"proportional-seed{seed}", [16, 32, 48])
+        write_eval(tmp_path, f"proportional-seed{seed}", [int(i < right) for i in range(n)])
+    write_run(tmp_path, "base-seed0", [], trainable_params=0)
+    write_eval(tmp_path, "base-seed0", [int(i < 15) for i in range(n)])
+    summary, _ = summarize(tmp_path)
+    strategies = summary["strategies"]
+    assert list(strategies) == ["base", "uniform", "proportional"]  # Table 1 starts with the base model
+    assert set(strategies["base"]) == set(strategies["proportional"]) == set(strategies["uniform"])
+    uniform, prop, base = strategies["uniform"], strategies["proportional"], strategies["base"]
+    # Item-level: each item's correctness averaged over seeds. Uniform's seeds agree on every item, so its
+    # effective sample is 40 items, not 80 outcomes: the bootstrap interval is wider than pooled Wilson's.
+    assert uniform["item_accuracy"] == pytest.approx(0.75) and uniform["n_items"] == n
+    assert uniform["item_ci_low"] < 0.75 < uniform["item_ci_high"]
+    assert uniform["item_ci_high"] - uniform["item_ci_low"] > uniform["ci_high"] - uniform["ci_low"]
+    # Paired difference to uniform: per item, (proportional mean) - (uniform mean); items 20-29 lose 1 or 0.5.
+    test = prop["vs_uniform"]
+    assert test["delta"] == pytest.approx(-(8 * 1.0 + 2 * 0.5) / n) and test["n_items"] == n
+    assert test["ci_low"] < test["delta"] < test["ci_high"] < 0 and test["p_permutation"] < 0.01
+    assert set(prop["mcnemar_per_seed"]) == {"0", "1"} and prop["mcnemar_per_seed"]["0"] == pytest.approx(
+        st.mcnemar_exact(0, 10))
+    # Against the base model, which answered each item once: proportional is above it.
+    assert prop["vs_base"]["delta"] == pytest.approx((20 - 15 + 1) / n) and prop["vs_base"]["p_mcnemar"] < 0.05
+    assert uniform["vs_base"]["delta"] == pytest.approx(15 / n) and base["vs_base"] is None
+    assert base["trainable_params"] == 0 and base["n_eval"] == n and base["seeds"] == [0]
+    found = summary["findings"]
+    assert any(f.startswith("proportional: 52.5% (95% CI over items") and "sign-flip p" in f for f in found)
+    assert any(f.startswith("proportional vs the untrained base model (37.5%): above it") for f in found)
+
+
+def test_sign_flip_and_bootstrap_against_their_definitions():
+    from dashboards.analysis.items import bootstrap_mean_ci, sign_flip_p
+
+    rng = np.random.default_rng(3)
+    balanced = np.array([1.0, -1.0] * 20)
+    assert sign_flip_p(balanced, rng) == 1.0  # mean 0: nothing is more extreme than nothing
+    # 6 items all +1: P(|mean of random signs| >= 1) = 2 / 64 exactly; the estimate is close.
+    assert sign_flip_p(np.ones(6), rng, draws=20000) == pytest.approx(2 / 64, abs=0.005)
+    low, high = bootstrap_mean_ci(np.r_[np.ones(30), np.zeros(10)], rng)
+    assert low < 0.75 < high and high - low == pytest.approx(2 * 1.96 * math.sqrt(0.75 * 0.25 / 40), rel=0.2)
+
+
+def test_per_seed_landscape_ratios_beside_the_seed_averaged_one(tmp_path):
+    # Seed 0 has layer shares 1:2:4, seed 1 4:2:1: averaging flattens max/min to 1.25; per seed it is 4.
+    for seed, norms in ((0, [1.0, 2.0, 4.0]), (1, [4.0, 2.0, 1.0])):
+        write_run(tmp_path, f"uniform-seed{seed}", [32] * 3)
+        write_profile(tmp_path, f"uniform-seed{seed}", {"q_proj": np.array([norms, norms])}, [32] * 3)
+    land = summarize(tmp_path)[0]["landscape"]
+    assert land["max_min_ratio"] == pytest.approx(1.25)
+    assert land["per_seed"] == {"0": {"max_min_ratio": pytest.approx(4.0), "top30_share": pytest.approx(4 / 7)},
+                                "1": {"max_min_ratio": pytest.approx(4.0), "top30_share": pytest.approx(4 / 7)}}
+    assert land["max_min_ratio_seed_range"] == pytest.approx([4.0, 4.0])

@@ -73,8 +73,8 @@ def test_plan_json_lists_runs_with_axes_dependencies_and_resources():
     runs = json.loads(out.stdout)
     plain = json.loads(subprocess.run([sys.executable, "-m", "orchestrator", "plan", "configs/laptop.yaml", "--json"],
                                       cwd=REPO, capture_output=True, text=True).stdout)
-    assert len(runs) == 2 * len(plain) == 16
-    assert plain[0]["axes"] == {} and plain[1]["depends_on"] == "uniform-seed0"
+    assert len(runs) == 2 * len(plain) == 18  # (4 strategies x 2 seeds + the base model) x 2 cells
+    assert plain[0]["axes"] == {} and plain[2]["depends_on"] == "uniform-seed0"
     by_id = {r["run_id"]: r for r in runs}
     for run in runs:
         assert {"run_id", "strategy", "seed", "axes", "depends_on", "resources"} <= set(run)

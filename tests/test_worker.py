@@ -223,3 +223,30 @@ def test_a_run_whose_base_weights_change_fails_and_writes_no_results(write_study
     record = paths.read_record("leaky_test-seed0")
     assert record.status == "failed" and "frozen base" in record.error
     assert not any(paths.table(kind, "leaky_test-seed0").exists() for kind in ("profiles", "metrics", "eval"))
+
+
+def test_base_run_evaluates_the_untrained_model_exactly_as_trained_runs_are(write_study_config, tmp_path):
+    from orchestrator.plan import make_plan
+    from workers.evaluate import generate_greedy_hf, prompt_token_ids
+    from workers.model import load_model_and_tokenizer
+    from workers.tasks import get_task
+
+    config = load_config(write_study_config(grid={"strategies": ["base", "uniform"], "seeds": [3, 4]},
+                                            grpo={"max_steps": 1}, data={"eval_limit": 6}))
+    plan = make_plan(config)
+    assert [r.run_id for r in plan.runs] == ["base-seed3", "uniform-seed3", "uniform-seed4"]  # base once
+    spec = plan.runs[0]
+    record = execute_run(config, spec, tmp_path)
+    paths = StudyPaths(tmp_path)
+    assert record.status == "completed" and record.tables == ["eval"] and paths.is_complete("base-seed3")
+    assert record.trainable_params == 0 and record.steps == 0 and record.allocation is None
+    assert record.frozen_base["before"] == record.frozen_base["after"]
+    assert not paths.table("profiles", "base-seed3").exists() and not paths.adapter("base-seed3").exists()
+    evaluation = pq.read_table(paths.table("eval", "base-seed3")).to_pandas()
+    assert set(evaluation["strategy"]) == {"base"} and len(evaluation) == 6
+    # The same completions as the plain model (no PEFT wrapper at all) decoded with the evaluation's settings.
+    model, tokenizer = load_model_and_tokenizer(config.model.name_or_path)
+    test = get_task("gsm8k").load(config.data.test, "test", limit=6, system_prompt=config.data.system_prompt)
+    expected = generate_greedy_hf(model, tokenizer, prompt_token_ids(tokenizer, test["prompt"]),
+                                  config.grpo.max_completion_length, batch_size=config.grpo.eval_batch_size)
+    assert evaluation.sort_values("item")["completion"].tolist() == expected

@@ -39,7 +39,7 @@ from orchestrator.contract import COMPLETED, FAILED, RunRecord, StudyPaths, atom
 from orchestrator.errors import StudyError
 from orchestrator.importance import importance_from_profile
 from orchestrator.plan import RunSpec
-from workers.compat import check_library_versions
+from workers import compat
 from workers.evaluate import evaluate, generate_greedy_hf, prompt_token_ids
 from workers.lora import audit_lora, build_lora_config
 from workers.model import LayerLayout, discover_layers, load_model_and_tokenizer
@@ -78,14 +78,19 @@ class GRPORun:
     # -- protocol -------------------------------------------------------------------------------------------
     def setup(self) -> None:
         start = time.perf_counter()
-        check_library_versions(use_vllm=self.config.grpo.use_vllm)
+        compat.check_library_versions(use_vllm=self.config.grpo.use_vllm)
         check_unsharded(os.environ)
         self._start_record()
         self._setup_model()
         self._setup_allocation()
         self._setup_data()
         self._setup_trainer()
-        self._setup_profiling()
+        if self.strategy.trains:
+            self._setup_profiling()
+        else:
+            self.record.allocation, self.record.trainable_params = None, 0  # evaluated as it is (see base.py)
+            self.record.frozen_base = {"before": frozen_digest(self.trainer.model)}
+        self.record.tables = list(self.strategy.tables())
         self.timings["setup_s"] = time.perf_counter() - start
 
     def train(self) -> None:
@@ -111,6 +116,9 @@ class GRPORun:
         if cfg.grpo.use_vllm:
             from workers.generation import generate_greedy_vllm
 
+            if not self.strategy.trains:  # the engine holds the loaded base weights: evaluate before any sync
+                compat.set_engine_weights_step(self.trainer, self.trainer.state.global_step)
+
             def generate(batch):
                 return generate_greedy_vllm(self.trainer, batch, cfg.grpo.max_completion_length)
         else:
@@ -129,15 +137,17 @@ class GRPORun:
     def write(self, eval_table) -> RunRecord:
         run_id = self.spec.run_id
         self._check_frozen_base()
-        self.trainer.model.save_pretrained(str(self.paths.adapter(run_id)))
-        atomic_write_table(self.paths.table("profiles", run_id), self.profiler.table())
-        atomic_write_table(self.paths.table("metrics", run_id), self.recorder.table())
+        if self.strategy.trains:
+            self.trainer.model.save_pretrained(str(self.paths.adapter(run_id)))
+            atomic_write_table(self.paths.table("profiles", run_id), self.profiler.table())
+            atomic_write_table(self.paths.table("metrics", run_id), self.recorder.table())
         atomic_write_table(self.paths.table("eval", run_id), eval_table)
         correct = sum(eval_table.column("correct").to_pylist())
         self.timings["total_s"] = sum(self.timings.values())
         record = self.record
-        record.status, record.steps, record.timings = COMPLETED, len(self.profiler.steps), self.timings
-        if self.profiler.missing_rows:
+        record.status, record.timings = COMPLETED, self.timings
+        record.steps = len(self.profiler.steps) if self.profiler is not None else 0
+        if self.profiler is not None and self.profiler.missing_rows:
             rows = len(self.profiler.steps) * len(self.profiler.keys)
             record.warnings.append(f"{self.profiler.missing_rows} of {rows} profile rows had a parameter without a "
                                    "gradient; recorded as NaN (nonfinite), not 0")
@@ -318,7 +328,8 @@ def execute_run(config: StudyConfig, spec: RunSpec, study_dir: str | os.PathLike
     run = GRPORun(config, spec, study_dir, report)
     try:
         run.setup()
-        run.train()
+        if run.strategy.trains:
+            run.train()
         record = run.write(run.evaluate())
         run.cleanup()
         return record

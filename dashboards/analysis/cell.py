@@ -85,11 +85,17 @@ def _strategy_entries(runs: dict[str, RunMeta], eval_stats: dict, profile_strate
             "max_min_ratio": prof_entry.get("max_min_ratio", math.nan),
             "rank_shift_corr": prof_entry.get("rank_shift_corr") if strategy != REFERENCE else None,
             "rank_shift_corr_per_run": prof_entry.get("rank_shift_corr_per_run", {}),
+            "max_min_ratio_per_seed": prof_entry.get("max_min_ratio_per_seed", {}),
+            "max_min_ratio_seed_range": prof_entry.get("max_min_ratio_seed_range", []),
             "layer_share": prof_entry.get("layer_share", []),
         })
         if strategy == REFERENCE:
             entry["p_value_vs_uniform"] = None
         entry.setdefault("p_value_vs_uniform", math.nan)
+        for key in ("item_accuracy", "item_ci_low", "item_ci_high", "n_items", "vs_uniform", "vs_base",
+                    "mcnemar_per_seed", "mcnemar_b", "mcnemar_c", "n_paired", "paired_seeds",
+                    "accuracy_delta_vs_uniform"):
+            entry.setdefault(key, None)  # every strategy has every key (None: not applicable or no data)
         strategies[strategy] = entry
     return strategies
 

@@ -1,19 +1,24 @@
 """The report's findings in words, generated from the summary dict alone (pure, no I/O).
 
-``findings(summary) -> list[str]``: one sentence per result, with the numbers behind it, e.g.
-"proportional: 70.0% vs uniform 74.5% (-4.5 points), exact McNemar p = 0.030 over 600 paired items
-(3 seeds)". Statements that a number does not support are not made: a difference is called significant
-only at p < 0.05, and the amplification only "persists" under a control when r >= 0.5.
+``findings(summary) -> list[str]``: one sentence per result, with the numbers behind it. Accuracy is quoted
+with its item-level 95% interval and compared by the paired item-level test (items are shared by every seed
+and strategy; :mod:`dashboards.analysis.items`), with the paper's pooled McNemar test beside it. Statements
+that a number does not support are not made: a difference is called significant only when the item-level
+test gives p < 0.05, and the amplification only "persists" under a control when r >= 0.5.
 
 >>> findings({"strategies": {"uniform": {"accuracy": 0.745, "n_eval": 200, "seeds": [0]},
 ...           "random": {"accuracy": 0.675, "n_eval": 200, "seeds": [0], "p_value_vs_uniform": 0.01,
-...                      "n_paired": 200, "ci_low": 0.607, "ci_high": 0.736}}})
-['random: 67.5% [60.7, 73.6] vs uniform 74.5% (-7.0 points), exact McNemar p = 0.010 over 200 paired items (1 seed): significant at 0.05.']
+...                      "n_paired": 200, "item_ci_low": 0.61, "item_ci_high": 0.74,
+...                      "vs_uniform": {"delta": -0.07, "ci_low": -0.12, "ci_high": -0.02,
+...                                     "p_permutation": 0.004, "n_items": 200}}}})
+['random: 67.5% (95% CI over items 61.0-74.0) vs uniform 74.5%: -7.0 points (paired 95% CI -12.0 to -2.0, sign-flip p = 0.004 over 200 items; pooled McNemar p = 0.010 over 200 paired items, 1 seed): significant at 0.05.']
 """
 
 from __future__ import annotations
 
 from orchestrator.strategies import REFERENCE
+
+BASE = "base"  # the untrained base model (orchestrator/strategies/base.py)
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
@@ -38,6 +43,16 @@ def _seeds(entry: dict) -> str:
     return f"{n} seed{'s' if n != 1 else ''}"
 
 
+def _spread(seed_range: list | None, unit: str) -> str:
+    """`` (per seed a-b)`` beside a seed-averaged statistic, when there are several seeds."""
+    if not seed_range or len(seed_range) != 2 or seed_range[0] == seed_range[1]:
+        return ""
+    low, high = seed_range
+    if unit == "%":
+        return f" (per seed {100 * low:.1f}-{100 * high:.1f}%)"
+    return f" (per seed {low:.2f}-{high:.2f}x)"
+
+
 def landscape_findings(land: dict, sft: dict | None) -> list[str]:
     """Flatness, bands, temporal stability and modules of the uniform landscape (and SFT beside it)."""
     out = []
@@ -47,8 +62,9 @@ def landscape_findings(land: dict, sft: dict | None) -> list[str]:
         band = land.get("band_share") or {}
         out.append(
             f"Landscape under uniform ({land.get('n_runs', 0)} run(s), {len(share)} layers): max/min layer share "
-            f"{_num(land.get('max_min_ratio'))}x (layer {hot} hottest at {_pct(share[hot], 2)}, layer {cold} "
-            f"coldest at {_pct(share[cold], 2)}); the top 30% of layers carry {_pct(land.get('top30_share'))}; "
+            f"{_num(land.get('max_min_ratio'))}x{_spread(land.get('max_min_ratio_seed_range'), 'x')} (layer {hot} "
+            f"hottest at {_pct(share[hot], 2)}, layer {cold} coldest at {_pct(share[cold], 2)}); the top 30% of "
+            f"layers carry {_pct(land.get('top30_share'))}{_spread(land.get('top30_share_seed_range'), '%')}; "
             f"early/middle/late thirds {_pct(band.get('early'))} / {_pct(band.get('middle'))} / "
             f"{_pct(band.get('late'))}.")
     if land.get("temporal_stability") is not None:
@@ -66,29 +82,49 @@ def landscape_findings(land: dict, sft: dict | None) -> list[str]:
     return out
 
 
+def _item_ci(entry: dict) -> str:
+    if entry.get("item_ci_low") is None:
+        return ""
+    return f" (95% CI over items {_num(100 * entry['item_ci_low'], '.1f')}-{_num(100 * entry['item_ci_high'], '.1f')})"
+
+
+def _paired(test: dict) -> str:
+    return (f"{100 * test['delta']:+.1f} points (paired 95% CI {_num(100 * test['ci_low'], '.1f')} to "
+            f"{_num(100 * test['ci_high'], '.1f')}, sign-flip p = {_p(test['p_permutation'])} over "
+            f"{test['n_items']} items")
+
+
 def strategy_findings(strategies: dict) -> list[str]:
-    """Accuracy vs uniform with the McNemar test, then the amplification of each non-uniform strategy."""
+    """Accuracy vs uniform and vs the base model, then the amplification of each non-uniform strategy."""
     out = []
     uniform = strategies.get(REFERENCE, {})
+    base_entry = strategies.get(BASE, {})
     for name, entry in strategies.items():
         if name == REFERENCE or entry.get("accuracy") is None:
             continue
-        p = entry.get("p_value_vs_uniform")
-        if uniform.get("accuracy") is None or p is None:
-            out.append(f"{name}: {_pct(entry['accuracy'])} over {entry.get('n_eval', 0)} items "
+        test = entry.get("vs_uniform")
+        if uniform.get("accuracy") is None or not test or test.get("delta") is None:
+            out.append(f"{name}: {_pct(entry['accuracy'])}{_item_ci(entry)} over {entry.get('n_eval', 0)} items "
                        f"({_seeds(entry)}); no paired uniform evaluation to test against.")
-            continue
-        delta = 100 * (entry["accuracy"] - uniform["accuracy"])
-        verdict = "significant at 0.05" if p < 0.05 else "not significant at 0.05"
-        ci = (f" [{_num(100 * entry['ci_low'], '.1f')}, {_num(100 * entry['ci_high'], '.1f')}]"
-              if entry.get("ci_low") is not None else "")
-        out.append(f"{name}: {_pct(entry['accuracy'])}{ci} vs uniform {_pct(uniform['accuracy'])} "
-                   f"({delta:+.1f} points), exact McNemar p = {_p(p)} over {entry.get('n_paired', 0)} paired items "
-                   f"({_seeds(entry)}): {verdict}.")
+        else:
+            p = test["p_permutation"]
+            verdict = "significant at 0.05" if p is not None and p < 0.05 else "not significant at 0.05"
+            mcnemar = entry.get("p_value_vs_uniform")
+            pooled = (f"; pooled McNemar p = {_p(mcnemar)} over {entry.get('n_paired', 0)} paired items, "
+                      f"{_seeds(entry)}" if mcnemar is not None else "")
+            out.append(f"{name}: {_pct(entry['accuracy'])}{_item_ci(entry)} vs uniform {_pct(uniform['accuracy'])}: "
+                       f"{_paired(test)}{pooled}): {verdict}.")
+        versus_base = entry.get("vs_base")
+        if name != BASE and versus_base and versus_base.get("delta") is not None:
+            p = versus_base["p_permutation"]
+            side = "above" if versus_base["delta"] > 0 else "below" if versus_base["delta"] < 0 else "level with"
+            verdict = "significant at 0.05" if p is not None and p < 0.05 else "not significant at 0.05"
+            out.append(f"{name} vs the untrained base model ({_pct(base_entry.get('accuracy'))}): {side} it, "
+                       f"{_paired(versus_base)}): {verdict}.")
     base = uniform.get("max_min_ratio")
     for name, entry in strategies.items():
         r = entry.get("rank_shift_corr")
-        if name == REFERENCE or r is None:
+        if name in (REFERENCE, BASE) or r is None:
             continue
         ratio = entry.get("max_min_ratio")
         change = f" ({100 * (ratio / base - 1):+.0f}%)" if ratio is not None and base else ""

@@ -101,8 +101,11 @@ def importance_stats(importance: dict[str, np.ndarray], runs: dict[str, RunMeta]
 
     per_strategy: dict[str, dict] = {}
     for strategy, ids in by_strategy.items():
+        # Averaging shares over seeds flattens the landscape; each seed's own ratio is reported beside it.
+        per_seed = {str(runs[r].seed): st.max_min_ratio(shares[r]) for r in ids if runs[r].seed is not None}
         entry = {"max_min_ratio": st.max_min_ratio(mean_share[strategy]), "n_profiled_runs": len(ids),
-                 "layer_share": [float(x) for x in mean_share[strategy]]}
+                 "layer_share": [float(x) for x in mean_share[strategy]], "max_min_ratio_per_seed": per_seed,
+                 "max_min_ratio_seed_range": _range(per_seed.values())}
         if strategy in (REFERENCE, SFT):
             entry["rank_shift_corr"] = None
             per_strategy[strategy] = entry
@@ -137,10 +140,21 @@ def importance_stats(importance: dict[str, np.ndarray], runs: dict[str, RunMeta]
     if REFERENCE in mean_share:
         landscape = landscape_of(mean_share[REFERENCE])
         landscape["n_runs"] = len(by_strategy[REFERENCE])
+        landscape["per_seed"] = {str(runs[r].seed): {"max_min_ratio": st.max_min_ratio(shares[r]),
+                                                     "top30_share": st.top_share(shares[r], 0.3)}
+                                 for r in by_strategy[REFERENCE] if runs[r].seed is not None}
+        for key in ("max_min_ratio", "top30_share"):
+            landscape[f"{key}_seed_range"] = _range(v[key] for v in landscape["per_seed"].values())
     else:
         landscape = landscape_of(np.array([]))
         landscape["n_runs"] = 0
     return {"landscape": landscape, "strategies": per_strategy}, shares_df, amp_df
+
+
+def _range(values) -> list[float]:
+    """[min, max] of the finite values ([] if none): the spread of a statistic over seeds."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return [float(min(finite)), float(max(finite))] if finite else []
 
 
 def temporal_stability(half_sum: np.ndarray, half_count: np.ndarray) -> list[float]:

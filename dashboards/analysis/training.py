@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dashboards.analysis import stats as st
+from dashboards.analysis.items import item_statistics
 from dashboards.analysis.profiles import RunMeta
 from orchestrator.strategies import REFERENCE
 
@@ -99,6 +100,8 @@ def strategy_eval(eval_df: pd.DataFrame, runs: dict[str, RunMeta], warnings: lis
                           "mcnemar_b": b, "mcnemar_c": c, "n_paired": paired, "paired_seeds": paired_seeds,
                           "accuracy_delta_vs_uniform": entry["accuracy"] - uniform_accuracy})
         out[str(strategy)] = entry
+    for strategy, extra in item_statistics(df[["strategy", "seed", "item", "correct"]]).items():
+        out[strategy].update(extra)
     return out
 
 

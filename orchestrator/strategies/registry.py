@@ -8,6 +8,8 @@ A strategy declares what the rest of rankstudy asks of it, so nothing else lists
   the run named by ``allocation.profile_from`` (the uniform run of the same seed and cell), see
   :meth:`Strategy.profile_source`;
 - ``in_default_grid``: part of ``grid.strategies`` when a config does not list them;
+- ``trains`` and ``per_seed``: a strategy that does not train (``base``) is only evaluated, and one whose result
+  does not depend on the seed runs once per cell, at the grid's first seed;
 - :meth:`Strategy.budget` (the total rank), :meth:`Strategy.ranks` (the per-layer allocation, a pure
   function of an :class:`AllocationRequest`) and :meth:`Strategy.check` (config feasibility, before any
   run starts);
@@ -35,6 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from orchestrator.contract import TABLES
 from orchestrator.errors import ConfigError, StudyError
 
 if TYPE_CHECKING:
@@ -82,6 +85,12 @@ class Strategy:
     color: ClassVar[str | None] = None
     needs_profile: ClassVar[bool] = False
     in_default_grid: ClassVar[bool] = False
+    trains: ClassVar[bool] = True
+    per_seed: ClassVar[bool] = True
+
+    def tables(self) -> tuple[str, ...]:
+        """The contract tables a run of this strategy writes (an evaluation-only run writes eval)."""
+        return TABLES if self.trains else ("eval",)
 
     def budget(self, request: AllocationRequest) -> int:
         """Total rank over all layers (the same-budget comparison of the paper: ``num_layers x rank``)."""

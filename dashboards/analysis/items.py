@@ -1,0 +1,122 @@
+"""Statistics that respect the design: the same test items are answered by every seed and every strategy.
+
+Pooled Wilson intervals and pooled McNemar tests (:mod:`dashboards.analysis.training`, kept because the paper
+uses them) treat a strategy's seeds x items outcomes as independent; they are not, so those intervals are too
+narrow. Here the unit is the item: each item's correctness is averaged over the strategy's seeds, and
+
+- the strategy's accuracy has a 95% percentile bootstrap interval over items (``item_ci_low``/``item_ci_high``);
+- its difference to the reference (uniform) and to the base model is the mean over shared items of the paired
+  per-item difference, with a bootstrap interval over items and a two-sided paired sign-flip permutation test
+  (``vs_uniform`` / ``vs_base``: ``delta``, ``ci_low``, ``ci_high``, ``p_permutation``, ``n_items``);
+- McNemar is also run per seed against the reference run of the same seed (``mcnemar_per_seed``).
+
+Resampling uses a fixed seed, so the same study gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from dashboards.analysis import stats as st
+from orchestrator.strategies import REFERENCE
+
+BOOTSTRAP = 4000
+PERMUTATIONS = 5000
+RESAMPLING_SEED = 0
+BASE = "base"  # the untrained base model's strategy (orchestrator/strategies/base.py)
+
+
+def bootstrap_mean_ci(values: np.ndarray, rng: np.random.Generator, draws: int = BOOTSTRAP) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of ``values`` (NaN, NaN when there are none).
+
+    >>> low, high = bootstrap_mean_ci(np.array([0.0, 1.0] * 50), np.random.default_rng(0))
+    >>> 0.39 < low < 0.45 and 0.55 < high < 0.61
+    True
+    """
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return math.nan, math.nan
+    means = values[rng.integers(0, values.size, size=(draws, values.size))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def sign_flip_p(differences: np.ndarray, rng: np.random.Generator, draws: int = PERMUTATIONS) -> float:
+    """Two-sided paired permutation p-value of mean(differences) = 0: random sign flips per item.
+
+    >>> rng = np.random.default_rng(0)
+    >>> sign_flip_p(np.zeros(10), rng), sign_flip_p(np.ones(30), rng) < 0.001
+    (1.0, True)
+    """
+    d = np.asarray(differences, dtype=float)
+    if d.size == 0:
+        return math.nan
+    observed = abs(d.mean())
+    if observed == 0:
+        return 1.0
+    signs = rng.integers(0, 2, size=(draws, d.size), dtype=np.int8) * 2 - 1
+    flipped = np.abs(signs @ d) / d.size
+    return float((1 + np.count_nonzero(flipped >= observed - 1e-12)) / (1 + draws))
+
+
+def item_means(df: pd.DataFrame) -> dict[str, pd.Series]:
+    """Per strategy: each item's correctness averaged over the strategy's seeds (index: item)."""
+    return {str(s): g.groupby("item")["correct"].mean() for s, g in df.groupby("strategy", sort=False)}
+
+
+def paired_difference(x: pd.Series, y: pd.Series, rng: np.random.Generator) -> dict:
+    """x - y over the items both have: mean, bootstrap interval, sign-flip p, item count."""
+    shared = x.index.intersection(y.index)
+    d = (x.loc[shared] - y.loc[shared]).to_numpy(dtype=float)
+    low, high = bootstrap_mean_ci(d, rng)
+    return {"delta": float(d.mean()) if d.size else math.nan, "ci_low": low, "ci_high": high,
+            "p_permutation": sign_flip_p(d, rng), "n_items": int(d.size)}
+
+
+def mcnemar_per_seed(df: pd.DataFrame, strategy: str) -> dict[str, float]:
+    """Exact McNemar p against the reference run of the same seed, one per seed both have."""
+    mine = df[df["strategy"] == strategy]
+    ref = df[df["strategy"] == REFERENCE]
+    out = {}
+    for seed, rows in mine.groupby("seed", sort=True):
+        partner = ref[ref["seed"] == seed]
+        if partner.empty:
+            continue
+        pairs = rows[["item", "correct"]].merge(partner[["item", "correct"]], on="item", suffixes=("", "_ref"))
+        b = int((pairs["correct"] & ~pairs["correct_ref"]).sum())
+        c = int((~pairs["correct"] & pairs["correct_ref"]).sum())
+        out[str(int(seed))] = st.mcnemar_exact(b, c)
+    return out
+
+
+def mcnemar_vs_base(df: pd.DataFrame, strategy: str) -> float:
+    """Exact McNemar p of every (seed, item) of ``strategy`` against the base model's answer to that item (the
+    base model is evaluated once: greedy decoding does not depend on the seed)."""
+    base = df[df["strategy"] == BASE][["item", "correct"]].drop_duplicates("item")
+    pairs = df[df["strategy"] == strategy][["item", "correct"]].merge(base, on="item", suffixes=("", "_base"))
+    b = int((pairs["correct"] & ~pairs["correct_base"]).sum())
+    c = int((~pairs["correct"] & pairs["correct_base"]).sum())
+    return st.mcnemar_exact(b, c) if len(pairs) else math.nan
+
+
+def item_statistics(df: pd.DataFrame) -> dict[str, dict]:
+    """Per strategy, the item-level numbers of the module doc. ``df``: strategy, seed, item, correct (bool)."""
+    rng = np.random.default_rng(RESAMPLING_SEED)
+    means = item_means(df)
+    out: dict[str, dict] = {}
+    for strategy, per_item in means.items():
+        low, high = bootstrap_mean_ci(per_item.to_numpy(dtype=float), rng)
+        entry = {"item_accuracy": float(per_item.mean()), "item_ci_low": low, "item_ci_high": high,
+                 "n_items": int(per_item.size)}
+        for name, key in ((REFERENCE, "vs_uniform"), (BASE, "vs_base")):
+            if strategy != name and name in means:
+                entry[key] = paired_difference(per_item, means[name], rng)
+        if "vs_base" in entry:
+            entry["vs_base"]["p_mcnemar"] = mcnemar_vs_base(df, strategy)
+        if strategy != REFERENCE and REFERENCE in means:
+            entry["mcnemar_per_seed"] = mcnemar_per_seed(df, strategy)
+        out[strategy] = entry
+    return out
