@@ -51,14 +51,20 @@ def _generation(tmp: str) -> dict:
     return bench_generation.run()
 
 
+def _drift(tmp: str) -> dict:
+    from benchmarks import bench_drift
+
+    return bench_drift.run()
+
+
 def _scheduling(tmp: str) -> dict:
     from benchmarks import bench_scheduling
 
     return bench_scheduling.run()
 
 
-BENCHMARKS = {"laptop": _laptop, "profiling": _profiling, "generation": _generation, "scheduling": _scheduling,
-              "analysis": _analysis}
+BENCHMARKS = {"laptop": _laptop, "profiling": _profiling, "generation": _generation, "drift": _drift,
+              "scheduling": _scheduling, "analysis": _analysis}
 
 
 def _row(name: str, r: dict) -> tuple[str, str, str, str]:
@@ -77,6 +83,12 @@ def _row(name: str, r: dict) -> tuple[str, str, str, str]:
         e, t = r["evaluation"]["vllm_over_hf"], r["training"]["vllm_over_hf"]
         return (name, f"vLLM/HF tokens/s: evaluation {e['median']}x ({e['min']}-{e['max']}), training "
                 f"{t['median']}x ({t['min']}-{t['max']})", r["goal"], ok(r["within_goal"]))
+    if name == "drift":
+        st, ours = r["stock_trl_sync"], r["out_of_place_sync"]
+        return (name, f"bf16 base after {r['steps']} GRPO steps: TRL's sync drift {st['relative_drift']:.2e} of the "
+                f"weights ({st['drift_over_update']:.3f}x the LoRA update, {st['changed_fraction']:.1%} of elements), "
+                f"ours {ours['relative_drift']:g}; sync {st['sync_s']['median'] * 1e3:.1f} vs "
+                f"{ours['sync_s']['median'] * 1e3:.1f} ms", "ours exactly 0", ok(r["within_goal"]))
     if name == "scheduling":
         lat = r["dependency_latency_s"]
         return (name, f"{r['runs']} runs of {r['duration_s']:.0f} s on {r['slots']} slots: {r['efficiency']:.1%} of "

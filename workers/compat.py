@@ -16,7 +16,8 @@ What is reached and why (each function says more):
 - ``VLLMGeneration.sync_weights`` (replaced on one instance: the out-of-place sync of
   :mod:`workers.weights`), the engine's ``model_runner.model.load_weights`` / ``model_runner.reload_weights``
   and ``model_config.seed``, and vLLM's CPU attention backend's head sizes (:mod:`workers.generation`);
-  ``VLLMGeneration._iter_named_params``, TRL's in-place merge, only for the drift benchmark;
+  ``VLLMGeneration._iter_named_params`` and ``_fix_param_name_to_vllm``, TRL's in-place merge, only for the
+  drift benchmark;
 - ``GRPOTrainer._last_loaded_step``: which optimizer step's weights the engine holds, so evaluation syncs once;
 - ``GRPOTrainer._generate`` and ``_generate_and_score_completions``: TRL's own rollout, timed by benchmarks;
 - ``torch._foreach_norm``: one fused kernel for all per-tensor gradient norms (the profiler).
@@ -125,10 +126,19 @@ def wrapped_trl_engine(wrap: Callable[[Callable[..., Any]], Callable[..., Any]])
         vllm_generation.LLM = trl_llm
 
 
-def trl_merged_weights(generation: Any) -> Iterator[tuple[str, Any]]:
-    """TRL's own sync iterator (``_iter_named_params``): merges the adapter into the base weights in place,
-    yields them, and unmerges once exhausted. Only the drift benchmark uses it, to measure what it does."""
-    return generation._iter_named_params()
+def trl_sync_iterator(model: Any, accelerator: Any) -> Iterator[tuple[str, Any]]:
+    """TRL's own sync iterator (``VLLMGeneration._iter_named_params``) run on ``model`` without an engine: it
+    merges the adapter into the base weights in place, yields them, and unmerges once exhausted. Only the drift
+    benchmark uses it, to measure what TRL's stock sync does to a bf16 base."""
+    from trl.distributed import DistributedBackend
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    shim = types.SimpleNamespace(
+        model=model, _dist=DistributedBackend(accelerator),
+        _fix_param_name_to_vllm=lambda name, extra_prefixes=None: VLLMGeneration._fix_param_name_to_vllm(
+            None, name, extra_prefixes),
+    )
+    return VLLMGeneration._iter_named_params(shim)
 
 
 def reload_engine_weights(llm: Any, weights: Iterable[tuple[str, Any]]) -> None:
