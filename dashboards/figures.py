@@ -1,6 +1,6 @@
 """The report's figures: one pure function per figure, pandas DataFrame in, plotly Figure out.
 
-The input tables are those of :class:`orchestrator.analysis.Analysis.frames` (long format, shares as
+The input tables are those of :class:`dashboards.analysis.CellAnalysis.frames` (long format, shares as
 fractions); every function copes with an empty table (an empty figure saying so). Colours are fixed per
 strategy so a strategy looks the same in every figure. Usage::
 
@@ -209,7 +209,7 @@ def control_figure(control_shares: pd.DataFrame) -> go.Figure:
 
 
 def cross_cell_figure(points: pd.DataFrame, axes: list[str]) -> go.Figure:
-    """Across the cells of a study: accuracy (95% interval), max/min layer share and rank-shift r per
+    """Across the cells of a study: accuracy (95% interval over items), max/min layer share and rank-shift r per
     strategy, against each axis's values (one row of panels per axis; a point per cell).
 
     ``points`` has one row per (cell, strategy): the axis values (one column per axis key), ``cell``,

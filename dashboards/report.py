@@ -242,8 +242,8 @@ def cross_cell_points(summary: dict) -> pd.DataFrame:
         label = ", ".join(f"{k}={v}" for k, v in cell["axes"].items())
         for strategy, entry in (cell.get("strategies") or {}).items():
             rows.append({**cell["axes"], "cell": label, "strategy": strategy,
-                         **{k: entry.get(k) for k in ("accuracy", "ci_low", "ci_high", "max_min_ratio",
-                                                      "rank_shift_corr")}})
+                         **{k: entry.get(k) for k in ("accuracy", "max_min_ratio", "rank_shift_corr")},
+                         "ci_low": entry.get("item_ci_low"), "ci_high": entry.get("item_ci_high")})
     return pd.DataFrame(rows)
 
 
@@ -260,7 +260,7 @@ def render_html(analysis: Analysis, name: str) -> str:
         fig = figures.cross_cell_figure(cross_cell_points(s), s.get("axes", []))
         body.append(f"<h2>Across cells ({len(analysis.cells)} cells of {_e(', '.join(s.get('axes', [])))})</h2>"
                     f"<div class='figure'>{_figure_html(fig, 'cross-cell')}</div><p class='caption'>"
-                    "Each point is one strategy in one cell: accuracy with its 95% Wilson interval, the max/min "
+                    "Each point is one strategy in one cell: accuracy with its 95% interval over items, the max/min "
                     "ratio of its layer shares, and the correlation between allocated rank and share shift "
                     "against uniform (the amplification).</p>")
         for i, cell in enumerate(analysis.cells):

@@ -99,6 +99,28 @@ def _get(config: Any, key: str) -> Any:
     return to_dict(config)
 
 
+def _unresolve_task_defaults(data: dict, config: StudyConfig) -> None:
+    """The config resolved data.system_prompt and rewards from its task; where they are that task's defaults, a
+    data.task axis must get each cell's own task's, so they go back to null before the cells are built."""
+    from workers.tasks import get_task
+
+    task = get_task(config.data.task)
+    if config.data.system_prompt == task.system_prompt:
+        data["data"]["system_prompt"] = None
+    if tuple(config.rewards) == tuple(task.rewards):
+        data["rewards"] = None
+
+
+def typed_axes(config: StudyConfig) -> dict[str, list]:
+    """``grid.axes`` with each value as the config types it (``1e-5`` written as a string is 1e-05), in order."""
+    values: dict[str, list] = {key: [] for key in config.grid.axes}
+    for cell in expand_cells(config):
+        for key, value in cell.axes.items():
+            if value not in values[key]:
+                values[key].append(value)
+    return values
+
+
 def expand_cells(config: StudyConfig) -> list[Cell]:
     """Every cell of the grid, in axis order (the last axis varies fastest); one cell without axes."""
     axes = config.grid.axes
@@ -109,6 +131,8 @@ def expand_cells(config: StudyConfig) -> list[Cell]:
         if not values:
             raise ConfigError(f"grid.axes.{key}: must list at least one value")
     base = to_dict(config)
+    if "data.task" in axes:
+        _unresolve_task_defaults(base, config)
     cells, seen, ids = [], {}, {}
     for combination in itertools.product(*axes.values()):
         raw = dict(zip(axes, combination, strict=True))

@@ -362,6 +362,10 @@ class StudyConfig:
             source = sources[name]
             if source not in strategies.registered_names():
                 continue  # a profile file, checked by allocation.profile_from
+            provider = strategies.get_strategy(source)
+            if "profiles" not in provider.tables() or not provider.per_seed:
+                raise ConfigError(f"allocation.profile_from: {source} runs write no gradient profile per seed; take "
+                                  "the importance from a trained strategy such as uniform, or from a .parquet")
             if source not in self.grid.strategies:
                 raise ConfigError(
                     f"grid.strategies: {[n for n in needing if sources[n] == source]} need layer importance from "

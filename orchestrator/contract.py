@@ -39,6 +39,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from orchestrator.errors import StudyError
+
 TABLES = ("profiles", "metrics", "eval")
 COMPLETED, RUNNING, FAILED = "completed", "running", "failed"
 CELL_SEPARATOR = "__"
@@ -265,7 +267,10 @@ class StudyPaths:
         path = self.run_json(run_id)
         if not path.exists():
             return None
-        return RunRecord.from_json(json.loads(path.read_text()), fallback_run_id=run_id)
+        try:
+            return RunRecord.from_json(json.loads(path.read_text()), fallback_run_id=run_id)
+        except (ValueError, TypeError, KeyError, AttributeError) as err:  # JSONDecodeError is a ValueError
+            raise StudyError(f"{path}: not a readable run.json ({err}); move it aside to re-run {run_id}") from None
 
     def write_record(self, record: RunRecord) -> None:
         atomic_write_json(self.run_json(record.run_id), record.to_json())

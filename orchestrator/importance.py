@@ -60,7 +60,6 @@ class ProfileImportance:
     """S(l) of one profiled run, and what the rule of this module left out."""
 
     values: list[float]
-    steps: int  # distinct profiled steps
     nonfinite: int  # rows left out because their grad_norm is not finite
     source: str  # the profile file ('' for rows given directly)
 
@@ -107,8 +106,8 @@ def importance_from_frame(frame, source: str = "") -> ProfileImportance:
         bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
         raise StudyError(f"{where}: layer(s) {bad[:5]} have no finite gradient norm for some module; "
                          "the importance S(l) is undefined there")
-    return ProfileImportance(values=[float(v) for v in values], steps=int(frame["step"].nunique()),
-                             nonfinite=int((~np.isfinite(grad)).sum()), source=source)
+    return ProfileImportance(values=[float(v) for v in values], nonfinite=int((~np.isfinite(grad)).sum()),
+                             source=source)
 
 
 def importance_from_profile(path: str, run_id: str | None = None) -> ProfileImportance:

@@ -16,6 +16,7 @@ from typing import Any
 from orchestrator import contract, strategies
 from orchestrator.axes import Cell, describe, expand_cells
 from orchestrator.config import StudyConfig
+from orchestrator.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,14 @@ def make_plan(config: StudyConfig, cell_config: Callable[[StudyConfig], StudyCon
     runs = []
     for cell in cells:
         axes = tuple(cell.axes.items())
-        for seed in config.grid.seeds:
+        for index, grid_seed in enumerate(config.grid.seeds):
             for name in config.grid.strategies:
                 strategy = strategies.get_strategy(name)
-                if not strategy.per_seed and seed != config.grid.seeds[0]:
-                    continue  # its result does not depend on the seed: once per cell
+                seed = grid_seed
+                if not strategy.per_seed:
+                    if index:
+                        continue  # its result does not depend on the seed: once per cell
+                    seed = strategies.SEED_FREE
                 source = strategy.profile_source(cell.config)
                 depends_on = profile_path = None
                 if source in strategies.registered_names():
@@ -90,12 +94,11 @@ def make_plan(config: StudyConfig, cell_config: Callable[[StudyConfig], StudyCon
                 runs.append(RunSpec(strategy=name, seed=seed, axes=axes, depends_on=depends_on,
                                     profile_path=profile_path, num_gpus=res.gpus_per_run, num_cpus=res.cpus_per_run,
                                     custom_resources=dict(res.custom)))
+    ids = {run.run_id for run in runs}
+    for run in runs:  # the config's checks make this hold; a run must never wait for one that is not planned
+        if run.depends_on is not None and run.depends_on not in ids:
+            raise ConfigError(f"grid: {run.run_id} would wait for {run.depends_on}, which is not in the plan")
     return StudyPlan(config, cells, runs)
-
-
-def plan_runs(config: StudyConfig) -> list[RunSpec]:
-    """The runs of :func:`make_plan`."""
-    return make_plan(config).runs
 
 
 def plan_json(plan: StudyPlan) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from orchestrator import contract
-from orchestrator.axes import Cell
+from orchestrator.axes import Cell, typed_axes
 from orchestrator.config import StudyConfig, load_config
 from orchestrator.contract import StudyPaths, atomic_write_bytes, atomic_write_table, atomic_write_text
 from orchestrator.errors import StudyError
@@ -98,6 +98,7 @@ def write_study_yaml(paths: StudyPaths, config: StudyConfig) -> None:
     re-running the same command leaves it byte-identical.
     """
     resolved = to_dict(config)
+    resolved["grid"]["axes"] = typed_axes(config)  # as the runs see them, so unions compare like with like
     if paths.study_yaml.exists():
         existing = yaml.safe_load(paths.study_yaml.read_text()) or {}
         old = _normalised(existing.get("config") or {})

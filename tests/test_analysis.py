@@ -498,3 +498,17 @@ def test_per_seed_landscape_ratios_beside_the_seed_averaged_one(tmp_path):
     assert land["per_seed"] == {"0": {"max_min_ratio": pytest.approx(4.0), "top30_share": pytest.approx(4 / 7)},
                                 "1": {"max_min_ratio": pytest.approx(4.0), "top30_share": pytest.approx(4 / 7)}}
     assert land["max_min_ratio_seed_range"] == pytest.approx([4.0, 4.0])
+
+
+def test_adding_a_strategy_leaves_the_other_strategies_resampled_numbers_unchanged(tmp_path):
+    def study(root: Path, strategies: list[str]) -> dict:
+        for strategy in strategies:
+            for seed in (0, 1):
+                write_run(root, f"{strategy}-seed{seed}", [32] * 3)
+                write_eval(root, f"{strategy}-seed{seed}", [(i * 7 + seed + len(strategy)) % 3 == 0 for i in range(30)])
+        return summarize(root)[0]["strategies"]
+
+    two = study(tmp_path / "two", ["uniform", "random"])
+    three = study(tmp_path / "three", ["uniform", "proportional", "random"])
+    for key in ("item_ci_low", "item_ci_high", "vs_uniform"):
+        assert two["random"][key] == three["random"][key], key

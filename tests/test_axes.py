@@ -116,3 +116,30 @@ def test_a_study_yaml_of_an_earlier_version_still_matches(tmp_path):
     before = paths.study_yaml.read_bytes()
     write_study_yaml(paths, config)  # accepted: nothing differs once the old record is resolved
     assert paths.study_yaml.read_bytes() == before
+
+
+def test_axis_values_are_recorded_typed_so_growth_compares_like_with_like(tmp_path):
+    paths = StudyPaths(tmp_path)
+    write_study_yaml(paths, paper("grid.axes={grpo.learning_rate: [1e-5]}"))  # YAML 1.1 reads 1e-5 as a string
+    write_study_yaml(paths, paper("grid.axes={grpo.learning_rate: [1.0e-5, 1.0e-4]}"))
+    assert yaml.safe_load(paths.study_yaml.read_text())["config"]["grid"]["axes"] == {
+        "grpo.learning_rate": [1e-05, 0.0001]}
+
+
+def test_a_task_axis_gives_each_cell_its_own_tasks_prompt_and_rewards():
+    from workers.tasks import register_task, unregister_task
+    from workers.tasks.gsm8k import GSM8K
+
+    @register_task
+    class Terse(GSM8K):
+        name = "terse_test"
+        system_prompt = "Answer with <think> and <answer> tags, briefly."
+        rewards = {"format": GSM8K.rewards["format"]}
+
+    try:
+        cells = expand_cells(paper("grid.axes={data.task: [gsm8k, terse_test]}"))
+    finally:
+        unregister_task("terse_test")
+    assert [(c.config.data.task, c.config.rewards) for c in cells] == [("gsm8k", ("format", "correctness")),
+                                                                       ("terse_test", ("format",))]
+    assert cells[1].config.data.system_prompt == Terse.system_prompt != cells[0].config.data.system_prompt

@@ -61,3 +61,23 @@ def test_paths_and_schemas():
     assert schema.names[-1] == "rollout_digest" and schema.field("step_time_s").type == pa.float64()
     assert contract.PROFILE_SCHEMA.names == ["run_id", "strategy", "seed", "step", "layer", "module", "rank",
                                              "grad_norm", "nonfinite"]
+
+
+def test_the_metrics_columns_the_worker_fills_are_the_contracts():
+    # The worker maps TRL's log keys to columns; the contract declares them: one must not drift from the other.
+    from workers.tasks import get_task
+    from workers.trainer import trl_metric_columns
+
+    filled = set(trl_metric_columns(get_task("gsm8k").rewards).values()) | {"step_time_s", "profile_time_s"}
+    declared = set(contract.metrics_schema().names) - {"run_id", "strategy", "seed", "step", "rollout_digest"}
+    assert filled == declared
+
+
+def test_an_unreadable_run_json_is_one_line_naming_the_file(tmp_path):
+    from orchestrator.errors import StudyError
+
+    paths = StudyPaths(tmp_path)
+    paths.run_json("uniform-seed0").parent.mkdir(parents=True)
+    paths.run_json("uniform-seed0").write_text("{truncated")
+    with pytest.raises(StudyError, match=r"uniform-seed0/run\.json: not a readable run\.json"):
+        paths.is_complete("uniform-seed0")

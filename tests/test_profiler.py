@@ -145,3 +145,30 @@ def test_sharded_set_ups_are_refused_naming_the_setting():
         check_unsharded({"ACCELERATE_USE_DEEPSPEED": "true"})
     with pytest.raises(StudyError, match=r"runs with FSDP \(is_fsdp_enabled\)"):
         check_unsharded({}, SimpleNamespace(is_deepspeed_enabled=False, is_fsdp_enabled=True))
+
+
+def test_the_count_of_rows_without_gradient_survives_a_resume(lora_model, tmp_path):
+    from types import SimpleNamespace
+
+    from workers.tasks import get_task
+    from workers.trainer import CheckpointTables, StepRecorder
+
+    # One module without a gradient and one with a NaN gradient: both rows are NaN in the table, but only one
+    # is "no gradient"; the checkpoint keeps the count the table cannot.
+    model, layout, ranks = lora_model
+    profiler = GradientProfiler.for_lora(model, layout, ranks, LABELS)
+    named = dict(model.named_parameters())
+    for name in named:
+        if ".layers.0.self_attn.q_proj.lora_B" in name:
+            named[name].grad = None
+        if ".layers.1.self_attn.q_proj.lora_B" in name:
+            named[name].grad = torch.full_like(named[name], float("nan"))
+    profiler.capture(1)
+    assert profiler.missing_rows == 1 and profiler.table().to_pandas().grad_norm.isna().sum() == 2
+    recorder = StepRecorder(LABELS, get_task("gsm8k").rewards)
+    (tmp_path / "checkpoint-1").mkdir()
+    CheckpointTables(profiler, recorder).on_save(SimpleNamespace(output_dir=str(tmp_path)),
+                                                 SimpleNamespace(global_step=1), None)
+    resumed = GradientProfiler.for_lora(model, layout, ranks, LABELS)
+    CheckpointTables(resumed, StepRecorder(LABELS, get_task("gsm8k").rewards)).restore(tmp_path / "checkpoint-1")
+    assert resumed.missing_rows == 1

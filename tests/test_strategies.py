@@ -77,6 +77,9 @@ def test_profile_sources_must_be_in_the_grid_and_acyclic(write_study_config):
                                           r"random run"):
         load_config(write_study_config(allocation={"profile_from": "random"},
                                        grid={"strategies": ["uniform", "proportional"], "seeds": [0]}))
+    with pytest.raises(ConfigError, match=r"^allocation\.profile_from: base runs write no gradient profile per seed"):
+        load_config(write_study_config(allocation={"profile_from": "base"},
+                                       grid={"strategies": ["base", "proportional"], "seeds": [0, 1]}))
     with pytest.raises(ConfigError, match=r"profile sources form a cycle \(proportional -> proportional\)"):
         load_config(write_study_config(allocation={"profile_from": "proportional"},
                                        grid={"strategies": ["proportional"], "seeds": [0]}))

@@ -112,7 +112,7 @@ def test_proportional_run_from_a_given_profile_file(write_study_config, tmp_path
     import pandas as pd
 
     from orchestrator.allocation import allocate
-    from orchestrator.plan import plan_runs
+    from orchestrator.plan import make_plan
 
     rows = [dict(run_id="uniform-seed9", strategy="uniform", seed=9, step=step, layer=layer, module=module, rank=8,
                  grad_norm=float(layer + 1)) for step in (1, 2) for layer in range(4) for module in ("q_proj", "v_proj")]
@@ -121,7 +121,7 @@ def test_proportional_run_from_a_given_profile_file(write_study_config, tmp_path
     config = load_config(write_study_config(
         allocation={"profile_from": str(profile)}, grid={"strategies": ["proportional"], "seeds": [0]},
         grpo={"max_steps": 1}, data={"eval_limit": 2}))
-    [spec] = plan_runs(config)
+    [spec] = make_plan(config).runs
     assert spec.depends_on is None and spec.profile_path == str(profile)
     record = execute_run(config, spec, tmp_path / "study")
     assert record.importance == [2.0, 4.0, 6.0, 8.0]  # Eq. 2: mean over steps of the sum over modules
@@ -234,15 +234,15 @@ def test_base_run_evaluates_the_untrained_model_exactly_as_trained_runs_are(writ
     config = load_config(write_study_config(grid={"strategies": ["base", "uniform"], "seeds": [3, 4]},
                                             grpo={"max_steps": 1}, data={"eval_limit": 6}))
     plan = make_plan(config)
-    assert [r.run_id for r in plan.runs] == ["base-seed3", "uniform-seed3", "uniform-seed4"]  # base once
+    assert [r.run_id for r in plan.runs] == ["base-seed0", "uniform-seed3", "uniform-seed4"]  # once, seed-free
     spec = plan.runs[0]
     record = execute_run(config, spec, tmp_path)
     paths = StudyPaths(tmp_path)
-    assert record.status == "completed" and record.tables == ["eval"] and paths.is_complete("base-seed3")
+    assert record.status == "completed" and record.tables == ["eval"] and paths.is_complete("base-seed0")
     assert record.trainable_params == 0 and record.steps == 0 and record.allocation is None
     assert record.frozen_base["before"] == record.frozen_base["after"]
-    assert not paths.table("profiles", "base-seed3").exists() and not paths.adapter("base-seed3").exists()
-    evaluation = pq.read_table(paths.table("eval", "base-seed3")).to_pandas()
+    assert not paths.table("profiles", "base-seed0").exists() and not paths.adapter("base-seed0").exists()
+    evaluation = pq.read_table(paths.table("eval", "base-seed0")).to_pandas()
     assert set(evaluation["strategy"]) == {"base"} and len(evaluation) == 6
     # The same completions as the plain model (no PEFT wrapper at all) decoded with the evaluation's settings.
     model, tokenizer = load_model_and_tokenizer(config.model.name_or_path)

@@ -18,22 +18,6 @@ from transformers import GenerationConfig
 
 from orchestrator.contract import EVAL_SCHEMA
 from orchestrator.errors import StudyError
-from workers.rewards import correctness_reward, extract_answer, format_reward
-
-
-def score_completions(completions: Sequence[str], targets: Sequence[str]) -> dict[str, list]:
-    """Per-item scores with the training reward functions.
-
-    >>> score_completions(["<think>a</think><answer>7</answer>", "7"], ["7", "7"])
-    {'correct': [True, False], 'format_ok': [True, False], 'prediction': ['7', None]}
-    """
-    correct = correctness_reward(list(completions), answer=list(targets))
-    formatted = format_reward(list(completions))
-    return {
-        "correct": [c == 1.0 for c in correct],
-        "format_ok": [f == 1.0 for f in formatted],
-        "prediction": [extract_answer(c) for c in completions],
-    }
 
 
 def prompt_token_ids(tokenizer, conversations: Sequence[list[dict[str, str]]]) -> list[list[int]]:
@@ -83,10 +67,10 @@ def generate_greedy_hf(model, tokenizer, prompt_ids: Sequence[list[int]], max_ne
 
 
 def evaluation_table(
-    labels, items: Sequence[int], targets: Sequence[str], completions: Sequence[str]
+    labels, items: Sequence[int], targets: Sequence[str], completions: Sequence[str], task
 ) -> pa.Table:
-    """The DIR/eval/<run_id>.parquet table for one run."""
-    scores = score_completions(completions, targets)
+    """The DIR/eval/<run_id>.parquet table for one run, scored by the task (``Task.score``)."""
+    scores = task.score(list(completions), list(targets))
     n = len(items)
     return pa.table(
         {
@@ -111,6 +95,7 @@ def evaluate(
     targets: Sequence[str],
     labels,
     batch_size: int,
+    task,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> pa.Table:
     """Generate in chunks of ``batch_size`` (reporting progress) and return the scored table."""
@@ -119,4 +104,4 @@ def evaluate(
         completions.extend(generate(list(prompts[start : start + batch_size])))
         if on_progress:
             on_progress(len(completions), len(prompts))
-    return evaluation_table(labels, items, targets, completions)
+    return evaluation_table(labels, items, targets, completions, task)

@@ -200,7 +200,7 @@ def _check_cpu_head_size(trainer: GRPOTrainer) -> None:
 
 
 def prepare_vllm_trainer(trainer: GRPOTrainer, seed: int) -> None:
-    """Check a colocated-vLLM GRPOTrainer is seeded with ``seed``, and on CPU install the weight-sync workaround.
+    """Check a colocated-vLLM GRPOTrainer is seeded with ``seed``, and install the out-of-place weight sync.
 
     Raises StudyError if the trainer was not built by :func:`vllm_grpo_args` settings inside
     :func:`colocated_vllm_engine` with the same seed (its rollouts would not depend on the seed).

@@ -10,7 +10,8 @@ when the strategy needs one; ``_setup_data`` loads the task's train and test spl
 ``_setup_trainer`` builds TRL's GRPOTrainer with PEFT LoRA at those ranks, and ``_setup_profiling`` audits
 the LoRA ranks, attaches the gradient profiler, the step recorder, the checkpointed tables and the strategy's
 own training hooks. ``train()`` trains, resuming from the latest complete checkpoint; ``evaluate()`` scores
-greedy completions on the test split; ``write()`` publishes the three Parquet tables and run.json atomically;
+greedy completions on the test split; ``write()`` publishes the run's Parquet tables (all three; the eval table
+alone for a strategy that does not train, the base model) and run.json atomically;
 ``cleanup()`` frees the model and checkpoints.
 
 The run's seed controls data order and LoRA init (TRL calls ``set_seed(args.seed)`` before
@@ -130,7 +131,7 @@ class GRPORun:
             self.report({"phase": "eval", "eval_done": done, "eval_total": total})
 
         table = evaluate(generate, prompts, test["item"], test["answer"], self.labels,
-                         batch_size=cfg.grpo.eval_batch_size, on_progress=progress)
+                         batch_size=cfg.grpo.eval_batch_size, task=self.task, on_progress=progress)
         self.timings["eval_s"] = time.perf_counter() - start
         return table
 
@@ -142,7 +143,7 @@ class GRPORun:
             atomic_write_table(self.paths.table("profiles", run_id), self.profiler.table())
             atomic_write_table(self.paths.table("metrics", run_id), self.recorder.table())
         atomic_write_table(self.paths.table("eval", run_id), eval_table)
-        correct = sum(eval_table.column("correct").to_pylist())
+        correct = sum(1 for verdict in eval_table.column("correct").to_pylist() if verdict)  # None: no such reward
         self.timings["total_s"] = sum(self.timings.values())
         record = self.record
         record.status, record.timings = COMPLETED, self.timings

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -138,11 +139,18 @@ class CheckpointTables(TrainerCallback):
             return
         pq.write_table(self.profiler.table(state.global_step), ckpt / "rankstudy_profile.parquet")
         pq.write_table(self.recorder.table(state.global_step), ckpt / "rankstudy_metrics.parquet")
-        (ckpt / CHECKPOINT_MARKER).write_text(str(state.global_step))  # written last: the checkpoint is whole
+        # Written last: the checkpoint is whole. It carries what the tables cannot say (rows without a gradient
+        # look like NaN gradients once written).
+        marker = {"step": state.global_step, "missing_rows": self.profiler.missing_rows}
+        (ckpt / CHECKPOINT_MARKER).write_text(json.dumps(marker))
 
     def restore(self, ckpt: Path) -> None:
         self.profiler.restore(pq.read_table(ckpt / "rankstudy_profile.parquet"))
         self.recorder.restore(pq.read_table(ckpt / "rankstudy_metrics.parquet"))
+        try:
+            self.profiler.missing_rows = int(json.loads((ckpt / CHECKPOINT_MARKER).read_text())["missing_rows"])
+        except (ValueError, KeyError, TypeError):
+            pass  # a marker of an earlier version: the profiler's estimate (its NaN rows) stands
 
 
 def checkpoint_step(path: Path) -> int | None:

@@ -60,7 +60,7 @@ def analyze_cell(study_dir: Path, runs: dict[str, RunMeta], eval_df: pd.DataFram
     scalings = sorted({m.lora_scaling for m in runs.values() if m.lora_scaling})
     result.summary["lora_scaling"] = scalings[0] if len(scalings) == 1 else (scalings or None)
     rank = {name: i for i, name in enumerate([*result.summary["strategies"], SFT])}
-    for key, frame in result.frames.items():  # figures draw strategies in table order: the reference first
+    for key, frame in result.frames.items():  # figures draw strategies in Table 1's order (the registry's)
         if "strategy" in frame.columns and not frame.empty:
             codes, uniques = pd.factorize(frame["strategy"])
             order = np.argsort(np.array([rank.get(u, len(rank)) for u in uniques])[codes], kind="stable")

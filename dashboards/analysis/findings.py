@@ -16,9 +16,7 @@ test gives p < 0.05, and the amplification only "persists" under a control when 
 
 from __future__ import annotations
 
-from orchestrator.strategies import REFERENCE
-
-BASE = "base"  # the untrained base model (orchestrator/strategies/base.py)
+from orchestrator.strategies import BASE, REFERENCE
 
 
 def _pct(x: float | None, digits: int = 1) -> str:

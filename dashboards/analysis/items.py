@@ -10,23 +10,24 @@ narrow. Here the unit is the item: each item's correctness is averaged over the 
   (``vs_uniform`` / ``vs_base``: ``delta``, ``ci_low``, ``ci_high``, ``p_permutation``, ``n_items``);
 - McNemar is also run per seed against the reference run of the same seed (``mcnemar_per_seed``).
 
-Resampling uses a fixed seed, so the same study gives the same numbers.
+Resampling uses one generator per (strategy, comparison), seeded from the names, so the same study gives the
+same numbers, and adding a strategy changes none of the others'.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 
 import numpy as np
 import pandas as pd
 
 from dashboards.analysis import stats as st
-from orchestrator.strategies import REFERENCE
+from orchestrator.strategies import BASE, REFERENCE
 
 BOOTSTRAP = 4000
 PERMUTATIONS = 5000
 RESAMPLING_SEED = 0
-BASE = "base"  # the untrained base model's strategy (orchestrator/strategies/base.py)
 
 
 def bootstrap_mean_ci(values: np.ndarray, rng: np.random.Generator, draws: int = BOOTSTRAP) -> tuple[float, float]:
@@ -102,18 +103,22 @@ def mcnemar_vs_base(df: pd.DataFrame, strategy: str) -> float:
     return st.mcnemar_exact(b, c) if len(pairs) else math.nan
 
 
+def _rng(*names: str) -> np.random.Generator:
+    """The resampling generator of one (strategy, comparison): seeded from their names only."""
+    return np.random.default_rng([RESAMPLING_SEED, *(zlib.crc32(name.encode()) for name in names)])
+
+
 def item_statistics(df: pd.DataFrame) -> dict[str, dict]:
     """Per strategy, the item-level numbers of the module doc. ``df``: strategy, seed, item, correct (bool)."""
-    rng = np.random.default_rng(RESAMPLING_SEED)
     means = item_means(df)
     out: dict[str, dict] = {}
     for strategy, per_item in means.items():
-        low, high = bootstrap_mean_ci(per_item.to_numpy(dtype=float), rng)
+        low, high = bootstrap_mean_ci(per_item.to_numpy(dtype=float), _rng(strategy))
         entry = {"item_accuracy": float(per_item.mean()), "item_ci_low": low, "item_ci_high": high,
                  "n_items": int(per_item.size)}
         for name, key in ((REFERENCE, "vs_uniform"), (BASE, "vs_base")):
             if strategy != name and name in means:
-                entry[key] = paired_difference(per_item, means[name], rng)
+                entry[key] = paired_difference(per_item, means[name], _rng(strategy, key))
         if "vs_base" in entry:
             entry["vs_base"]["p_mcnemar"] = mcnemar_vs_base(df, strategy)
         if strategy != REFERENCE and REFERENCE in means:

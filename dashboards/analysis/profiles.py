@@ -25,7 +25,7 @@ from orchestrator.strategies import REFERENCE, SFT
 
 @dataclass
 class RunMeta:
-    """One run as the analysis sees it: identity, status and its allocated rank per layer."""
+    """One run as the analysis sees it: identity, cell, allocated rank per layer and LoRA parameters."""
 
     run_id: str
     strategy: str

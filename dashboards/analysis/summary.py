@@ -214,7 +214,8 @@ def analyze(study_dir: Path) -> Analysis:
         cells.append(CellAnalysis(axes, run_ids, summary, result.frames))
     warnings = run_warnings + profile_warnings + table_warnings
     if with_axes:
-        summary = {"axes": list(cells[0].axes), "cells": [{"axes": c.axes, "run_ids": c.run_ids, **c.summary}
+        keys = list(_study_axes(paths)) or next(list(c.axes) for c in cells if c.axes)
+        summary = {"axes": keys, "cells": [{"axes": c.axes, "run_ids": c.run_ids, **c.summary}
                                                           for c in cells],
                    "study_dir": str(study_dir), "findings": cell_findings([(c.label(), c.summary) for c in cells])}
     else:

@@ -8,7 +8,9 @@ import importlib
 import pkgutil
 
 from orchestrator.strategies.registry import (
+    BASE,
     REFERENCE,
+    SEED_FREE,
     SFT,
     AllocationRequest,
     Strategy,
@@ -28,7 +30,7 @@ for _module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
-    "REFERENCE", "SFT", "AllocationRequest", "Strategy", "check_rank_within_bounds", "color_of",
+    "BASE", "REFERENCE", "SEED_FREE", "SFT", "AllocationRequest", "Strategy", "check_rank_within_bounds", "color_of",
     "default_strategies", "get_strategy", "order_strategies", "register_strategy", "registered_names",
     "require_importance", "unregister_strategy",
 ]

@@ -1,7 +1,8 @@
 """``base``: the base model with no LoRA training, evaluated exactly as every trained run is (Table 1's first row).
 
-Nothing is trained, so nothing here depends on the seed (greedy decoding): one run per cell, at the grid's
-first seed, whose eval rows carry strategy ``base``. The run builds the same trainer and evaluation path as a
+Nothing is trained, so nothing here depends on the seed (greedy decoding): one run per cell, ``base-seed0``
+(:data:`~orchestrator.strategies.registry.SEED_FREE`) whatever seeds the grid lists, whose eval rows carry
+strategy ``base``. The run builds the same trainer and evaluation path as a
 uniform run (prompts, decoding, token limit, batch, the colocated vLLM engine when ``grpo.use_vllm``) but
 skips training, and evaluates before any weight sync; its adapter keeps LoRA-B at zero, so it adds exactly
 nothing to the base model's outputs. It writes only the eval table (``Strategy.tables``) and reports 0
@@ -14,12 +15,12 @@ allocation "performs below the untrained base model").
 (False, False, ('eval',))
 """
 
-from orchestrator.strategies.registry import AllocationRequest, Strategy, register_strategy
+from orchestrator.strategies.registry import BASE, AllocationRequest, Strategy, register_strategy
 
 
 @register_strategy
 class Base(Strategy):
-    name = "base"
+    name = BASE
     description = "the base model, not trained: evaluated as every run is"
     order = 0
     color = "#7f7f7f"

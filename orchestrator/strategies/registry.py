@@ -9,7 +9,7 @@ A strategy declares what the rest of rankstudy asks of it, so nothing else lists
   :meth:`Strategy.profile_source`;
 - ``in_default_grid``: part of ``grid.strategies`` when a config does not list them;
 - ``trains`` and ``per_seed``: a strategy that does not train (``base``) is only evaluated, and one whose result
-  does not depend on the seed runs once per cell, at the grid's first seed;
+  does not depend on the seed runs once per cell, with seed :data:`SEED_FREE` (0);
 - :meth:`Strategy.budget` (the total rank), :meth:`Strategy.ranks` (the per-layer allocation, a pure
   function of an :class:`AllocationRequest`) and :meth:`Strategy.check` (config feasibility, before any
   run starts);
@@ -47,6 +47,11 @@ if TYPE_CHECKING:
 REFERENCE = "uniform"
 # The SFT warm start's profile rows carry this strategy label (full weights, no LoRA); it is not allocatable.
 SFT = "sft"
+# The untrained base model (strategies/base.py): Table 1's first row, and a second comparison for every strategy.
+BASE = "base"
+# The seed of a run whose result does not depend on the seed (``per_seed = False``): one run per cell, whatever
+# seeds the grid lists now or later, so growing a study never repeats it.
+SEED_FREE = 0
 
 
 @dataclass(frozen=True)

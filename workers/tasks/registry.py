@@ -23,14 +23,13 @@ is one new file there (plus its test).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from orchestrator.errors import ConfigError, StudyError
 from orchestrator.sources import is_local_path
-
-RewardFunction = Callable[..., list[float]]
+from workers.rewards import RewardFunction
 
 
 class Task:
@@ -74,6 +73,25 @@ class Task:
 
     def sft_example(self, question: str, solution: str, system_prompt: str) -> dict[str, list[dict[str, str]]]:
         raise NotImplementedError
+
+    def score(self, completions: Sequence[str], answers: Sequence[str]) -> dict[str, list]:
+        """Per-item evaluation scores with the training rewards: ``correct`` (the ``correctness`` reward gives
+        1.0), ``format_ok`` (the ``format`` reward does; None for a task without one) and the ``prediction`` in
+        the answer block.
+
+        >>> from workers.tasks import get_task
+        >>> get_task("gsm8k").score(["<think>a</think><answer>7</answer>", "7"], ["7", "7"])
+        {'correct': [True, False], 'format_ok': [True, False], 'prediction': ['7', None]}
+        """
+        from workers.rewards import extract_answer
+
+        def verdicts(name: str, **kwargs) -> list:
+            if name not in self.rewards:
+                return [None] * len(completions)
+            return [value == 1.0 for value in self.rewards[name](list(completions), **kwargs)]
+
+        return {"correct": verdicts("correctness", answer=list(answers)), "format_ok": verdicts("format"),
+                "prediction": [extract_answer(c) for c in completions]}
 
     def corpus(self, records: Any) -> list[str]:
         """Tokenizer training texts from loaded records: each question and its worked solution."""
