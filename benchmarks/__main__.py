@@ -72,8 +72,10 @@ def _row(name: str, r: dict) -> tuple[str, str, str, str]:
     ok = lambda flag: "yes" if flag else "NO"  # noqa: E731
     if name == "laptop":
         return (name, f"{r['wall_s']:.0f} s, peak {r['peak_rss_gib']} GiB (worker {r['worker_peak_rss_gib']} GiB), "
-                f"{r['nonzero_variance_groups']:.0%} groups with reward variance, reward {r['reward_first_quarter']}"
-                f" -> {r['reward_last_quarter']}", "<= 600 s, <= 8 GiB, >= 50%", ok(r["within_targets"]))
+                f"uniform accuracy {r['uniform_accuracy']:.1%} on {r['eval_items_per_run_min']} items, correctness "
+                f"reward {r['reward_correctness_first_quarter']} -> {r['reward_correctness_last_quarter']}, "
+                f"{r['nonzero_variance_groups']:.0%} groups with reward variance",
+                "<= 600 s, <= 8 GiB, accuracy 15-70%, correctness rises, >= 500 items", ok(r["within_targets"]))
     if name == "profiling":
         q = r["update_phase_ratio_on_off"]
         return (name, f"update phase on/off {q['median']} (95% CI {q['median_ci95'][0]}-{q['median_ci95'][1]}); "

@@ -235,6 +235,13 @@ def _scaling_caption(scaling) -> str:
     return f"LoRA scaling: {scaling} ({SCALINGS.get(scaling, 'unknown convention')})."
 
 
+def _comparison_html(paragraphs: list[str] | None) -> str:
+    """The paper's findings, one paragraph each, against this study's numbers (generated from them)."""
+    if not paragraphs:
+        return ""
+    return "<h2>What this study shows of the paper's findings</h2>" + "".join(f"<p>{_e(p)}</p>" for p in paragraphs)
+
+
 def cross_cell_points(summary: dict) -> pd.DataFrame:
     """One row per (cell, strategy) of a study with axes: the axis values and the cross-cell figure's numbers."""
     rows = []
@@ -255,6 +262,8 @@ def render_html(analysis: Analysis, name: str) -> str:
     if analysis.warnings:
         body.append("<div class='warnings'><h3>Warnings (missing parts; everything else is reported)</h3><ul>"
                     + "".join(f"<li>{_e(w)}</li>" for w in analysis.warnings) + "</ul></div>")
+    if "cells" not in s:
+        body.append(_comparison_html(s.get("paper_comparison")))
     body.append("<h2>Findings</h2><ul>" + "".join(f"<li>{_e(f)}</li>" for f in s.get("findings", [])) + "</ul>")
     if "cells" in s:
         fig = figures.cross_cell_figure(cross_cell_points(s), s.get("axes", []))
@@ -265,6 +274,7 @@ def render_html(analysis: Analysis, name: str) -> str:
                     "against uniform (the amplification).</p>")
         for i, cell in enumerate(analysis.cells):
             body.append(f"<h2 class='cell'>Cell {i}: {_e(cell.label())}</h2>")
+            body.append(_comparison_html(cell.summary.get("paper_comparison")))
             body += _cell_html(cell.summary, cell.frames, f"c{i}-")
     else:
         body += _cell_html(s, analysis.frames, "")

@@ -115,13 +115,17 @@ class WarmStartConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    train: str = _help("Training data: hub id (openai/gsm8k) or a local .jsonl with question/answer.")
-    test: str = _help("Test data: hub id (openai/gsm8k) or a local .jsonl with question/answer.")
-    task: str = _help("The task (workers/tasks/): loading, gold answers, prompt, rewards, SFT examples.",
+    task: str = _help("The task (workers/tasks/): loading or generating, gold answers, prompt, rewards, SFT.",
                       default="gsm8k")
+    train: str | None = _help("Training data: hub id (openai/gsm8k) or a local .jsonl with question/answer "
+                              "(null for a task that generates its data).", default=None)
+    test: str | None = _help("Test data: hub id (openai/gsm8k) or a local .jsonl with question/answer "
+                             "(null for a task that generates its data).", default=None)
+    options: dict[str, Any] = _help("The task's own settings (e.g. arith: sizes and difficulty); checked by the "
+                                    "task, every default filled in.", default_factory=dict)
     hub_config: str = _help("Dataset config name used with a hub id.", default="main")
     train_limit: int | None = _help("Use only the first N training questions (null = all).", default=None)
-    eval_limit: int | None = _help("Evaluate on the first N test items (null = all 1,319).", default=None)
+    eval_limit: int | None = _help("Evaluate on the first N test items (null = all).", default=None)
     system_prompt: str | None = _help(
         "System prompt asking for the <think>/<answer> format (null = the task's own).", default=None
     )
@@ -130,21 +134,29 @@ class DataConfig:
         task = get_task(self.task)
         if self.system_prompt is None:  # resolved here, so study.yaml records the prompt the runs used
             object.__setattr__(self, "system_prompt", task.system_prompt)
+        object.__setattr__(self, "options", task.resolve_options(self.options))
         for key in ("train", "test"):
             source = getattr(self, key)
-            if is_local_path(source) and not Path(source).expanduser().is_file():
+            if task.generated and source is not None:
+                raise ConfigError(f"{key}: task {task.name!r} generates its data (data.options); remove data.{key}")
+            if not task.generated and source is None:
+                raise ConfigError(f"{key}: required by task {task.name!r}: a hub id or a local .jsonl")
+            if source is not None and is_local_path(source) and not Path(source).expanduser().is_file():
                 raise ConfigError(
                     f"{key}: data file {source} does not exist (relative paths are resolved "
                     f"against the current directory {os.getcwd()})"
                 )
-            try:
-                task.check_source(source)  # every record, before any model loads (cached per file version)
-            except StudyError as err:
-                raise ConfigError(f"{key}: {err}") from None
         for key in ("train_limit", "eval_limit"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"{key}: must be a positive integer or null, got {value}")
+        for key in ("train", "test"):
+            try:
+                task.check(self, key)  # every record, before any model loads (cached per file version / options)
+            except ConfigError:
+                raise  # already names its key (data.options)
+            except StudyError as err:
+                raise ConfigError(f"{key}: {err}") from None
 
 
 @dataclass(frozen=True)

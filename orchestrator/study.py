@@ -31,8 +31,8 @@ PACKAGES = ("rankstudy", "torch", "transformers", "trl", "peft", "ray", "dataset
 def resolve_local_paths(config: StudyConfig) -> StudyConfig:
     """Make local data/model paths absolute, so workers find them whatever their working directory."""
 
-    def absolute(source: str) -> str:
-        return str(Path(source).expanduser().resolve()) if is_local_path(source) else source
+    def absolute(source: str | None) -> str | None:
+        return str(Path(source).expanduser().resolve()) if source is not None and is_local_path(source) else source
 
     model = config.model
     if model.name_or_path is not None:
@@ -164,7 +164,8 @@ def _needs_preparation(config: StudyConfig) -> bool:
 def _preparation_key(config: StudyConfig) -> str:
     """What decides a cell's prepared base model: cells that agree on it share one build and warm start."""
     parts = {"model": to_dict(config.model), "warm_start": to_dict(config.warm_start), "cache": config.cache_dir,
-             "data": [config.data.task, config.data.train, config.data.hub_config, config.data.system_prompt],
+             "data": [config.data.task, config.data.train, config.data.hub_config, config.data.system_prompt,
+                      config.data.options],
              "targets": list(config.lora.target_modules)}
     return yaml.safe_dump(parts, sort_keys=True)
 

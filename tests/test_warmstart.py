@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.fixtures.tiny import TINY_TEST_SETTINGS
+from tests.fixtures.tiny import TINY_TEST_SETTINGS, gsm8k_data
 from workers.data import build_prompt
 from workers.evaluate import prompt_token_ids
 from workers.rewards import extract_answer, format_reward, is_well_formatted
 from workers.tasks import get_task
-from workers.tasks.gsm8k import SYSTEM_PROMPT, gold_number
+from workers.tasks.gsm8k import gold_number
 from workers.warmstart import MARKER, read_marker, warm_start, warm_start_key
 
 GSM8K = get_task("gsm8k")
@@ -98,9 +98,7 @@ def test_second_call_reuses_the_cache_without_training(warm_run: dict, tiny_mode
     weights_mtime = (path / "model.safetensors").stat().st_mtime_ns
 
     started = time.monotonic()
-    again = warm_start(
-        tiny_model_dir, train_jsonl, warm_run["cache_root"], system_prompt=SYSTEM_PROMPT, **TINY_TEST_SETTINGS
-    )
+    again = warm_start(tiny_model_dir, gsm8k_data(train_jsonl), warm_run["cache_root"], **TINY_TEST_SETTINGS)
     seconds = time.monotonic() - started
 
     assert again == path
@@ -113,13 +111,13 @@ def test_changed_setting_gives_a_new_entry_and_a_half_written_entry_is_rebuilt(
     warm_run: dict, tiny_model_dir: Path, train_jsonl: str
 ):
     settings = {**TINY_TEST_SETTINGS, "steps": 1}  # one setting changed; 1 step keeps the test cheap
-    other = warm_start(tiny_model_dir, train_jsonl, warm_run["cache_root"], system_prompt=SYSTEM_PROMPT, **settings)
+    other = warm_start(tiny_model_dir, gsm8k_data(train_jsonl), warm_run["cache_root"], **settings)
     assert other != warm_run["path"]
     assert read_marker(other)["steps"] == 1 and read_marker(warm_run["path"])["steps"] == TINY_TEST_SETTINGS["steps"]
 
     # A crash after the weights were written but before the marker: the entry must not be reused.
     (other / MARKER).unlink()
-    rebuilt = warm_start(tiny_model_dir, train_jsonl, warm_run["cache_root"], system_prompt=SYSTEM_PROMPT, **settings)
+    rebuilt = warm_start(tiny_model_dir, gsm8k_data(train_jsonl), warm_run["cache_root"], **settings)
     assert rebuilt == other and read_marker(rebuilt)["steps"] == 1
     # No staging directories are left behind.
     assert sorted(p.name for p in warm_run["cache_root"].iterdir()) == sorted([warm_run["path"].name, other.name])
@@ -129,20 +127,28 @@ def test_cache_key_covers_data_bytes_model_files_and_settings(tiny_model_dir: Pa
     lines = Path(train_jsonl).read_text().splitlines()[:3]
     data = tmp_path / "train.jsonl"
     data.write_text("\n".join(lines) + "\n")
+    (tmp_path / "test.jsonl").write_text(lines[0] + "\n")
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     settings = {"steps": 1, "learning_rate": 1e-3}
-    key = warm_start_key(model, str(data), settings)
 
-    assert warm_start_key(model, str(data), dict(settings)) == key
-    assert warm_start_key(model, str(data), {**settings, "learning_rate": 2e-3}) != key
-    assert warm_start_key(model, "openai/gsm8k", settings) != key
+    def key_of(train: Path | str, extra: dict | None = None) -> str:
+        from orchestrator.config import DataConfig
+
+        config = (DataConfig(train=str(train), test=str(tmp_path / "test.jsonl")) if isinstance(train, Path)
+                  else DataConfig(train=train, test=train))
+        return warm_start_key(model, GSM8K.source_key(config, "train"), {**settings, **(extra or {})})
+
+    key = key_of(data)
+    assert key_of(data) == key
+    assert key_of(data, {"learning_rate": 2e-3}) != key
+    assert key_of("openai/gsm8k") != key
 
     data.write_text("\n".join(lines[:2]) + "\n")
-    assert warm_start_key(model, str(data), settings) != key
+    assert key_of(data) != key
     data.write_text("\n".join(lines) + "\n")
     (model / "tokenizer_config.json").write_text((model / "tokenizer_config.json").read_text() + " ")
-    assert warm_start_key(model, str(data), settings) != key
+    assert key_of(data) != key
 
 
 def test_prepared_warm_start_profiles_the_configured_lora_targets(write_study_config, tmp_path):

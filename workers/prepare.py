@@ -36,7 +36,7 @@ def prepare_base_model(config: StudyConfig) -> PreparedModel:
         from workers.local_model import build_local_model
 
         b = config.model.build
-        texts = task.corpus(task.load(config.data.train, "train", hub_config=config.data.hub_config))
+        texts = task.corpus(task.dataset(config.data, "train"))
         name = (f"{b.family}-{b.num_layers}l-h{b.hidden_size}-i{b.intermediate_size}-a{b.num_heads}x{b.num_kv_heads}"
                 f"-v{b.vocab_size}-s{b.seed}")
         model_dir = str(build_local_model(
@@ -50,8 +50,8 @@ def prepare_base_model(config: StudyConfig) -> PreparedModel:
 
     w = config.warm_start
     entry = warm_start(
-        Path(model_dir), config.data.train, cache / "warmstart", steps=w.steps, learning_rate=w.learning_rate,
-        batch_size=w.batch_size, max_length=w.max_length, seed=w.seed, system_prompt=config.data.system_prompt,
-        limit=w.limit, task=config.data.task, target_modules=config.lora.target_modules,
+        Path(model_dir), config.data, cache / "warmstart", steps=w.steps, learning_rate=w.learning_rate,
+        batch_size=w.batch_size, max_length=w.max_length, seed=w.seed, limit=w.limit,
+        target_modules=config.lora.target_modules,
     )
     return PreparedModel(str(entry), str(entry / SFT_PROFILE))

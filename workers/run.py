@@ -211,10 +211,8 @@ class GRPORun:
 
     def _setup_data(self) -> None:
         data, task = self.config.data, self.task
-        self.train_set = task.load(data.train, "train", hub_config=data.hub_config, limit=data.train_limit,
-                                   system_prompt=data.system_prompt)
-        self.test_set = task.load(data.test, "test", hub_config=data.hub_config, limit=data.eval_limit,
-                                  system_prompt=data.system_prompt)
+        self.train_set = task.dataset(data, "train", limit=data.train_limit)
+        self.test_set = task.dataset(data, "test", limit=data.eval_limit)
 
     def _setup_trainer(self) -> None:
         cfg, spec = self.config, self.spec

@@ -30,10 +30,8 @@ every ~10% of the steps. The caller sets ``OMP_NUM_THREADS``; nothing here chang
 Use::
 
     from workers.warmstart import warm_start
-    model_dir = warm_start(base_dir, "../shared/data/gsm8k/train.jsonl", Path("runs/cache/warmstart"),
-                           steps=300, learning_rate=1e-2, batch_size=4, max_length=224, seed=0,
-                           system_prompt=get_task("gsm8k").system_prompt, limit=3000, task="gsm8k",
-                           target_modules=PROJECTION_MODULES)
+    model_dir = warm_start(base_dir, config.data, Path("runs/cache/warmstart"), steps=300, learning_rate=1e-2,
+                           batch_size=4, max_length=224, seed=0, limit=3000, target_modules=PROJECTION_MODULES)
 """
 
 from __future__ import annotations
@@ -51,10 +49,10 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from orchestrator.config import DataConfig
 from orchestrator.contract import atomic_write_text, run_id
 from orchestrator.errors import StudyError
 from orchestrator.projections import PROJECTION_MODULES
-from orchestrator.sources import is_local_path
 from orchestrator.strategies import SFT
 
 # Bump when anything here changes what a warm start produces (example format, trainer settings), so cached
@@ -74,8 +72,9 @@ def _base_model_files(base_model_dir: Path) -> list[Path]:
     return files
 
 
-def warm_start_key(base_model_dir: Path, train_source: str, settings: dict[str, Any]) -> str:
-    """The sha256 (hex) that names a warm start: base model files, training data, settings, code and libraries."""
+def warm_start_key(base_model_dir: Path, train_data: str, settings: dict[str, Any]) -> str:
+    """The sha256 (hex) that names a warm start: base model files, training data (the task's
+    ``source_key``: file bytes' hash, hub id or generator options), settings, code and libraries."""
     import torch
     import transformers
     import trl
@@ -89,13 +88,7 @@ def warm_start_key(base_model_dir: Path, train_source: str, settings: dict[str, 
 
     for path in _base_model_files(base_model_dir):
         add(f"model-file:{path.name}", path.read_bytes())
-    if is_local_path(train_source):
-        data_path = Path(train_source).expanduser()
-        if not data_path.is_file():
-            raise StudyError(f"warm start: training data file {train_source} does not exist")
-        add("train-data-bytes", data_path.read_bytes())
-    else:
-        add("train-data-hub-id", train_source.encode())
+    add("train-data", train_data.encode())
     versions = {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__}
     add("settings", json.dumps(settings, sort_keys=True).encode())
     add("versions", json.dumps(versions, sort_keys=True).encode())
@@ -113,7 +106,7 @@ def read_marker(entry_dir: Path) -> dict[str, Any] | None:
 
 def warm_start(
     base_model_dir: Path,
-    train_source: str,
+    data: DataConfig,
     cache_root: Path,
     *,
     steps: int,
@@ -121,13 +114,12 @@ def warm_start(
     batch_size: int,
     max_length: int,
     seed: int,
-    system_prompt: str,
     limit: int | None = None,
-    task: str = "gsm8k",
     target_modules: Sequence[str] = PROJECTION_MODULES,
     callbacks: Sequence[Any] = (),
 ) -> Path:
-    """Fully fine-tune ``base_model_dir`` on ``task``'s ``train_source`` with SFT; return the cached model dir.
+    """Fully fine-tune ``base_model_dir`` on the training split of ``data`` (its task, source and system
+    prompt) with SFT; return the cached model dir.
 
     ``target_modules``: the projections whose gradients the SFT profile records (the study's LoRA targets).
 
@@ -140,10 +132,13 @@ def warm_start(
         raise StudyError("warm start: steps, batch_size, max_length and learning_rate must all be positive")
     settings = {
         "steps": steps, "learning_rate": learning_rate, "batch_size": batch_size, "max_length": max_length,
-        "seed": seed, "system_prompt": system_prompt, "limit": limit, "task": task,
+        "seed": seed, "system_prompt": data.system_prompt, "limit": limit, "task": data.task,
         "target_modules": list(target_modules),
     }
-    key = warm_start_key(base_model_dir, train_source, settings)
+    from workers.tasks import get_task
+
+    train_data = get_task(data.task).source_key(data, "train")
+    key = warm_start_key(base_model_dir, train_data, settings)
     entry = cache_root / key[:16]
     marker = read_marker(entry)
     if marker is not None and marker.get("key") == key:
@@ -154,9 +149,9 @@ def warm_start(
     staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.training-", dir=cache_root))
     try:
         started = time.monotonic()
-        losses = _train(base_model_dir, train_source, staging, settings, callbacks)
+        losses = _train(base_model_dir, data, staging, settings, callbacks)
         record = {
-            "key": key, "base_model_dir": str(base_model_dir), "train_source": train_source, **settings,
+            "key": key, "base_model_dir": str(base_model_dir), "train_data": train_data, **settings,
             "warm_start_version": WARM_START_VERSION, "final_train_loss": losses["final"],
             "mean_train_loss": losses["mean"], "duration_s": round(time.monotonic() - started, 2),
         }
@@ -188,7 +183,7 @@ def _examples_that_fit(examples: list[dict], tokenizer: Any, max_length: int) ->
 
 
 def _train(
-    base_model_dir: Path, train_source: str, out_dir: Path, settings: dict[str, Any], callbacks: Sequence[Any]
+    base_model_dir: Path, data: DataConfig, out_dir: Path, settings: dict[str, Any], callbacks: Sequence[Any]
 ) -> dict[str, float]:
     """Run SFTTrainer and save model + tokenizer into ``out_dir``; return the final and mean train loss."""
     import datasets
@@ -205,7 +200,7 @@ def _train(
 
     model, tokenizer = load_model_and_tokenizer(str(base_model_dir))
     task = get_task(settings["task"])
-    records = task.load(train_source, "train", limit=settings["limit"], system_prompt=settings["system_prompt"])
+    records = task.dataset(data, "train", limit=settings["limit"])
     examples = [
         task.sft_example(question, solution, settings["system_prompt"])
         for question, solution in zip(records["question"], records["solution"], strict=True)

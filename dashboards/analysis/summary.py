@@ -37,7 +37,7 @@ import pandas as pd
 import yaml
 
 from dashboards.analysis.cell import analyze_cell
-from dashboards.analysis.findings import cell_findings, findings
+from dashboards.analysis.findings import cell_findings, findings, paper_comparison
 from dashboards.analysis.load import ProfileAggregates, aggregate_profiles, load_run_records, read_small_table
 from dashboards.analysis.profiles import RunMeta
 from orchestrator.axes import describe
@@ -130,14 +130,38 @@ def _add_profile_runs(runs: dict[str, RunMeta], excluded: set[str], prof: Profil
             meta.ranks = prof.profile_rank[r].copy()
 
 
-def _study_axes(paths: StudyPaths) -> dict[str, list]:
-    """The study's ``grid.axes`` as study.yaml records it ({} when it is missing or unreadable)."""
+def _study_config(paths: StudyPaths) -> dict:
+    """study.yaml's resolved config ({} when it is missing or unreadable)."""
     try:
-        data = yaml.safe_load(paths.study_yaml.read_text())
-        axes = data["config"]["grid"].get("axes") or {}
-        return {str(k): list(v) for k, v in axes.items()} if isinstance(axes, dict) else {}
-    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        config = yaml.safe_load(paths.study_yaml.read_text())["config"]
+        return config if isinstance(config, dict) else {}
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
         return {}
+
+
+def _study_axes(config: dict) -> dict[str, list]:
+    """The study's ``grid.axes`` ({} without axes)."""
+    axes = (config.get("grid") or {}).get("axes") or {}
+    return {str(k): list(v) for k, v in axes.items()} if isinstance(axes, dict) else {}
+
+
+def _study_context(config: dict) -> dict:
+    """What the paper comparison says the study is: the model, the task, the GRPO steps."""
+    model, data = config.get("model") or {}, config.get("data") or {}
+    build = model.get("build")
+    label = (f"a {build.get('family', 'qwen2')} model of {build.get('num_layers')} layers and hidden size "
+             f"{build.get('hidden_size')}, built and warm-started here" if isinstance(build, dict)
+             else str(model.get("name_or_path") or "the model"))
+    task = str(data.get("task") or "gsm8k")
+    try:
+        from workers.tasks import get_task
+
+        description = get_task(task).description
+    except StudyError:
+        description = task
+    return {"model": label, "task": f"the {task} task" + (f" ({description[0].lower()}{description[1:]})"
+                                                          if description != task else ""),
+            "steps": (config.get("grpo") or {}).get("max_steps")}
 
 
 def _cell_order(axes: dict, study_axes: dict[str, list]) -> tuple:
@@ -200,7 +224,9 @@ def analyze(study_dir: Path) -> Analysis:
         _add_profile_runs(runs, excluded, prof)
 
     cells: list[CellAnalysis] = []
-    cell_list = _cells(runs, records, _study_axes(paths))
+    study_config = _study_config(paths)
+    context = _study_context(study_config)
+    cell_list = _cells(runs, records, _study_axes(study_config))
     with_axes = any(axes for axes, _ in cell_list)
     for axes, run_ids in cell_list:
         members = {rid: runs[rid] for rid in run_ids}
@@ -211,15 +237,17 @@ def analyze(study_dir: Path) -> Analysis:
         table_warnings += [prefix + w for w in result.table_warnings]
         summary = jsonable(result.summary)
         summary["findings"] = findings(summary)
+        summary["paper_comparison"] = paper_comparison(summary, context)
         cells.append(CellAnalysis(axes, run_ids, summary, result.frames))
     warnings = run_warnings + profile_warnings + table_warnings
     if with_axes:
-        keys = list(_study_axes(paths)) or next(list(c.axes) for c in cells if c.axes)
+        keys = list(_study_axes(study_config)) or next(list(c.axes) for c in cells if c.axes)
         summary = {"axes": keys, "cells": [{"axes": c.axes, "run_ids": c.run_ids, **c.summary}
                                                           for c in cells],
                    "study_dir": str(study_dir), "findings": cell_findings([(c.label(), c.summary) for c in cells])}
     else:
-        summary = {**{k: v for k, v in cells[0].summary.items() if k != "findings"}, "study_dir": str(study_dir),
+        summary = {**{k: v for k, v in cells[0].summary.items() if k not in ("findings", "paper_comparison")},
+                   "study_dir": str(study_dir), "paper_comparison": cells[0].summary["paper_comparison"],
                    "findings": cells[0].summary["findings"]}
     summary["warnings"] = list(warnings)
     return Analysis(summary=jsonable(summary), warnings=warnings, cells=cells)

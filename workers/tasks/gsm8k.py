@@ -67,7 +67,7 @@ def strip_calculator_annotations(text: str) -> str:
 @register_task
 class GSM8K(Task):
     name = "gsm8k"
-    description = "GSM8K word problems (hub id openai/gsm8k or a local .jsonl with question/answer)"
+    description = "GSM8K grade-school math word problems, from the hub (openai/gsm8k) or a local .jsonl"
     system_prompt = SYSTEM_PROMPT
     rewards = {"format": format_reward, "correctness": correctness_reward}
     fields = FIELDS

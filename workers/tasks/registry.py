@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 from orchestrator.errors import ConfigError, StudyError
 from orchestrator.sources import is_local_path
+from orchestrator.typed_yaml import from_dict, to_dict
 from workers.rewards import RewardFunction
 
 
@@ -43,16 +44,74 @@ class Task:
         """``{"question", "answer" (gold), "solution"}`` of one record; ValueError saying what is wrong."""
         raise NotImplementedError
 
+    # -- data ---------------------------------------------------------------------------------------------
+    # A task reads its records from data.train/data.test (a hub id or a local .jsonl), or, when it declares
+    # ``options`` (a dataclass of data.options), generates them itself (:meth:`generate`).
+    options: ClassVar[type | None] = None
+
+    @property
+    def generated(self) -> bool:
+        return self.options is not None
+
+    def generate(self, options: dict, split: str) -> list[dict]:
+        """A generated task's raw records of ``split`` (``fields`` as keys), from its resolved options."""
+        raise NotImplementedError
+
+    def resolve_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """``data.options`` checked against the task's options dataclass, every default filled in."""
+        if self.options is None:
+            if raw:
+                raise ConfigError(f"options: task {self.name!r} reads data.train/data.test and takes no options; "
+                                  "remove data.options")
+            return {}
+        return to_dict(from_dict(self.options, dict(raw), "options"))
+
+    def dataset(self, data, split: str, limit: int | None = None):
+        """The task's ``split`` (``train``/``test``) for a DataConfig: loaded or generated, first ``limit``."""
+        if not self.generated:
+            return self.load(getattr(data, split), split, hub_config=data.hub_config, limit=limit,
+                             system_prompt=data.system_prompt)
+        records = self.generate(data.options, split)[:limit]
+        return self._columns(records, lambda index: f"generated {self.name} {split} record {index}",
+                             data.system_prompt)
+
+    def source_key(self, data, split: str) -> str:
+        """What identifies ``split``'s data for caches: a local file's bytes, a hub id, a generator's options."""
+        source = getattr(data, split)
+        if is_local_path(source):
+            import hashlib
+
+            return "sha256:" + hashlib.sha256(Path(source).expanduser().read_bytes()).hexdigest()
+        return f"hub:{source}:{data.hub_config}"
+
+    def check(self, data, split: str) -> None:
+        """Check ``split``'s data before anything starts: every record of a local file (StudyError naming file
+        and line; a hub id is checked when a worker loads it), or that the generator makes what is asked."""
+        from workers.data import check_jsonl
+
+        if self.generated:
+            self.generate(data.options, split)
+            return
+        source = getattr(data, split)
+        if is_local_path(source):
+            check_jsonl(str(Path(source).expanduser()), self.fields, self.parse_record)
+
     def load(self, source: str, split: str, *, hub_config: str = "main", limit: int | None = None,
              system_prompt: str | None = None):
         """The task's ``split`` from a hub id or a local .jsonl, every record checked (first ``limit``)."""
-        import datasets
-
-        from workers.data import build_prompt, load_records
+        from workers.data import load_records
 
         raw, where = load_records(source, split, hub_config, self.fields, limit)
+        return self._columns(raw.to_list(), where, system_prompt)
+
+    def _columns(self, records: Sequence[Mapping[str, Any]], where, system_prompt: str | None):
+        """The task's dataset columns from raw records; ``where(index)`` names a record in errors."""
+        import datasets
+
+        from workers.data import build_prompt
+
         columns: dict[str, list[Any]] = {"question": [], "answer": [], "solution": [], "item": [], "prompt": []}
-        for index, record in enumerate(raw.to_list()):
+        for index, record in enumerate(records):
             try:
                 parsed = self.parse_record(record)
             except ValueError as err:
@@ -61,15 +120,9 @@ class Task:
                 columns[key].append(parsed[key])
             columns["item"].append(index)
             columns["prompt"].append(build_prompt(parsed["question"], system_prompt or self.system_prompt))
+        if not records:
+            raise StudyError(f"{where(0)}: no records")
         return datasets.Dataset.from_dict(columns)
-
-    def check_source(self, source: str) -> None:
-        """Check a local data file record by record (StudyError naming file and line); hub ids are checked
-        when a worker loads them."""
-        from workers.data import check_jsonl
-
-        if is_local_path(source):
-            check_jsonl(str(Path(source).expanduser()), self.fields, self.parse_record)
 
     def sft_example(self, question: str, solution: str, system_prompt: str) -> dict[str, list[dict[str, str]]]:
         raise NotImplementedError
