@@ -124,5 +124,9 @@ def test_config_resolves_the_tasks_rewards_and_prompt(write_study_config):
     assert "<think>" in config.data.system_prompt
     with pytest.raises(ConfigError, match=r"^rewards: task 'gsm8k' has no reward 'length'"):
         load_config(write_study_config(rewards=["format", "length"]))
-    with pytest.raises(ConfigError, match=r"^data\.task: unknown task 'mmlu'; registered tasks: gsm8k"):
+    from workers.tasks import task_names
+
+    registered = ", ".join(task_names())
+    assert "gsm8k" in registered and "arith" in registered
+    with pytest.raises(ConfigError, match=rf"^data\.task: unknown task 'mmlu'; registered tasks: {registered}$"):
         load_config(write_study_config(data={"task": "mmlu"}))
