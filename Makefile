@@ -12,7 +12,7 @@ export RAY_AUTH_MODE ?= disabled
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install test lint run bench clean
+.PHONY: install test lint run run-beyond bench clean
 
 install:
 	python3 -m venv $(VENV)
@@ -36,6 +36,14 @@ lint:
 
 run:
 	$(VENV)/bin/rankstudy run configs/laptop.yaml --output runs/laptop
+
+# The laptop study's beyond-the-paper variant: AdaLoRA, a second re-profiling round, the per-reward gradient
+# decomposition (every 4th step) and the update geometry (checkpoints at steps 12 and 24), on the same cached model.
+run-beyond:
+	$(VENV)/bin/rankstudy run configs/laptop.yaml --output runs/laptop-beyond \
+	  --set 'grid.strategies=[uniform, proportional, proportional_r2, adalora]' \
+	  --set profile.decompose_every=4 --set profile.geometry=true --set profile.geometry_top_k=4 \
+	  --set adalora.delta_t=2
 
 bench:
 	$(PY) -m benchmarks

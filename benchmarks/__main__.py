@@ -57,14 +57,20 @@ def _drift(tmp: str) -> dict:
     return bench_drift.run()
 
 
+def _measurements(tmp: str) -> dict:
+    from benchmarks import bench_measurements
+
+    return bench_measurements.run()
+
+
 def _scheduling(tmp: str) -> dict:
     from benchmarks import bench_scheduling
 
     return bench_scheduling.run()
 
 
-BENCHMARKS = {"laptop": _laptop, "profiling": _profiling, "generation": _generation, "drift": _drift,
-              "scheduling": _scheduling, "analysis": _analysis}
+BENCHMARKS = {"laptop": _laptop, "profiling": _profiling, "measurements": _measurements, "generation": _generation,
+              "drift": _drift, "scheduling": _scheduling, "analysis": _analysis}
 
 
 def _row(name: str, r: dict) -> tuple[str, str, str, str]:
@@ -91,6 +97,12 @@ def _row(name: str, r: dict) -> tuple[str, str, str, str]:
                 f"weights ({st['drift_over_update']:.3f}x the LoRA update, {st['changed_fraction']:.1%} of elements), "
                 f"ours {ours['relative_drift']:g}; sync {st['sync_s']['median'] * 1e3:.1f} vs "
                 f"{ours['sync_s']['median'] * 1e3:.1f} ms", "ours exactly 0", ok(r["within_goal"]))
+    if name == "measurements":
+        d, g, a = r["decompose"], r["geometry"], r["adalora"]
+        return (name, f"train time vs plain over {r['steps']} steps: decompose every step {d['train_time_ratio']}x "
+                f"(own {d['own_share_of_train']:.1%}; every 50 steps ~{d['ratio_every_50_steps']}x), geometry "
+                f"{g['train_time_ratio']}x (own {g['own_share_of_train']:.1%}), adalora {a['train_time_ratio']}x",
+                "reported (costs)", "-")
     if name == "scheduling":
         lat = r["dependency_latency_s"]
         return (name, f"{r['runs']} runs of {r['duration_s']:.0f} s on {r['slots']} slots: {r['efficiency']:.1%} of "

@@ -222,7 +222,46 @@ def _cell_html(s: dict, frames: dict, prefix: str) -> list[str]:
                     f"<p class='caption'>{_e(caption)}</p>")
         if div_id == "control":
             body.append(control_table_html(control))
+    body += _beyond_html(s, frames, prefix)
     body.append("<h2>Evaluation examples</h2>" + examples_html(frames.get("examples")))
+    return body
+
+
+def _beyond_html(s: dict, frames: dict, prefix: str) -> list[str]:
+    """The beyond-the-paper sections, each only when the study measured it."""
+    from dashboards import figures_beyond
+    from dashboards.analysis.beyond_findings import (
+        adalora_findings,
+        decomposition_findings,
+        geometry_findings,
+        rounds_findings,
+    )
+
+    parts = [
+        ("adalora", s.get("adalora"), lambda: figures_beyond.rank_steps_figure(frames.get("rank_steps")),
+         adalora_findings,
+         "PEFT's AdaLoRA, update_and_allocate after every optimizer step; the final total rank equals uniform's "
+         "budget. Its accuracy and paired tests are in Table 1."),
+        ("rounds", s.get("rounds"), lambda: figures_beyond.rounds_figure(s.get("rounds")), rounds_findings,
+         "Round 0 is the uniform run; round k allocates by Eq. 3 from round k-1's profile, same budget, same seed."),
+        ("decomposition", s.get("decomposition"),
+         lambda: figures_beyond.component_share_figure(frames.get("component_shares")), decomposition_findings,
+         "Each component's S_c(l) (Eq. 2 over the decomposed steps) as a share of its total. The components sum "
+         "exactly to the gradient the optimizer used (workers/decompose.py): one per reward, and the KL term."),
+        ("geometry", s.get("geometry"), lambda: figures_beyond.geometry_figure(frames.get("geometry")),
+         geometry_findings,
+         "At each run's last measured step. Update share: the layer's sum over modules of ||dW||_F = "
+         "||s B A||_F as a share of the run's. Overlap: the share of ||dW||_F^2 inside the span of the frozen "
+         "weight's top-k singular vectors (profile.geometry_top_k)."),
+    ]
+    body = []
+    for div_id, part, figure, words, caption in parts:
+        if not part:
+            continue
+        lines = "".join(f"<li>{_e(line)}</li>" for line in words(part))
+        body.append(f"<h2>Beyond the paper: {div_id}</h2><ul>{lines}</ul>"
+                    f"<div class='figure'>{_figure_html(figure(), prefix + div_id)}</div>"
+                    f"<p class='caption'>{_e(caption)}</p>")
     return body
 
 

@@ -22,8 +22,10 @@ import yaml
 from orchestrator import strategies
 from orchestrator.errors import ConfigError, StudyError
 from orchestrator.lora_scaling import SCALINGS
+from orchestrator.measurements import ProfileSettings
 from orchestrator.projections import PROJECTION_MODULES
 from orchestrator.sources import is_local_path
+from orchestrator.strategies.adalora import AdaLoraSettings
 from orchestrator.typed_yaml import apply_override, from_dict
 from workers.tasks import get_task
 
@@ -334,8 +336,12 @@ class StudyConfig:
     lora: LoraSettings = _help("LoRA settings at the uniform rank.", default_factory=LoraSettings)
     allocation: AllocationConfig = _help("Rank-allocation bounds.", default_factory=AllocationConfig)
     grpo: GRPOSettings = _help("GRPO training settings.", default_factory=GRPOSettings)
+    adalora: AdaLoraSettings = _help("The adalora strategy's schedule (orchestrator/strategies/adalora.py).",
+                                     default_factory=AdaLoraSettings)
     rewards: tuple[str, ...] | None = _help("Reward functions of the task, summed (null = all of the task's).",
                                             default=None)
+    profile: ProfileSettings = _help("Optional measurements: per-reward gradient decomposition, update geometry.",
+                                     default_factory=ProfileSettings)
     grid: GridConfig = _help("The strategy x seed grid.", default_factory=GridConfig)
     resources: ResourcesConfig = _help("Ray resources per run.", default_factory=ResourcesConfig)
     warm_start: WarmStartConfig | None = _help(

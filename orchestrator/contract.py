@@ -7,14 +7,22 @@ DIR/runs/<run_id>/adapter/     the trained LoRA adapter (PEFT format)
 DIR/profiles/<run_id>.parquet  PROFILE_SCHEMA: one row per optimizer step x layer x module
 DIR/metrics/<run_id>.parquet   metrics_schema(): one row per optimizer step
 DIR/eval/<run_id>.parquet      EVAL_SCHEMA: one row per test item
+DIR/geometry/<run_id>.parquet  GEOMETRY_SCHEMA: one row per measured step x layer x module (profile.geometry)
 DIR/report/summary.json, index.html
 ```
 
 Workers write it, synthetic studies imitate it and the analysis reads it, all through this module. Every file
 is written to a temporary name in the same directory and renamed into place, so a crash never leaves a
 truncated file, and ``pandas.read_parquet(DIR / "profiles")`` only ever sees whole files. A run is complete
-when its run.json says so and the Parquet files it lists (``tables``: all three, or eval alone for the base
-model's evaluation-only run) exist; completed results are never rewritten.
+when its run.json says so and the Parquet files it lists (``tables``: profiles, metrics and eval for a trained
+run, plus geometry when it was measured; eval alone for the base model's evaluation-only run) exist; completed
+results are never rewritten.
+
+Profile rows carry a ``component``: ``total`` for the ordinary per-step rows (the gradient the optimizer used),
+and, on the steps where ``profile.decompose_every`` splits the policy gradient, one row per reward name and one
+for ``kl`` (workers/decompose.py). Every statistic of the paper (Eq. 2, landscape, amplification, allocation)
+reads the ``total`` rows only; a profile written before the column existed reads as all ``total``
+(:func:`total_rows`).
 
 Run ids are ``<strategy>-seed<seed>`` in a study without axes, and ``<strategy>-seed<seed>__<cell>`` with
 them, where the cell part names each axis by the last part of its dotted key (the whole key where two axes
@@ -41,7 +49,10 @@ import pyarrow.parquet as pq
 
 from orchestrator.errors import StudyError
 
-TABLES = ("profiles", "metrics", "eval")
+TABLES = ("profiles", "metrics", "eval", "geometry")  # every table of the contract
+TRAINED_TABLES = ("profiles", "metrics", "eval")  # what every trained run writes (geometry is optional)
+TOTAL = "total"  # the profile component of the ordinary gradient
+KL_COMPONENT = "kl"  # the profile component of the KL term's gradient
 COMPLETED, RUNNING, FAILED = "completed", "running", "failed"
 CELL_SEPARATOR = "__"
 MAX_RUN_ID_LENGTH = 200  # file names (<run_id>.parquet) must stay below the usual 255-byte limit
@@ -49,7 +60,12 @@ MAX_RUN_ID_LENGTH = 200  # file names (<run_id>.parquet) must stay below the usu
 PROFILE_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("strategy", pa.string()), ("seed", pa.int64()), ("step", pa.int64()),
     ("layer", pa.int64()), ("module", pa.string()), ("rank", pa.int64()), ("grad_norm", pa.float64()),
-    ("nonfinite", pa.bool_()),
+    ("nonfinite", pa.bool_()), ("component", pa.string()),
+])
+GEOMETRY_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("strategy", pa.string()), ("seed", pa.int64()), ("step", pa.int64()),
+    ("layer", pa.int64()), ("module", pa.string()), ("rank", pa.int64()), ("update_norm", pa.float64()),
+    ("effective_rank", pa.float64()), ("principal_overlap", pa.float64()),
 ])
 EVAL_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("strategy", pa.string()), ("seed", pa.int64()), ("item", pa.int64()),
@@ -63,6 +79,23 @@ STEP_METRICS = ("reward_std", "kl", "loss", "grad_norm", "frac_reward_zero_std",
                 "completion_clipped_ratio", "entropy", "learning_rate", "sampling_logp_diff_mean",
                 "sampling_logp_diff_max", "is_ratio_min", "is_ratio_mean", "is_ratio_max", "clip_ratio_low",
                 "clip_ratio_high", "clip_ratio_region", "step_time_s", "profile_time_s")
+
+
+def total_rows(table: pa.Table) -> pa.Table:
+    """The ``total`` component rows of a profile table (all of them when it predates the column).
+
+    >>> old = pa.table({"step": [1, 1], "grad_norm": [1.0, 2.0]})
+    >>> total_rows(old).num_rows
+    2
+    >>> new = pa.table({"step": [1, 1], "grad_norm": [1.0, 0.5], "component": ["total", "format"]})
+    >>> total_rows(new).column("grad_norm").to_pylist()
+    [1.0]
+    """
+    if "component" not in table.column_names:
+        return table
+    import pyarrow.compute as pc
+
+    return table.filter(pc.equal(table.column("component"), TOTAL))
 
 
 def reward_column(reward: str) -> str:
@@ -179,7 +212,9 @@ class RunRecord:
     error: str | None = None
     traceback: str | None = None
     num_layers: int | None = None
-    allocation: list[int] | None = None  # rank per layer, as audited
+    allocation: list[int] | None = None  # rank per layer, as audited (ranks that change: the final, mean over modules)
+    initial_allocation: list[int] | None = None  # ranks that change while training (adalora): rank per layer at start
+    module_ranks: dict[str, list[int]] | None = None  # ranks that change: per module, per layer, at the end
     importance: list[float] | None = None  # S(l) the allocation used, when it used one
     importance_source: str | None = None  # the profile it came from
     importance_nonfinite: int | None = None  # profile rows left out of S(l) (non-finite grad_norm)
@@ -192,7 +227,7 @@ class RunRecord:
     timings: dict[str, float] = field(default_factory=dict)
     eval: dict[str, Any] | None = None  # n, correct, accuracy
     warnings: list[str] = field(default_factory=list)  # what the run noticed and left as it was (one line each)
-    tables: list[str] = field(default_factory=lambda: list(TABLES))  # the tables this run writes
+    tables: list[str] = field(default_factory=lambda: list(TRAINED_TABLES))  # the tables this run writes
     extra: dict[str, Any] = field(default_factory=dict)  # keys of other rankstudy versions, kept as they are
 
     def to_json(self) -> dict[str, Any]:
@@ -212,15 +247,16 @@ class RunRecord:
         known = {k: v for k, v in data.items() if k in names}
         known["run_id"], known["strategy"] = rid, str(known.get("strategy") or strategy)
         known["seed"] = int(known["seed"]) if known.get("seed") is not None else seed
-        for key in ("allocation",):
+        for key in ("allocation", "initial_allocation"):
             if known.get(key) is not None:
                 known[key] = [int(v) for v in known[key]]
-        if known.get("lora_params") is not None:
-            known["lora_params"] = {str(m): [int(p) for p in v] for m, v in dict(known["lora_params"]).items()}
+        for key in ("lora_params", "module_ranks"):
+            if known.get(key) is not None:
+                known[key] = {str(m): [int(p) for p in v] for m, v in dict(known[key]).items()}
         for key in ("axes", "spec", "timings"):
             known[key] = dict(known.get(key) or {})
         known["warnings"] = [str(w) for w in known.get("warnings") or []]
-        known["tables"] = [str(t) for t in known.get("tables") or TABLES]
+        known["tables"] = [str(t) for t in known.get("tables") or TRAINED_TABLES]
         return cls(**known, extra={k: v for k, v in data.items() if k not in names})
 
 

@@ -115,8 +115,12 @@ def importance_from_profile(path: str, run_id: str | None = None) -> ProfileImpo
     import pyarrow.lib
     import pyarrow.parquet as pq
 
+    from orchestrator.contract import total_rows
+
     try:
-        table = pq.read_table(path, columns=list(PROFILE_COLUMNS))
+        names = pq.read_schema(path).names
+        table = total_rows(pq.read_table(path, columns=[*PROFILE_COLUMNS, *(["component"] if "component" in names
+                                                                             else [])]))
     except FileNotFoundError:
         raise StudyError(f"profile {path} does not exist") from None
     except (pyarrow.lib.ArrowInvalid, KeyError, OSError) as err:

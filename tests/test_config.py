@@ -78,7 +78,7 @@ def test_every_field_has_help_text():
         ("lora.rank=30", r"^lora\.rank: must be a positive multiple of allocation\.multiple \(4\), got 30$"),
         ("grid.strategies=[uniform, greedy]",
          r"^grid\.strategies\[1\]: unknown strategy 'greedy'; registered strategies: base, uniform, proportional, "
-         r"random, reduced$"),
+         r"proportional_r2, proportional_r3, random, reduced, adalora$"),
         ("allocation.r_min=80", r"^allocation\.r_min: must be <= r_max \(64\), got 80$"),
         ("allocation.r_max=16;allocation.random_range=[4, 16]", r"^lora\.rank: the budget num_layers x 32 is infeasible"),
         ("data.train=missing/train.jsonl", r"^data\.train: data file missing/train\.jsonl does not exist"),

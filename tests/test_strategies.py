@@ -54,13 +54,16 @@ def alternating():
 
 
 def test_registry_lists_orders_and_names_unknown_strategies():
-    assert strategies.registered_names() == ["base", "uniform", "proportional", "random", "reduced"]
+    assert strategies.registered_names() == ["base", "uniform", "proportional", "proportional_r2", "proportional_r3",
+                                             "random", "reduced", "adalora"]
     assert strategies.default_strategies() == ("base", "uniform", "proportional", "random", "reduced")
     assert [s for s in strategies.registered_names() if not strategies.get_strategy(s).trains] == ["base"]
     assert [s for s in strategies.registered_names() if strategies.get_strategy(s).needs_profile] == [
-        "proportional", "reduced"]
+        "proportional", "proportional_r2", "proportional_r3", "reduced"]
+    assert [s for s in strategies.registered_names() if strategies.get_strategy(s).adapter != "lora"] == ["adalora"]
     with pytest.raises(ConfigError, match=r"^allocation: unknown strategy 'greedy'; registered strategies: base, "
-                                          r"uniform, proportional, random, reduced$"):
+                                          r"uniform, proportional, proportional_r2, proportional_r3, random, "
+                                          r"reduced, adalora$"):
         allocate("greedy", num_layers=2, rank=8, r_min=4, r_max=16, multiple=4)
     with pytest.raises(TypeError, match="already registered"):
         register_strategy(type("Again", (Strategy,), {"name": "uniform"}))

@@ -20,6 +20,9 @@ What is reached and why (each function says more):
   drift benchmark;
 - ``GRPOTrainer._last_loaded_step``: which optimizer step's weights the engine holds, so evaluation syncs once;
 - ``GRPOTrainer._generate`` and ``_generate_and_score_completions``: TRL's own rollout, timed by benchmarks;
+  the latter also carries the per-reward advantages of a decomposed step through TRL's batch shuffle, and
+  ``GRPOTrainer.beta``, ``reward_weights``, ``_metrics`` and ``_entropy_bonus_enabled`` are read or held
+  for the extra loss evaluations of the decomposition (:class:`DecomposedGRPO`, :mod:`workers.decompose`);
 - ``torch._foreach_norm``: one fused kernel for all per-tensor gradient norms (the profiler).
 """
 
@@ -102,6 +105,74 @@ class ProfileBeforeClipping:
 def clip_gradients(trainer: Any, model: Any) -> Any:
     """Run the trainer's own clipping step (tests of :class:`ProfileBeforeClipping` call it directly)."""
     return trainer._clip_grad_norm(model)
+
+
+# -- TRL's GRPO loss: per-reward decomposition (workers/decompose.py) ---------------------------------------
+class DecomposedGRPO:
+    """GRPOTrainer mixin: on the decomposer's steps, each component's loss is evaluated on the step's batch.
+
+    ``_generate_and_score_completions`` adds the per-reward advantages to the scored batch (TRL shuffles the
+    batch's rows after scoring, and every tensor with it); ``compute_loss`` removes them again and, before the
+    ordinary loss (whose backward the optimizer uses), has the decomposer differentiate TRL's own loss at each
+    component's advantages, with TRL's metrics of those extra evaluations dropped.
+    """
+
+    decomposer: Any = None
+    # name -> fn(model) -> scalar: terms added to TRL's loss (AdaLoRA's regulariser), each its own component.
+    loss_terms: dict[str, Callable[[Any], Any]] | None = None
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if self.decomposer is not None and self.model.training and self.decomposer.due(self.state.global_step + 1):
+            output = self.decomposer.attach(output, self.reward_weights)
+        return output
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        from workers.decompose import COMPONENTS_KEY
+
+        if COMPONENTS_KEY in inputs:
+            parts = inputs[COMPONENTS_KEY]
+            inputs = {key: value for key, value in inputs.items() if key != COMPONENTS_KEY}
+            if getattr(self, "_entropy_bonus_enabled", False):
+                from orchestrator.errors import StudyError
+
+                raise StudyError("profile.decompose_every: TRL's entropy bonus is on, a loss term the decomposition "
+                                 "does not split; set profile.decompose_every: 0")
+            beta = self.beta
+            import torch
+
+            # Every extra forward starts from the RNG state the ordinary one will use, and that one gets it back:
+            # with dropout on, each component then sees the same masks as the total (so they still sum to it),
+            # and the training run draws exactly the random numbers it would have drawn without decomposition.
+            rng = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+            def restore_rng():
+                torch.set_rng_state(rng[0])
+                if rng[1] is not None:
+                    torch.cuda.set_rng_state_all(rng[1])
+
+            def loss_at(advantages, with_kl):
+                restore_rng()
+                kept = {mode: {key: len(values) for key, values in logged.items()}
+                        for mode, logged in self._metrics.items()}
+                self.beta = beta if with_kl else 0.0
+                try:
+                    return super(DecomposedGRPO, self).compute_loss(model, {**inputs, "advantages": advantages},
+                                                                    num_items_in_batch=num_items_in_batch)
+                finally:
+                    self.beta = beta
+                    for mode, logged in self._metrics.items():  # the extra evaluations are not training steps
+                        for key in list(logged):
+                            del logged[key][kept.get(mode, {}).get(key, 0):]
+
+            terms = {name: (lambda fn=fn: fn(model)) for name, fn in (self.loss_terms or {}).items()}
+            self.decomposer.decompose(self.state.global_step + 1, loss_at, parts, has_kl=beta != 0.0, terms=terms)
+            restore_rng()
+        loss = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
+        for term in (self.loss_terms or {}).values():
+            loss = loss + term(model)
+        return loss
 
 
 # -- torch -------------------------------------------------------------------------------------------------

@@ -18,7 +18,10 @@ parameter without a gradient makes its row NaN (flagged), never a valid-looking 
 
 The ``rank`` column is each module's rank at that step: fixed for an allocation made before training, and
 whatever :meth:`GradientProfiler.set_ranks` last reported for a strategy whose ranks change while training.
-The table's schema is the contract's (:data:`orchestrator.contract.PROFILE_SCHEMA`).
+Rows of the ordinary gradient carry ``component = "total"``. :meth:`GradientProfiler.capture_component` adds
+rows for one component of the same step's gradient (workers/decompose.py: one per reward, and ``kl``), from
+gradients computed beside the optimizer's, never from ``.grad``. The table's schema is the contract's
+(:data:`orchestrator.contract.PROFILE_SCHEMA`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import pyarrow as pa
 import torch
 from transformers import TrainerCallback
 
-from orchestrator.contract import PROFILE_SCHEMA
+from orchestrator.contract import PROFILE_SCHEMA, TOTAL
 from orchestrator.errors import StudyError
 from workers.compat import ProfileBeforeClipping, foreach_norm
 from workers.model import LayerLayout
@@ -69,15 +72,20 @@ class GradientProfiler:
         self._steps: list[int] = []
         self._norms: list[list[float]] = []
         self._step_ranks: list[list[int]] = []  # the ranks at each captured step (shared lists while unchanged)
+        self._components: dict[int, dict[str, list[float]]] = {}  # step -> component -> norms (decomposed steps)
         self.capture_seconds: dict[int, float] = {}
 
     @classmethod
     def for_lora(cls, model: torch.nn.Module, layout: LayerLayout, ranks: list[int], labels: RunLabels):
         named = dict(model.named_parameters())
+        # LoRA keeps A and B as Linear weights (lora_A.default.weight); AdaLoRA as parameters (lora_A.default),
+        # with its singular values lora_E.default beside them, which are profiled with the pair.
+        adalora = any(".lora_E." in name for name in named)
+        parts = ("lora_A", "lora_B", "lora_E") if adalora else ("lora_A", "lora_B")
         groups = [
             (layer, module, ranks[layer],
-             [named[_find_param(named, layout.path(layer, module), rf"{part}\.{_ADAPTER}\.weight")]
-              for part in ("lora_A", "lora_B")])
+             [named[_find_param(named, layout.path(layer, module), rf"{part}\.{_ADAPTER}(\.weight)?")]
+              for part in parts])
             for layer in range(layout.num_layers) for module in layout.modules
         ]
         return cls(groups, labels)
@@ -97,22 +105,36 @@ class GradientProfiler:
             return
         started = time.perf_counter()
         grads = [p.grad for p in self._params]
-        missing = [i for i, g in enumerate(grads) if g is None]
-        if missing:
-            # No gradient is not a zero gradient (a step without backward gave 0.0 before): NaN, flagged nonfinite.
-            for i in missing:
-                grads[i] = torch.full((), math.nan, device=self._params[i].device)
-            self.missing_rows += len({self._group_list[i] for i in missing})
-        with torch.no_grad():
-            per_tensor = torch.stack(foreach_norm(grads)).to(torch.float64)  # one fused kernel
-            group_of = self._group_of.to(per_tensor.device)
-            squared = torch.zeros(len(self._keys), dtype=torch.float64, device=per_tensor.device)
-            values = squared.index_add_(0, group_of, per_tensor.pow(2)).sqrt().cpu().tolist()  # one host copy
+        self.missing_rows += len({self._group_list[i] for i, g in enumerate(grads) if g is None})
+        values = self._group_norms(grads)
         self._steps.append(step)
         self._norms.append(values)
         self._step_ranks.append(self._ranks)
         # The profiler's own cost, including the device->host sync: the metrics table reports it per step.
         self.capture_seconds[step] = time.perf_counter() - started
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        """The profiled parameters, in the order :meth:`capture_component` takes their gradients."""
+        return list(self._params)
+
+    def capture_component(self, step: int, component: str, grads: list[torch.Tensor | None]) -> None:
+        """Record one component of step ``step``'s gradient (``grads`` aligned with :attr:`params`)."""
+        if component == TOTAL:
+            raise ValueError(f"component {TOTAL!r} is the ordinary gradient; capture() records it")
+        self._components.setdefault(step, {})[component] = self._group_norms(list(grads))
+
+    def _group_norms(self, grads: list[torch.Tensor | None]) -> list[float]:
+        """Per (layer, module) group: sqrt of the summed squared norms of its tensors; NaN for a missing one."""
+        for i, g in enumerate(grads):
+            if g is None:
+                # No gradient is not a zero gradient (a step without backward gave 0.0 before): NaN, flagged.
+                grads[i] = torch.full((), math.nan, device=self._params[i].device)
+        with torch.no_grad():
+            per_tensor = torch.stack(foreach_norm(grads)).to(torch.float64)  # one fused kernel
+            group_of = self._group_of.to(per_tensor.device)
+            squared = torch.zeros(len(self._keys), dtype=torch.float64, device=per_tensor.device)
+            return squared.index_add_(0, group_of, per_tensor.pow(2)).sqrt().cpu().tolist()  # one host copy
 
     @property
     def steps(self) -> list[int]:
@@ -122,6 +144,10 @@ class GradientProfiler:
     def keys(self) -> list[tuple[int, str]]:
         """The profiled (layer, module) groups, in row order within a step."""
         return list(self._keys)
+
+    def current_ranks(self) -> dict[tuple[int, str], int]:
+        """Each (layer, module)'s rank now (what :meth:`set_ranks` last reported, else the allocation)."""
+        return dict(zip(self._keys, self._ranks, strict=True))
 
     def set_ranks(self, ranks: Mapping[tuple[int, str], int]) -> None:
         """Report new ranks for some (layer, module) groups; steps captured from now on carry them."""
@@ -133,36 +159,50 @@ class GradientProfiler:
     def restore(self, table: pa.Table) -> None:
         """Reload rows written at a checkpoint, so a resumed run keeps each step exactly once."""
         by_step: dict[int, tuple[list[float], list[int]]] = {}
+        components: dict[int, dict[str, list[float]]] = {}
         n = len(self._keys)
         steps = table.column("step").to_pylist()
         norms = table.column("grad_norm").to_pylist()
         ranks = table.column("rank").to_pylist()
+        kinds = table.column("component").to_pylist() if "component" in table.column_names else [TOTAL] * len(steps)
         for i in range(0, len(steps), n):
-            by_step[steps[i]] = (norms[i : i + n], ranks[i : i + n])
+            if kinds[i] == TOTAL:
+                by_step[steps[i]] = (norms[i : i + n], ranks[i : i + n])
+            else:
+                components.setdefault(steps[i], {})[kinds[i]] = norms[i : i + n]
         self._steps = sorted(by_step)
         self._norms = [by_step[s][0] for s in self._steps]
         self._step_ranks = [by_step[s][1] for s in self._steps]
-        self.missing_rows = sum(1 for v in norms if v is None or math.isnan(v))  # NaN rows: no gradient, mostly
+        self._components = components
+        self.missing_rows = sum(1 for s in self._steps for v in by_step[s][0] if v is None or math.isnan(v))
         if self._steps:
             self._ranks = list(self._step_ranks[-1])
 
     def table(self, up_to_step: int | None = None) -> pa.Table:
-        """All rows so far (optionally only steps <= ``up_to_step``), in (step, layer, module) order."""
-        keep = [i for i, s in enumerate(self._steps) if up_to_step is None or s <= up_to_step]
+        """All rows so far (optionally only steps <= ``up_to_step``): per step, the total rows in (layer, module)
+        order, then each decomposed component's rows in the same order."""
+        blocks = []  # (step, component, norms, ranks)
+        for i, step in enumerate(self._steps):
+            if up_to_step is not None and step > up_to_step:
+                continue
+            blocks.append((step, TOTAL, self._norms[i], self._step_ranks[i]))
+            for component, norms in self._components.get(step, {}).items():
+                blocks.append((step, component, norms, self._step_ranks[i]))
         n = len(self._keys)
-        flat = [v for i in keep for v in self._norms[i]]
+        flat = [v for *_, norms, _ranks in blocks for v in norms]
         lab = self.labels
         return pa.table(
             {
                 "run_id": [lab.run_id] * len(flat),
                 "strategy": [lab.strategy] * len(flat),
                 "seed": [lab.seed] * len(flat),
-                "step": [self._steps[i] for i in keep for _ in range(n)],
-                "layer": [layer for _ in keep for layer, _m in self._keys],
-                "module": [m for _ in keep for _l, m in self._keys],
-                "rank": [r for i in keep for r in self._step_ranks[i]],
+                "step": [step for step, *_ in blocks for _ in range(n)],
+                "layer": [layer for _ in blocks for layer, _m in self._keys],
+                "module": [m for _ in blocks for _l, m in self._keys],
+                "rank": [r for *_, ranks in blocks for r in ranks],
                 "grad_norm": flat,
                 "nonfinite": [not math.isfinite(v) for v in flat],
+                "component": [component for _s, component, *_ in blocks for _ in range(n)],
             },
             schema=PROFILE_SCHEMA,
         )

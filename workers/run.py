@@ -41,7 +41,9 @@ from orchestrator.errors import StudyError
 from orchestrator.importance import importance_from_profile
 from orchestrator.plan import RunSpec
 from workers import compat
+from workers.decompose import Decomposer
 from workers.evaluate import evaluate, generate_greedy_hf, prompt_token_ids
+from workers.geometry import GeometryRecorder
 from workers.lora import audit_lora, build_lora_config
 from workers.model import LayerLayout, discover_layers, load_model_and_tokenizer
 from workers.profiler import GradientProfiler, ProfilerCallback, RunLabels, check_unsharded
@@ -74,6 +76,8 @@ class GRPORun:
         self.recorder: StepRecorder | None = None
         self.profiler: GradientProfiler | None = None
         self.checkpoint_tables: CheckpointTables | None = None
+        self.decomposer: Decomposer | None = None
+        self.geometry: GeometryRecorder | None = None
         self.trainer: ProfiledGRPOTrainer | None = None
 
     # -- protocol -------------------------------------------------------------------------------------------
@@ -91,7 +95,7 @@ class GRPORun:
         else:
             self.record.allocation, self.record.trainable_params = None, 0  # evaluated as it is (see base.py)
             self.record.frozen_base = {"before": frozen_digest(self.trainer.model)}
-        self.record.tables = list(self.strategy.tables())
+        self.record.tables = list(self.strategy.tables()) + (["geometry"] if self.geometry is not None else [])
         self.timings["setup_s"] = time.perf_counter() - start
 
     def train(self) -> None:
@@ -142,9 +146,20 @@ class GRPORun:
             self.trainer.model.save_pretrained(str(self.paths.adapter(run_id)))
             atomic_write_table(self.paths.table("profiles", run_id), self.profiler.table())
             atomic_write_table(self.paths.table("metrics", run_id), self.recorder.table())
+        if self.strategy.adapter == "adalora" and self.profiler is not None:
+            self._record_final_ranks()
+        if self.geometry is not None:
+            self.geometry.capture(self.trainer.state.global_step, self.profiler.current_ranks())
+            atomic_write_table(self.paths.table("geometry", run_id), self.geometry.table())
         atomic_write_table(self.paths.table("eval", run_id), eval_table)
+        # The optional measurements' own cost (inside train_s): make bench reports it as a ratio.
+        if self.decomposer is not None:
+            self.timings["decompose_s"] = sum(self.decomposer.seconds.values())
+        if self.geometry is not None:
+            self.timings["geometry_s"] = self.geometry.seconds
         correct = sum(1 for verdict in eval_table.column("correct").to_pylist() if verdict)  # None: no such reward
-        self.timings["total_s"] = sum(self.timings.values())
+        self.timings["total_s"] = sum(v for k, v in self.timings.items() if k.endswith("_s") and k not in
+                                      ("decompose_s", "geometry_s"))
         record = self.record
         record.status, record.timings = COMPLETED, self.timings
         record.steps = len(self.profiler.steps) if self.profiler is not None else 0
@@ -206,7 +221,7 @@ class GRPORun:
                 print(f"[{spec.run_id}] warning: {importance.note()}", flush=True)
         request = strategies.AllocationRequest.from_config(
             self.config, num_layers, spec.seed, importance.values if importance is not None else None)
-        self.ranks = self.strategy.ranks(request)
+        self.ranks = self.strategy.for_config(self.config, request)
         record.allocation = self.ranks
 
     def _setup_data(self) -> None:
@@ -216,9 +231,18 @@ class GRPORun:
 
     def _setup_trainer(self) -> None:
         cfg, spec = self.config, self.spec
-        lora_config = build_lora_config(self.layout, self.ranks, cfg.lora)
+        if self.strategy.adapter == "adalora":
+            from workers.adalora import build_adalora_config
+
+            lora_config = build_adalora_config(self.layout, cfg)
+        else:
+            lora_config = build_lora_config(self.layout, self.ranks, cfg.lora)
         rewards = dict(zip(cfg.rewards, self.task.reward_functions(cfg.rewards), strict=True))
         self.recorder = StepRecorder(self.labels, rewards, report=self.report)
+        reward_funcs = [self.recorder.watch_rollouts(fn) for fn in rewards.values()]
+        if cfg.profile.decompose_every and self.strategy.trains:
+            self.decomposer = Decomposer(cfg.profile.decompose_every, list(rewards), None, cfg.grpo.num_generations)
+            reward_funcs = [self.decomposer.tap(name, fn) for name, fn in zip(rewards, reward_funcs, strict=True)]
         engine = contextlib.nullcontext()
         if cfg.grpo.use_vllm:
             from workers.generation import colocated_vllm_engine
@@ -229,7 +253,7 @@ class GRPORun:
         with engine:
             self.trainer = ProfiledGRPOTrainer(
                 model=self.model,
-                reward_funcs=[self.recorder.watch_rollouts(fn) for fn in rewards.values()],
+                reward_funcs=reward_funcs,
                 args=self._grpo_args(),
                 train_dataset=self.train_set,
                 processing_class=self.tokenizer,
@@ -243,7 +267,12 @@ class GRPORun:
 
     def _setup_profiling(self) -> None:
         cfg, trainer, layout = self.config, self.trainer, self.layout
-        audit = audit_lora(trainer.model, layout, self.ranks, cfg.lora)
+        if self.strategy.adapter == "adalora":
+            from workers.adalora import audit_adalora
+
+            audit = audit_adalora(trainer.model, layout, self.ranks[0], cfg)
+        else:
+            audit = audit_lora(trainer.model, layout, self.ranks, cfg.lora)
         self.record.trainable_params, self.record.lora = audit.trainable_params, audit.to_dict()
         self.record.lora_params = {m: [audit.module_params[(layer, m)] for layer in range(layout.num_layers)
                                        if (layer, m) in audit.module_params] for m in layout.modules}
@@ -251,12 +280,26 @@ class GRPORun:
         self.profiler = GradientProfiler.for_lora(trainer.model, layout, self.ranks, self.labels)
         trainer.gradient_profiler = self.profiler
         self.recorder.profiler = self.profiler
-        self.checkpoint_tables = CheckpointTables(self.profiler, self.recorder)
+        if self.decomposer is not None:
+            self.decomposer.profiler = self.profiler
+            trainer.decomposer = self.decomposer
+        if cfg.profile.geometry:
+            self.geometry = GeometryRecorder(trainer.model, layout, self.labels, cfg.profile.geometry_top_k)
+        self.checkpoint_tables = CheckpointTables(self.profiler, self.recorder, self.geometry)
         for callback in (self.recorder, ProfilerCallback(self.profiler), self.checkpoint_tables,
                          *self.strategy.callbacks(self)):
             trainer.add_callback(callback)
         # With tqdm off, transformers prints every log dict; the driver shows progress from our recorder instead.
         trainer.remove_callback(PrinterCallback)
+
+    def _record_final_ranks(self) -> None:
+        """Ranks that changed while training: run.json keeps the start, the end per module, and per layer their mean."""
+        ranks = self.profiler.current_ranks()
+        layout, record = self.layout, self.record
+        record.initial_allocation = list(self.ranks)
+        record.module_ranks = {m: [ranks[(layer, m)] for layer in range(layout.num_layers)] for m in layout.modules}
+        record.allocation = [round(sum(ranks[(layer, m)] for m in layout.modules) / len(layout.modules))
+                             for layer in range(layout.num_layers)]
 
     def _check_frozen_base(self) -> None:
         """The base weights must be bitwise what they were before training (LoRA trains only the adapter)."""

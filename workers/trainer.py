@@ -25,6 +25,7 @@ from transformers import TrainerCallback
 from trl import GRPOTrainer
 
 from orchestrator.contract import metrics_schema, reward_column
+from workers.compat import DecomposedGRPO
 from workers.profiler import GradientProfiler, ProfileBeforeClipping, RunLabels
 
 CHECKPOINT_MARKER = "rankstudy_tables.done"
@@ -64,8 +65,9 @@ def trl_metric_columns(rewards: Mapping[str, Callable]) -> dict[str, str]:
     return {"reward": "reward", **per_reward, **TRL_STEP_METRICS}
 
 
-class ProfiledGRPOTrainer(ProfileBeforeClipping, GRPOTrainer):
-    """GRPOTrainer whose gradient profiler sees the gradients before clipping."""
+class ProfiledGRPOTrainer(ProfileBeforeClipping, DecomposedGRPO, GRPOTrainer):
+    """GRPOTrainer whose gradient profiler sees the gradients before clipping, and whose loss can be decomposed
+    per reward (workers/decompose.py) on the steps ``profile.decompose_every`` names."""
 
 
 class StepRecorder(TrainerCallback):
@@ -127,11 +129,13 @@ class StepRecorder(TrainerCallback):
 
 
 class CheckpointTables(TrainerCallback):
-    """Saves profile + metrics rows with every checkpoint; :func:`latest_checkpoint` finds complete ones."""
+    """Saves profile + metrics (+ geometry) rows with every checkpoint; :func:`latest_checkpoint` finds complete
+    ones. With a geometry recorder, the update's geometry is measured at each checkpoint first."""
 
-    def __init__(self, profiler: GradientProfiler, recorder: StepRecorder):
+    def __init__(self, profiler: GradientProfiler, recorder: StepRecorder, geometry=None):
         self.profiler = profiler
         self.recorder = recorder
+        self.geometry = geometry
 
     def on_save(self, args, state, control, **kwargs):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -139,6 +143,9 @@ class CheckpointTables(TrainerCallback):
             return
         pq.write_table(self.profiler.table(state.global_step), ckpt / "rankstudy_profile.parquet")
         pq.write_table(self.recorder.table(state.global_step), ckpt / "rankstudy_metrics.parquet")
+        if self.geometry is not None:
+            self.geometry.capture(state.global_step, self.profiler.current_ranks())
+            pq.write_table(self.geometry.table(state.global_step), ckpt / "rankstudy_geometry.parquet")
         # Written last: the checkpoint is whole. It carries what the tables cannot say (rows without a gradient
         # look like NaN gradients once written).
         marker = {"step": state.global_step, "missing_rows": self.profiler.missing_rows}
@@ -147,6 +154,8 @@ class CheckpointTables(TrainerCallback):
     def restore(self, ckpt: Path) -> None:
         self.profiler.restore(pq.read_table(ckpt / "rankstudy_profile.parquet"))
         self.recorder.restore(pq.read_table(ckpt / "rankstudy_metrics.parquet"))
+        if self.geometry is not None and (ckpt / "rankstudy_geometry.parquet").exists():
+            self.geometry.restore(pq.read_table(ckpt / "rankstudy_geometry.parquet"))
         try:
             self.profiler.missing_rows = int(json.loads((ckpt / CHECKPOINT_MARKER).read_text())["missing_rows"])
         except (ValueError, KeyError, TypeError):

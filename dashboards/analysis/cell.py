@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from dashboards.analysis import stats as st
+from dashboards.analysis.beyond import adalora_summary, decomposition_summary, geometry_summary, rounds_summary
 from dashboards.analysis.load import ProfileAggregates
 from dashboards.analysis.profiles import (
     RunMeta,
@@ -30,7 +31,8 @@ from dashboards.analysis.training import eval_examples, reward_curves, strategy_
 from orchestrator.importance import layer_importance
 from orchestrator.strategies import REFERENCE, SFT, order_strategies
 
-SUMMARY_KEYS = ("landscape", "strategies", "normalized_control", "sft", "training", "lora_scaling")
+SUMMARY_KEYS = ("landscape", "strategies", "normalized_control", "sft", "training", "lora_scaling", "rounds",
+                "decomposition", "geometry", "adalora")
 
 
 @dataclass
@@ -44,7 +46,11 @@ class CellResult:
 
 
 def analyze_cell(study_dir: Path, runs: dict[str, RunMeta], eval_df: pd.DataFrame | None,
-                 metrics_df: pd.DataFrame | None, prof: ProfileAggregates | None) -> CellResult:
+                 metrics_df: pd.DataFrame | None, prof: ProfileAggregates | None,
+                 components: pd.DataFrame | None = None, geometry: pd.DataFrame | None = None,
+                 rank_steps: pd.DataFrame | None = None) -> CellResult:
+    """The cell's summary part; ``components`` (decomposed profile rows), ``geometry`` and ``rank_steps`` (the
+    ranks per step of runs whose ranks change) are optional tables."""
     result = CellResult(summary={})
     eval_stats = _table_analysis(study_dir, eval_df, metrics_df, runs, result)
     profile_strategies: dict[str, dict] = {}
@@ -57,6 +63,16 @@ def analyze_cell(study_dir: Path, runs: dict[str, RunMeta], eval_df: pd.DataFram
         result.summary["landscape"] = None
         result.summary["normalized_control"] = None
     result.summary["strategies"] = _strategy_entries(runs, eval_stats, profile_strategies)
+    importance = {}
+    if prof is not None:
+        values = layer_importance(prof.sum_lm, prof.count_lm)
+        importance = {rid: values[r] for r, rid in enumerate(prof.run_ids) if rid in runs}
+    result.summary["rounds"] = rounds_summary(result.summary["strategies"], runs)
+    result.summary["decomposition"], result.frames["component_shares"] = decomposition_summary(
+        _rows_in(components, runs), importance, runs)
+    result.summary["geometry"], result.frames["geometry"] = geometry_summary(_rows_in(geometry, runs), importance,
+                                                                             runs)
+    result.summary["adalora"], result.frames["rank_steps"] = adalora_summary(_rows_in(rank_steps, runs), runs)
     scalings = sorted({m.lora_scaling for m in runs.values() if m.lora_scaling})
     result.summary["lora_scaling"] = scalings[0] if len(scalings) == 1 else (scalings or None)
     rank = {name: i for i, name in enumerate([*result.summary["strategies"], SFT])}
@@ -67,6 +83,10 @@ def analyze_cell(study_dir: Path, runs: dict[str, RunMeta], eval_df: pd.DataFram
             result.frames[key] = frame.take(order).reset_index(drop=True)
     result.summary = {k: result.summary[k] for k in SUMMARY_KEYS if k in result.summary}
     return result
+
+
+def _rows_in(table: pd.DataFrame | None, runs: dict[str, RunMeta]) -> pd.DataFrame | None:
+    return None if table is None else table[table["run_id"].isin(list(runs))]
 
 
 def _strategy_entries(runs: dict[str, RunMeta], eval_stats: dict, profile_strategies: dict) -> dict[str, dict]:

@@ -174,7 +174,9 @@ def findings(summary: dict) -> list[str]:
     out += strategy_findings(summary.get("strategies") or {})
     out += control_findings(summary.get("normalized_control"))
     out += training_findings(summary.get("training"), list(summary.get("strategies") or {}))
-    return out
+    from dashboards.analysis.beyond_findings import beyond_findings  # it imports this module's helpers
+
+    return out + beyond_findings(summary)
 
 
 def cell_findings(cells: list[tuple[str, dict]]) -> list[str]:

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from orchestrator.contract import RunRecord, StudyPaths
+from orchestrator.contract import TOTAL, RunRecord, StudyPaths
 from orchestrator.importance import PROFILE_COLUMNS
 
 PROFILE_REQUIRED = PROFILE_COLUMNS  # what Eq. 2 needs (orchestrator.importance)
@@ -213,7 +213,14 @@ def aggregate_profiles(profile_dir: Path, warnings: list[str], known_runs: set[s
     schema = pa.schema([pa.field(c, pa.dictionary(pa.int32(), pa.string())) if c in string_cols
                         else first.field(c) for c in columns])
     fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=string_cols))
-    table = ds.dataset([str(p) for p, _ in files], format=fmt, schema=schema).to_table(columns=columns)
+    dataset_filter = None
+    if any("component" in file_schema.names for _, file_schema in files):
+        # Eq. 2, the landscape and amplification read the ordinary gradient only (contract: component total);
+        # rows of files written before the column read as total.
+        schema = schema.append(pa.field("component", pa.string()))
+        dataset_filter = ds.field("component").is_null() | (ds.field("component") == TOTAL)
+    table = ds.dataset([str(p) for p, _ in files], format=fmt, schema=schema).to_table(columns=columns,
+                                                                                        filter=dataset_filter)
     if any(table[c].null_count for c in ("run_id", "step", "layer", "module")):
         valid = pc.and_(pc.and_(pc.is_valid(table["run_id"]), pc.is_valid(table["module"])),
                         pc.and_(pc.is_valid(table["step"]), pc.is_valid(table["layer"])))
@@ -328,3 +335,45 @@ def aggregate_profiles(profile_dir: Path, warnings: list[str], known_runs: set[s
         half_count=half_count, step_layer_sum=step_layer_sum, step_present=step_present,
         profile_rank=profile_rank, nonfinite=nonfinite, rows=rows, files=[p.name for p, _ in files],
     )
+
+
+def read_components(profile_dir: Path) -> pd.DataFrame | None:
+    """The decomposed profile rows (component other than ``total``) of DIR/profiles; None when there are none.
+
+    Decomposed steps are every ``profile.decompose_every``-th, so these rows are few; files without the column
+    (or unreadable ones, which :func:`aggregate_profiles` already reports) hold none.
+    """
+    if not profile_dir.is_dir():
+        return None
+    files = []
+    for path in sorted(profile_dir.glob("*.parquet")):
+        try:
+            if "component" in pq.read_schema(path).names:
+                files.append(str(path))
+        except (OSError, pa.ArrowException):
+            continue
+    if not files:
+        return None
+    table = ds.dataset(files, format="parquet").to_table(
+        columns=["run_id", "step", "layer", "module", "grad_norm", "component"],
+        filter=ds.field("component") != TOTAL)
+    return table.to_pandas() if table.num_rows else None
+
+
+def read_rank_steps(profile_dir: Path, run_ids: list[str]) -> pd.DataFrame | None:
+    """Per (run, step, layer): the layer's total rank over modules, from the ``total`` rows of these runs' profiles
+    (``<run_id>.parquet``). For strategies whose ranks change while training (adalora); None if none is readable."""
+    frames = []
+    for run_id in run_ids:
+        path = profile_dir / f"{run_id}.parquet"
+        try:
+            names = pq.read_schema(path).names
+            table = pq.read_table(path, columns=["step", "layer", "rank", *(["component"] if "component" in names
+                                                                            else [])])
+        except (OSError, pa.ArrowException, KeyError):
+            continue  # missing or unreadable: aggregate_profiles has said so
+        frame = table.to_pandas()
+        if "component" in frame:
+            frame = frame[frame["component"] == TOTAL]
+        frames.append(frame.groupby(["step", "layer"], as_index=False)["rank"].sum().assign(run_id=run_id))
+    return pd.concat(frames, ignore_index=True) if frames else None

@@ -38,12 +38,19 @@ import yaml
 
 from dashboards.analysis.cell import analyze_cell
 from dashboards.analysis.findings import cell_findings, findings, paper_comparison
-from dashboards.analysis.load import ProfileAggregates, aggregate_profiles, load_run_records, read_small_table
+from dashboards.analysis.load import (
+    ProfileAggregates,
+    aggregate_profiles,
+    load_run_records,
+    read_components,
+    read_rank_steps,
+    read_small_table,
+)
 from dashboards.analysis.profiles import RunMeta
 from orchestrator.axes import describe
-from orchestrator.contract import COMPLETED, RunRecord, StudyPaths, parse_run_id
+from orchestrator.contract import COMPLETED, GEOMETRY_SCHEMA, RunRecord, StudyPaths, parse_run_id
 from orchestrator.errors import StudyError
-from orchestrator.strategies import SFT
+from orchestrator.strategies import SFT, get_strategy, registered_names
 
 
 @dataclass
@@ -214,6 +221,9 @@ def analyze(study_dir: Path) -> Analysis:
         metrics_df = read_small_table(paths.table_dir("metrics"), ("run_id", "step"),
                                       ("strategy", "seed", "reward", "reward_correctness", "reward_format"),
                                       table_warnings, "metrics")
+        components_df = read_components(paths.table_dir("profiles"))
+        geometry_df = (read_small_table(paths.table_dir("geometry"), GEOMETRY_SCHEMA.names, (), table_warnings,
+                                        "geometry") if paths.table_dir("geometry").is_dir() else None)
         runs, excluded = _collect_runs(records, run_warnings, [eval_df, metrics_df])
         if eval_df is not None:
             eval_df = eval_df[~eval_df["run_id"].isin(excluded)]
@@ -222,6 +232,7 @@ def analyze(study_dir: Path) -> Analysis:
         prof = profiles_done.result()
     if prof is not None:
         _add_profile_runs(runs, excluded, prof)
+    rank_steps = read_rank_steps(paths.table_dir("profiles"), [rid for rid, m in runs.items() if _ranks_change(m)])
 
     cells: list[CellAnalysis] = []
     study_config = _study_config(paths)
@@ -231,7 +242,8 @@ def analyze(study_dir: Path) -> Analysis:
     for axes, run_ids in cell_list:
         members = {rid: runs[rid] for rid in run_ids}
         result = analyze_cell(study_dir, members, _rows_of(eval_df, members), _rows_of(metrics_df, members),
-                              _profiles_of(prof, members))
+                              _profiles_of(prof, members), _rows_of(components_df, members),
+                              _rows_of(geometry_df, members), _rows_of(rank_steps, members))
         prefix = f"cell {describe(axes)}: " if with_axes else ""
         profile_warnings += [prefix + w for w in result.profile_warnings]
         table_warnings += [prefix + w for w in result.table_warnings]
@@ -251,6 +263,11 @@ def analyze(study_dir: Path) -> Analysis:
                    "findings": cells[0].summary["findings"]}
     summary["warnings"] = list(warnings)
     return Analysis(summary=jsonable(summary), warnings=warnings, cells=cells)
+
+
+def _ranks_change(meta: RunMeta) -> bool:
+    """A run of a registered strategy whose ranks change while training (adalora)."""
+    return meta.strategy in registered_names() and get_strategy(meta.strategy).adapter != "lora"
 
 
 def _rows_of(table: pd.DataFrame | None, runs: dict[str, RunMeta]) -> pd.DataFrame | None:

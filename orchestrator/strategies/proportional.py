@@ -27,6 +27,7 @@ class Proportional(Strategy):
     color = "#d62728"
     needs_profile = True
     in_default_grid = True
+    allocation_round = 1
 
     def check(self, config) -> None:
         check_rank_within_bounds(config)

@@ -20,6 +20,7 @@ class Reduced(Proportional):
     description = "Eq. 3 at allocation.reduced_fraction of the uniform budget"
     order = 40
     color = "#9467bd"
+    allocation_round = None  # a smaller budget, not a re-profiling round
 
     def check(self, config) -> None:
         super().check(config)

@@ -13,6 +13,7 @@ A strategy declares what the rest of rankstudy asks of it, so nothing else lists
 - :meth:`Strategy.budget` (the total rank), :meth:`Strategy.ranks` (the per-layer allocation, a pure
   function of an :class:`AllocationRequest`) and :meth:`Strategy.check` (config feasibility, before any
   run starts);
+- ``allocation_round``: its place in a chain of re-profiling rounds (strategies/rounds.py), if any;
 - :meth:`Strategy.callbacks`: training-time hooks (transformers ``TrainerCallback`` s) for strategies whose
   ranks change while training; such a hook reports the current ranks to the profiler
   (``GradientProfiler.set_ranks``), so the profile's ``rank`` column is the rank at each step.
@@ -37,7 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from orchestrator.contract import TABLES
+from orchestrator.contract import TRAINED_TABLES
 from orchestrator.errors import ConfigError, StudyError
 
 if TYPE_CHECKING:
@@ -92,10 +93,18 @@ class Strategy:
     in_default_grid: ClassVar[bool] = False
     trains: ClassVar[bool] = True
     per_seed: ClassVar[bool] = True
+    # Re-profiling round (strategies/rounds.py): 1 for an allocation from the profile_from run, k for one from
+    # round k-1's run; None for a strategy outside the rounds.
+    allocation_round: ClassVar[int | None] = None
+    # The PEFT adapter the worker builds: "lora" (ranks fixed before training) or "adalora" (workers/adalora.py).
+    adapter: ClassVar[str] = "lora"
 
     def tables(self) -> tuple[str, ...]:
-        """The contract tables a run of this strategy writes (an evaluation-only run writes eval)."""
-        return TABLES if self.trains else ("eval",)
+        """The contract tables a run of this strategy writes (an evaluation-only run writes eval).
+
+        A trained run adds ``geometry`` when ``profile.geometry`` is on (the worker decides that).
+        """
+        return TRAINED_TABLES if self.trains else ("eval",)
 
     def budget(self, request: AllocationRequest) -> int:
         """Total rank over all layers (the same-budget comparison of the paper: ``num_layers x rank``)."""
@@ -103,6 +112,10 @@ class Strategy:
 
     def ranks(self, request: AllocationRequest) -> list[int]:
         raise NotImplementedError(f"strategy {self.name!r} does not implement ranks()")
+
+    def for_config(self, config: StudyConfig, request: AllocationRequest) -> list[int]:
+        """The ranks a run of this config starts with: :meth:`ranks`, unless the strategy has its own settings."""
+        return self.ranks(request)
 
     def check(self, config: StudyConfig) -> None:
         """Raise :class:`ConfigError` naming the key when ``config`` makes this strategy infeasible."""

@@ -1,0 +1,64 @@
+"""The adalora strategy: PEFT's AdaLoRA under GRPO really re-allocates ranks, and the profile records them."""
+
+import pyarrow.parquet as pq
+import pytest
+
+from orchestrator.config import load_config
+from orchestrator.contract import StudyPaths
+from orchestrator.errors import ConfigError
+from orchestrator.plan import RunSpec
+from workers import adalora
+from workers.run import execute_run
+
+# 6 steps: step 1 trains at init_r, pruning re-allocates at steps 1-3 (tinit 0, every step), the budget reaches
+# its target at step 4 (total_step - tfinal), and steps 5-6 train at the final ranks.
+SCHEDULE = {"tinit_fraction": 0.0, "tfinal_fraction": 0.34, "delta_t": 1}
+
+
+def _config(write_study_config, name="ada", steps=6):
+    return load_config(write_study_config(name=name, grid={"strategies": ["adalora"], "seeds": [0]},
+                                          adalora=SCHEDULE, grpo={"max_steps": steps, "checkpoint_every": 10}))
+
+
+def test_adalora_ranks_change_during_training_to_uniforms_budget(write_study_config, tmp_path):
+    config = _config(write_study_config)
+    record = execute_run(config, RunSpec("adalora", 0, num_gpus=0, num_cpus=1), tmp_path)
+    profile = pq.read_table(StudyPaths(tmp_path).table("profiles", record.run_id)).to_pandas()
+    modules = len(config.lora.target_modules) * record.num_layers
+    per_step = profile.groupby("step")["rank"].agg(["sum", "min", "max"])
+    init_r, rank = 12, config.lora.rank  # round(1.5 x 8)
+    assert record.initial_allocation == [init_r] * record.num_layers
+    assert per_step.loc[1].tolist() == [init_r * modules, init_r, init_r]  # nothing pruned before the first step
+    assert per_step.loc[6, "sum"] == rank * modules  # uniform's total rank budget at the end
+    assert per_step.loc[6, "max"] > per_step.loc[6, "min"]  # ...distributed unevenly: re-allocated, not shrunk
+    assert sum(sum(v) for v in record.module_ranks.values()) == rank * modules
+    assert record.trainable_params == sum(init_r * (sum(shape) + 1) for shape in _shapes(record, config))
+
+
+def _shapes(record, config):
+    from transformers import AutoModelForCausalLM
+
+    from workers.model import discover_layers
+
+    model = AutoModelForCausalLM.from_pretrained(config.model.name_or_path)
+    layout = discover_layers(model, config.lora.target_modules)
+    return [layout.shape(layer, m) for layer in range(layout.num_layers) for m in layout.modules]
+
+
+def test_without_update_and_allocate_adalora_stays_plain_lora(write_study_config, tmp_path, monkeypatch):
+    # peft#3373: nothing fails, AdaLoRA just never prunes. The worker's call is what makes the ranks move.
+    monkeypatch.setattr(adalora.AdaLoraAllocation, "on_optimizer_step", lambda self, *a, **kw: None)
+    config = _config(write_study_config, name="ada_nocall", steps=4)
+    record = execute_run(config, RunSpec("adalora", 0, num_gpus=0, num_cpus=1), tmp_path)
+    profile = pq.read_table(StudyPaths(tmp_path).table("profiles", record.run_id)).to_pandas()
+    assert set(profile["rank"]) == {12}
+    assert set(record.allocation) == {12}
+
+
+def test_adalora_config_errors_name_the_key(write_study_config):
+    with pytest.raises(ConfigError, match=r"^lora\.scaling: adalora"):
+        load_config(write_study_config(grid={"strategies": ["adalora"], "seeds": [0]}, lora={"scaling": "rslora"}))
+    with pytest.raises(ConfigError, match=r"^adalora: grpo\.max_steps \(2\) leaves no pruning phase"):
+        load_config(write_study_config(grid={"strategies": ["adalora"], "seeds": [0]},
+                                       adalora={"tinit_fraction": 0.5, "tfinal_fraction": 0.49},
+                                       grpo={"max_steps": 2}))

@@ -1,0 +1,145 @@
+r"""Per-reward gradient decomposition: the LoRA gradient of a GRPO step, split exactly into one part per reward
+and one for the KL term (the paper's untested hypothesis that cold layers carry formatting).
+
+Derivation, for TRL 1.16's ``grpo`` loss as the worker runs it (``scale_rewards="group"``,
+``multi_objective_aggregation="sum_then_normalize"``, one optimizer step per generation batch and
+``num_iterations=1``). For completion i of a group G, the total reward is ``r_i = sum_k w_k r_ik`` and the
+advantage is
+
+    A_i = (r_i - mean_G r) / (std_G r + 1e-4).
+
+Hold the denominator at its value (the std of the *total* reward, a number per group) and the numerator is
+linear in the rewards, so ``A_i = sum_k A_ik`` with ``A_ik = w_k (r_ik - mean_G r_k) / (std_G r + 1e-4)``.
+The per-token loss is ``-min(c A_i, clip(c) A_i) + beta KL_t`` with ``c = exp(logp_t - logp_old,t)``. On policy
+(``logp_old`` is the current policy's, detached) ``c = 1`` in value, inside the clip range, so both branches
+are equal and the gradient is ``-A_i grad(c) = -A_i grad(logp_t)`` whichever branch autograd takes; vLLM's
+importance-sampling weight multiplies the policy term by a constant. The loss, an average over tokens and
+sequences, is therefore ``L = sum_k L_k + L_kl`` with ``L_k`` the loss at advantages ``A_ik`` and ``beta = 0``,
+and ``L_kl`` the loss at advantages 0 and the run's beta, and so is its gradient:
+
+    grad L = sum_k grad L_k + grad L_kl.
+
+On every ``profile.decompose_every``-th step the worker computes each ``grad L_k`` and ``grad L_kl`` on the
+step's own batch with extra forward/backward passes (``torch.autograd.grad``, which never touches ``.grad``),
+profiles each like the total (component = reward name, or ``kl``) and leaves the optimizer step as it was.
+:func:`component_advantages` reproduces TRL's advantages from the per-reward rewards and
+:meth:`Decomposer.attach` checks that they sum to TRL's, so a TRL change that breaks the identity stops the run
+instead of writing wrong components. Each extra forward pass starts from the RNG state the ordinary one will
+use, which then gets it back (workers/compat.py), so with LoRA dropout on the components see the same masks as
+the total and the run draws exactly the random numbers it would have without decomposition. Loss terms the
+trainer adds to TRL's (AdaLoRA's orthogonality regulariser) are components of their own. Simplified: TRL's
+entropy bonus and auxiliary (MoE) losses must be off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from orchestrator.contract import KL_COMPONENT
+from orchestrator.errors import StudyError
+
+GROUP_STD_EPS = 1e-4  # TRL 1.16's denominator offset (grpo_trainer.py, _generate_and_score_completions)
+COMPONENTS_KEY = "rankstudy_component_advantages"  # the batch key that carries A_ik through TRL's shuffle
+
+
+def component_advantages(rewards: torch.Tensor, weights: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """A_ik (shape B x K) from per-reward rewards ``r_ik`` (B x K, NaN = not scored), in groups of completions.
+
+    >>> r = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    >>> a = component_advantages(r, torch.ones(2), num_generations=4)
+    >>> a.sum(dim=1)  # the advantages of the total reward [1, 0, 2, 1]: (r - 1) / std
+    tensor([ 0.0000, -1.2246,  1.2246,  0.0000])
+    """
+    weighted = rewards * weights.to(rewards.device, rewards.dtype).unsqueeze(0)
+    total = weighted.nansum(dim=1)
+    unscorable = torch.isnan(rewards).all(dim=1)
+    total[unscorable] = torch.nan
+    grouped_total = total.view(-1, num_generations)
+    mean = torch.nanmean(grouped_total, dim=1, keepdim=True)
+    count = (~torch.isnan(grouped_total)).sum(dim=1, keepdim=True)
+    variance = torch.nanmean((grouped_total - mean) ** 2, dim=1, keepdim=True) * count / (count - 1)
+    std = variance.sqrt().repeat_interleave(num_generations, dim=0)  # (B, 1), Bessel-corrected as TRL's nanstd
+    grouped = weighted.view(-1, num_generations, weighted.shape[1])
+    component_mean = torch.nanmean(torch.where(unscorable.view(-1, num_generations, 1), torch.nan, grouped), dim=1,
+                                   keepdim=True)
+    centred = (grouped - component_mean).view_as(weighted)
+    return torch.nan_to_num(centred / (std + GROUP_STD_EPS), nan=0.0)
+
+
+class Decomposer:
+    """Taps each reward's values, attaches A_ik to the batch, and profiles each component's LoRA gradient.
+
+    ``every``: decompose steps ``every, 2*every, ...``; ``rewards``: config name -> reward function, in the
+    trainer's order. The trainer mixin (:class:`workers.compat.DecomposedGRPO`) calls :meth:`attach` on every
+    scored batch and :meth:`decompose` from ``compute_loss``.
+    """
+
+    def __init__(self, every: int, reward_names: Sequence[str], profiler, num_generations: int):
+        self.every, self.names = every, list(reward_names)
+        self.profiler = profiler
+        self.num_generations = num_generations
+        self._last: dict[str, list[float]] = {}
+        self.keep_vectors = False  # tests: keep the last step's component gradients (before norms)
+        self.last_vectors: dict[str, list[torch.Tensor]] = {}
+        self.seconds: dict[int, float] = {}
+
+    @property
+    def components(self) -> list[str]:
+        return [*self.names, KL_COMPONENT]
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def tap(self, name: str, reward_fn: Callable) -> Callable:
+        """Wrap a reward function so its values for the latest batch are kept (behaviour unchanged)."""
+
+        def tapped(completions, **kwargs):
+            values = reward_fn(completions, **kwargs)
+            self._last[name] = [float("nan") if v is None else float(v) for v in values]
+            return values
+
+        tapped.__name__ = reward_fn.__name__
+        return tapped
+
+    def attach(self, batch: dict, weights: torch.Tensor) -> dict:
+        """Add A_ik to a scored batch (TRL's output dict), after checking they sum to TRL's advantages."""
+        advantages = batch["advantages"]
+        missing = [name for name in self.names if len(self._last.get(name, ())) != advantages.shape[0]]
+        if missing:
+            raise StudyError(f"profile.decompose_every: the rewards {missing} were not seen for this batch of "
+                             f"{advantages.shape[0]} completions; the decomposition needs every reward's values")
+        rewards = torch.tensor([self._last[name] for name in self.names], dtype=torch.float32).T
+        parts = component_advantages(rewards, weights, self.num_generations).to(advantages.device)
+        gap = float((parts.sum(dim=1) - advantages.float()).abs().max()) if advantages.numel() else 0.0
+        if gap > 1e-3 * max(1.0, float(advantages.abs().max())):
+            raise StudyError(f"profile.decompose_every: the per-reward advantages do not sum to TRL's (max gap "
+                             f"{gap:.2e}); this TRL version computes advantages differently: set "
+                             "profile.decompose_every: 0")
+        return {**batch, COMPONENTS_KEY: parts}
+
+    def decompose(self, step: int, loss_at: Callable[[torch.Tensor, bool], torch.Tensor], parts: torch.Tensor,
+                  has_kl: bool, terms: dict[str, Callable[[], torch.Tensor]] | None = None) -> None:
+        """Profile each component's gradient; ``loss_at(advantages, with_kl)`` is the step's loss on its batch,
+        ``terms`` the loss terms the trainer adds to it (e.g. AdaLoRA's regulariser), each its own component."""
+        import time
+
+        started = time.perf_counter()
+        params = self.profiler.params
+        vectors = {}
+        for k, name in enumerate(self.names):
+            vectors[name] = self._grad(loss_at(parts[:, k], False), params)
+        vectors[KL_COMPONENT] = (self._grad(loss_at(torch.zeros_like(parts[:, 0]), True), params) if has_kl
+                                 else [torch.zeros_like(p) for p in params])
+        for name, term in (terms or {}).items():
+            vectors[name] = self._grad(term(), params)
+        for name, grads in vectors.items():
+            self.profiler.capture_component(step, name, list(grads))
+        self.last_vectors = vectors if self.keep_vectors else {}
+        self.seconds[step] = time.perf_counter() - started
+
+    @staticmethod
+    def _grad(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(grads, params, strict=True)]
