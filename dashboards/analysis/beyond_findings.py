@@ -46,8 +46,10 @@ def decomposition_findings(decomposition: dict | None) -> list[str]:
             out.append(head + "; the study has no format and correctness rewards to test the paper's hypothesis.")
             continue
         if not (_finite(test["ci_low"]) and _finite(test["ci_high"])):
-            out.append(head + f". Format minus correctness share: {100 * test['mean']:+.1f} points (one seed: no "
-                       "interval, so no conclusion on the paper's hypothesis).")
+            mean = f"{100 * test['mean']:+.1f} points" if _finite(test["mean"]) else "undefined"
+            out.append(head + f". Format minus correctness share: {mean}, defined for {test['n']} of {n} seed(s) "
+                       "(a component without gradient in every decomposed step has no shares): no interval, so no "
+                       "conclusion on the paper's hypothesis.")
             continue
         span = f"{100 * test['mean']:+.1f} points (95% CI {100 * test['ci_low']:+.1f} to {100 * test['ci_high']:+.1f})"
         if test["ci_low"] > 0:
