@@ -62,3 +62,31 @@ def test_adalora_config_errors_name_the_key(write_study_config):
         load_config(write_study_config(grid={"strategies": ["adalora"], "seeds": [0]},
                                        adalora={"tinit_fraction": 0.5, "tfinal_fraction": 0.49},
                                        grpo={"max_steps": 2}))
+
+
+def test_a_failed_adalora_run_restarts_from_step_0_and_says_why(write_study_config, tmp_path):
+    # peft 0.21 saves AdaLoRA checkpoints at the pruned ranks, which do not load into the training model: a run
+    # stopped after step 5 (checkpoint at step 4) trains again from step 1 and records why.
+    from transformers import TrainerCallback
+
+    from workers.run import GRPORun
+
+    config = load_config(write_study_config(name="ada_restart", grid={"strategies": ["adalora"], "seeds": [0]},
+                                            adalora=SCHEDULE, grpo={"max_steps": 6, "checkpoint_every": 4}))
+    spec = RunSpec("adalora", 0, num_gpus=0, num_cpus=1)
+
+    class StopAfter5(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step >= 5
+
+    first = GRPORun(config, spec, tmp_path)
+    first.setup()
+    first.trainer.add_callback(StopAfter5())
+    first.train()
+    assert (StudyPaths(tmp_path).checkpoints(spec.run_id) / "checkpoint-4").is_dir()
+    record = execute_run(config, spec, tmp_path)
+    assert record.resumed_from_step is None
+    assert any(w.startswith("adalora: restarted from step 0, not resumed from checkpoint-4") for w in record.warnings)
+    profile = pq.read_table(StudyPaths(tmp_path).table("profiles", record.run_id)).to_pandas()
+    assert sorted(profile["step"].unique()) == [1, 2, 3, 4, 5, 6]
+    assert profile[profile["step"] == 6]["rank"].sum() == config.lora.rank * len(profile[profile["step"] == 6])

@@ -102,6 +102,12 @@ class GRPORun:
         start = time.perf_counter()
         ckpt_root = self.paths.checkpoints(self.spec.run_id)
         resume = latest_checkpoint(ckpt_root)
+        reason = self.strategy.restart_reason
+        if resume is not None and reason is not None:
+            shutil.rmtree(ckpt_root, ignore_errors=True)
+            self.record.warnings.append(f"{self.strategy.name}: restarted from step 0, not resumed from "
+                                        f"{resume.name}: {reason}")
+            resume = None
         if resume is not None:
             # Checkpoints newer than the last complete one were cut off mid-save: drop them.
             resume_step = checkpoint_step(resume)

@@ -19,7 +19,8 @@ comparison, arXiv 2512.23165). Mapping onto this study's budget (config section 
   it only to a loss the model computes itself (workers/adalora.py).
 
 The profile's ``rank`` column is each module's rank at that step (its number of unpruned triplets). Masked
-triplets keep their parameters, so the trainable-parameter count is that of rank ``init_r`` throughout.
+triplets keep their parameters, so the trainable-parameter count is that of rank ``init_r`` throughout. A run
+that fails restarts from step 0 rather than resuming (``restart_reason``).
 
 >>> from orchestrator.strategies import AllocationRequest, get_strategy
 >>> get_strategy("adalora").ranks(AllocationRequest(num_layers=3, rank=8, r_min=2, r_max=16, multiple=2))
@@ -80,6 +81,10 @@ class AdaLora(Strategy):
     order = 60
     color = "#17becf"
     adapter = "adalora"
+    # peft 0.21 saves an AdaLoRA checkpoint at its pruned ranks, which transformers cannot load back into the
+    # training model (still at init_r), and keeps the sensitivity averages in memory only.
+    restart_reason = ("PEFT saves AdaLoRA checkpoints at the pruned ranks, which cannot be loaded back into the "
+                      "training model")
 
     def ranks(self, request: AllocationRequest) -> list[int]:
         """The ranks every module starts from at the default ``init_rank_factor`` (see :meth:`for_config`)."""

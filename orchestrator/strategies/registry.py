@@ -98,6 +98,9 @@ class Strategy:
     allocation_round: ClassVar[int | None] = None
     # The PEFT adapter the worker builds: "lora" (ranks fixed before training) or "adalora" (workers/adalora.py).
     adapter: ClassVar[str] = "lora"
+    # Why a failed run of this strategy restarts from step 0 instead of resuming from its checkpoint (None: it
+    # resumes).
+    restart_reason: ClassVar[str | None] = None
 
     def tables(self) -> tuple[str, ...]:
         """The contract tables a run of this strategy writes (an evaluation-only run writes eval).
