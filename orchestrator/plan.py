@@ -122,9 +122,11 @@ def format_plan(plan: StudyPlan) -> str:
         lines += [f"cell {i}: {cell.label()}" for i, cell in enumerate(plan.cells)]
     width = max([24, *(len(r.run_id) + 1 for r in runs)])
     dep_width = max([24, *(len(r.depends_on) + 1 for r in runs if r.depends_on)])
-    lines.append(f"{'run_id':<{width}} {'strategy':<13} {'seed':>4}  {'depends on':<{dep_width}} {'gpus':>4} {'cpus':>4}")
+    s_width = max([13, *(len(r.strategy) + 1 for r in runs)])
+    lines.append(f"{'run_id':<{width}} {'strategy':<{s_width}} {'seed':>4}  {'depends on':<{dep_width}} "
+                 f"{'gpus':>4} {'cpus':>4}")
     for r in runs:
         dep = r.depends_on or (f"profile {r.profile_path}" if r.profile_path else "-")
-        lines.append(f"{r.run_id:<{width}} {r.strategy:<13} {r.seed:>4}  {dep:<{dep_width}} "
+        lines.append(f"{r.run_id:<{width}} {r.strategy:<{s_width}} {r.seed:>4}  {dep:<{dep_width}} "
                      f"{r.num_gpus:>4g} {r.num_cpus:>4g}")
     return "\n".join(lines)

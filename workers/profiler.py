@@ -1,7 +1,7 @@
 """Per-step, per-layer, per-module LoRA gradient norms (the paper's Eq. 2 input), at near-zero cost.
 
 At each optimizer step, before gradient clipping, the L2 norm of each LoRA module's gradient (lora_A and
-lora_B together: sqrt(|dA|^2 + |dB|^2)) is computed for every (layer, module) with ONE fused
+lora_B together: sqrt(|dA|^2 + |dB|^2); for AdaLoRA with its singular values lora_E too) is computed for every (layer, module) with ONE fused
 ``torch._foreach_norm`` over all LoRA gradients and ONE host copy per step. Rows are buffered in memory
 and handed out as an Arrow table; the run writes them with its checkpoints and at the end.
 
