@@ -12,7 +12,7 @@ export RAY_AUTH_MODE ?= disabled
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install test lint run run-beyond bench clean
+.PHONY: install test lint run run-beyond bench gpu-check clean
 
 install:
 	python3 -m venv $(VENV)
@@ -47,6 +47,12 @@ run-beyond:
 
 bench:
 	$(PY) -m benchmarks
+
+# On a CUDA machine with torch, transformers, peft, trl and datasets (no Ray or vLLM needed): the worker's GRPO
+# path at Qwen2.5-1.5B's shape with random weights. GPU_PY: that machine's Python (default: this venv's).
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PY) -m benchmarks.gpu_check
 
 clean:
 	rm -rf $(VENV) .pytest_cache

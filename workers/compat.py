@@ -263,6 +263,26 @@ def generate_rollouts(trainer: Any, prompts: list) -> list:
     return trainer._generate(prompts)[3]  # (prompt_ids, completion_ids, logprobs, completions, ...)
 
 
+def time_rollouts(trainer: Any) -> dict[int, float]:
+    """Time TRL's rollout (``GRPOTrainer._generate``) on this trainer from now on: optimizer step -> seconds
+    (the returned dict fills in as it trains; the GPU check splits a step into generation and update)."""
+    import time
+
+    seconds: dict[int, float] = {}
+    original = trainer._generate
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            step = trainer.state.global_step + 1
+            seconds[step] = seconds.get(step, 0.0) + time.perf_counter() - started
+
+    trainer._generate = timed
+    return seconds
+
+
 def generate_and_score(trainer: Any, rows: list[dict]) -> dict:
     """One scored rollout batch as TRL's training step builds it (``_generate_and_score_completions``)."""
     return trainer._generate_and_score_completions(rows)
