@@ -245,7 +245,9 @@ class GRPOSettings:
     max_grad_norm: float = _help("Gradient clipping (profiles record norms before clipping).", default=1.0)
     use_vllm: bool = _help("Generate rollouts with vLLM colocated on the run's GPU; HF generate otherwise.", default=True)
     vllm_mode: Literal["colocate"] = _help("vLLM placement; only `colocate` (same GPU as training).", default="colocate")
-    vllm_gpu_memory_utilization: float = _help("GPU memory fraction vLLM may take in colocate mode.", default=0.3)
+    vllm_gpu_memory_utilization: float | None = _help(
+        "Fraction of the whole card vLLM's engine may take (colocate); null = derived from resources.gpus_per_run "
+        "and resources.training_share (orchestrator/gpu_packing.py; 0.3 for a whole GPU).", default=None)
     # Settings TRL applies silently unless set; each is passed to GRPOConfig explicitly (TRL 1.16's default here).
     vllm_importance_sampling_correction: bool = _help(
         "On the vLLM path, correct for vLLM/trainer logprob differences (TRL default true: a sequence whose "
@@ -286,7 +288,7 @@ class GRPOSettings:
             raise ConfigError(f"top_k: must be >= 0 (0 = off), got {self.top_k}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
-        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+        if self.vllm_gpu_memory_utilization is not None and not 0 < self.vllm_gpu_memory_utilization <= 1:
             raise ConfigError(f"vllm_gpu_memory_utilization: must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
 
 
@@ -314,10 +316,15 @@ class GridConfig:
 
 @dataclass(frozen=True)
 class ResourcesConfig:
-    gpus_per_run: float = _help("GPUs per run actor (0 on CPU-only machines).", default=1.0)
+    gpus_per_run: float = _help("GPUs per run actor (0 on CPU-only machines; a fraction such as 0.25 packs "
+                                "floor(1 / it) runs on one GPU, orchestrator/gpu_packing.py).", default=1.0)
     cpus_per_run: float = _help("CPUs per run actor.", default=8.0)
     max_retries: int = _help("Restarts of a run whose actor died; each resumes from its checkpoint.", default=2)
     custom: dict[str, float] = _help("Extra Ray custom resources each run needs.", default_factory=dict)
+    gpu_memory_gib: float | None = _help("Memory of one GPU, to check a packing of several runs per GPU (null = "
+                                         "the planning machine's first CUDA device, if any).", default=None)
+    training_share: float = _help("Part of a run's share of the GPU kept for training; vLLM gets the rest.",
+                                  default=0.7)
 
     def __post_init__(self):
         if self.gpus_per_run < 0 or self.cpus_per_run <= 0:
@@ -326,6 +333,12 @@ class ResourcesConfig:
             )
         if self.max_retries < 0:
             raise ConfigError(f"max_retries: must be >= 0, got {self.max_retries}")
+        if not 0 < self.training_share < 1:
+            raise ConfigError(f"training_share: must be in (0, 1), got {self.training_share}")
+        if self.gpu_memory_gib is not None and self.gpu_memory_gib <= 0:
+            raise ConfigError(f"gpu_memory_gib: must be positive, got {self.gpu_memory_gib}")
+        if self.gpus_per_run > 1 and self.gpus_per_run != int(self.gpus_per_run):
+            raise ConfigError(f"gpus_per_run: a run on more than one GPU takes whole GPUs, got {self.gpus_per_run}")
 
 
 @dataclass(frozen=True)

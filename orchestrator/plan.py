@@ -59,6 +59,7 @@ class StudyPlan:
     config: StudyConfig
     cells: list[Cell]
     runs: list[RunSpec]
+    memory: list = field(default_factory=list)  # one gpu_packing.MemoryPlan per cell (runs on GPUs only)
 
     def config_for(self, spec: RunSpec) -> StudyConfig:
         for cell in self.cells:
@@ -98,7 +99,17 @@ def make_plan(config: StudyConfig, cell_config: Callable[[StudyConfig], StudyCon
     for run in runs:  # the config's checks make this hold; a run must never wait for one that is not planned
         if run.depends_on is not None and run.depends_on not in ids:
             raise ConfigError(f"grid: {run.run_id} would wait for {run.depends_on}, which is not in the plan")
-    return StudyPlan(config, cells, runs)
+    memory = []
+    if res.gpus_per_run > 0:
+        from orchestrator import gpu_packing
+
+        card = gpu_packing.detected_card_gib()
+        for cell in cells:  # a packing that cannot fit the card stops here, before anything starts
+            try:
+                memory.append(gpu_packing.check_packing(cell.config, card))
+            except ConfigError as err:
+                raise ConfigError(f"grid.axes: cell {describe(cell.axes)}: {err}" if cell.axes else str(err)) from None
+    return StudyPlan(config, cells, runs, memory)
 
 
 def plan_json(plan: StudyPlan) -> str:
@@ -120,6 +131,12 @@ def format_plan(plan: StudyPlan) -> str:
     ]
     if config.grid.axes:
         lines += [f"cell {i}: {cell.label()}" for i, cell in enumerate(plan.cells)]
+    if plan.memory:
+        from orchestrator import gpu_packing
+
+        shown = {gpu_packing.describe(m) for m in plan.memory}
+        lines += [(f"cell {i}: " if len(shown) > 1 else "") + gpu_packing.describe(m)
+                  for i, m in enumerate(plan.memory) if len(shown) > 1 or i == 0]
     width = max([24, *(len(r.run_id) + 1 for r in runs)])
     dep_width = max([24, *(len(r.depends_on) + 1 for r in runs if r.depends_on)])
     s_width = max([13, *(len(r.strategy) + 1 for r in runs)])

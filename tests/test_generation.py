@@ -100,7 +100,7 @@ def build_trainer(model_dir, seed: int, output_dir):
         max_completion_length=settings.max_completion_length, max_steps=settings.max_steps,
         learning_rate=settings.learning_rate, beta=settings.beta, loss_type=settings.loss_type,
         logging_steps=1, save_strategy="no", disable_tqdm=True,
-        **vllm_grpo_args(settings, seed, on_cpu=True),
+        **vllm_grpo_args(settings, seed, on_cpu=True, memory_share=0.3),
     )
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     torch.manual_seed(seed)
@@ -316,6 +316,6 @@ def test_prepare_rejects_an_engine_not_seeded_with_the_run_seed(trainer):
 def test_cpu_args_require_a_bounded_kv_cache(monkeypatch):
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     with pytest.raises(StudyError, match="VLLM_CPU_KVCACHE_SPACE"):
-        vllm_grpo_args(GRPOSettings(), seed=0, on_cpu=True)
-    args = vllm_grpo_args(GRPOSettings(vllm_gpu_memory_utilization=0.5), seed=7, on_cpu=False)
+        vllm_grpo_args(GRPOSettings(), seed=0, on_cpu=True, memory_share=0.3)
+    args = vllm_grpo_args(GRPOSettings(), seed=7, on_cpu=False, memory_share=0.5)
     assert args["seed"] == 7 and args["use_vllm"] and args["vllm_gpu_memory_utilization"] == 0.5

@@ -156,6 +156,13 @@ def test_grid_with_colocated_vllm_seeds_rollouts_and_evaluates(write_study_confi
     assert base["completion"].tolist() == expected
     profiles = pd.read_parquet(out / "profiles")
     assert (profiles["grad_norm"] > 0).any()
+    # Each engine's share of the card and how it was decided; its start went through the engine-start lock.
+    import json
+
+    for run_id in ("base-seed0", "uniform-seed0", "uniform-seed1"):
+        plan = json.loads((out / "runs" / run_id / "run.json").read_text())["memory_plan"]
+        assert plan["source"] == "resources.gpus_per_run x (1 - resources.training_share)"
+        assert plan["engine_start"]["finished_at"] > plan["engine_start"]["started_at"] >= 0
 
 
 def test_a_run_that_fails_for_good_is_reported_and_the_others_go_on(write_study_config, tmp_path):

