@@ -398,11 +398,11 @@ class StudyConfig:
                 raise ConfigError(f"allocation.profile_from: {source} runs write no gradient profile per seed; take "
                                   "the importance from a trained strategy such as uniform, or from a .parquet")
             if source not in self.grid.strategies:
-                raise ConfigError(
-                    f"grid.strategies: {[n for n in needing if sources[n] == source]} need layer importance from "
-                    f"the {source} run (allocation.profile_from: {source}); add `{source}` or set profile_from "
-                    "to a .parquet"
-                )
+                via = ("(allocation.profile_from: {0}); add `{0}` or set profile_from to a .parquet".format(source)
+                       if source == self.allocation.profile_from else
+                       f"(the previous re-profiling round); add `{source}`")
+                raise ConfigError(f"grid.strategies: {[n for n in needing if sources[n] == source]} need layer "
+                                  f"importance from the {source} run {via}")
             seen, current = [name], source
             while current is not None and current in sources:
                 if current in seen:

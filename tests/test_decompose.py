@@ -81,3 +81,35 @@ def test_component_gradients_sum_to_the_total_gradient_and_training_is_unchanged
     ours = profile[profile["component"] == TOTAL].reset_index(drop=True)
     assert (baseline["component"] == TOTAL).all()
     assert ours["grad_norm"].tolist() == baseline["grad_norm"].tolist()  # the optimizer saw the same gradients
+
+
+class _Profiler:
+    """The decomposer's view of the profiler: the parameters, component rows, and dropping them."""
+
+    def __init__(self, params):
+        self.params, self.rows, self.dropped = params, {}, []
+
+    def capture_component(self, step, component, grads):
+        self.rows[(step, component)] = grads
+
+    def drop_components(self, step):
+        self.dropped.append(step)
+
+
+def test_a_step_whose_parts_do_not_sum_to_the_gradient_loses_its_component_rows():
+    # The identity needs an inactive PPO clip; where it fails (clipped tokens), the step's parts are not written.
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    profiler = _Profiler([w])
+    decomposer = Decomposer(1, ["format", "correctness"], profiler, num_generations=2)
+    parts = torch.tensor([[1.0, 2.0], [-1.0, 0.5]])
+
+    def loss_at(advantages, with_kl):
+        return (advantages.sum() * w).sum() + (0.1 * (w**2).sum() if with_kl else 0.0)
+
+    decomposer.decompose(3, loss_at, parts, has_kl=True)
+    exact = torch.autograd.grad(loss_at(parts.sum(1), True), [w])[0]
+    decomposer.verify(3, [exact])
+    assert decomposer.inexact_steps == [] and profiler.dropped == [] and decomposer.max_gap < 1e-6
+    decomposer.decompose(4, loss_at, parts, has_kl=True)
+    decomposer.verify(4, [exact * 1.5])  # what a clipped token does: the total is not the sum of the parts
+    assert decomposer.inexact_steps == [4] and profiler.dropped == [4]

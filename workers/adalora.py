@@ -76,8 +76,20 @@ def audit_adalora(peft_model, layout: LayerLayout, init_r: int, config: StudyCon
 
 
 def module_ranks(peft_model, layout: LayerLayout) -> dict[tuple[int, str], int]:
-    """Each module's current rank: its singular triplets AdaLoRA has not pruned (non-zero lora_E)."""
-    return {key: int((lora.lora_E[ADAPTER] != 0).sum()) for key, lora in _layers(peft_model, layout).items()}
+    """Each module's current rank: the singular triplets of AdaLoRA's last allocation (``rank_pattern``), all of
+    ``init_r`` before the first.
+
+    Not the non-zero ``lora_E`` entries: PEFT masks only every ``deltaT`` steps while the budget shrinks, and
+    AdamW revives masked entries at the next step, so counting them would show the pruned ranks on one step in
+    ``deltaT`` and ``init_r`` on the others.
+    """
+    pattern = peft_model.base_model.peft_config[ADAPTER].rank_pattern or {}
+    ranks = {}
+    for key, lora in _layers(peft_model, layout).items():
+        path = layout.path(*key)
+        mask = pattern.get(f"{path}.lora_E.{ADAPTER}", pattern.get(f"{path}.lora_E"))
+        ranks[key] = int(sum(bool(v) for v in mask)) if mask is not None else int(lora.lora_E[ADAPTER].shape[0])
+    return ranks
 
 
 def orthogonality_loss(peft_model, weight: float) -> torch.Tensor:

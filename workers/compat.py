@@ -133,11 +133,11 @@ class DecomposedGRPO:
         if COMPONENTS_KEY in inputs:
             parts = inputs[COMPONENTS_KEY]
             inputs = {key: value for key, value in inputs.items() if key != COMPONENTS_KEY}
-            if getattr(self, "_entropy_bonus_enabled", False):
+            if getattr(self, "_entropy_bonus_enabled", False) or getattr(self, "aux_loss_enabled", False):
                 from orchestrator.errors import StudyError
 
-                raise StudyError("profile.decompose_every: TRL's entropy bonus is on, a loss term the decomposition "
-                                 "does not split; set profile.decompose_every: 0")
+                raise StudyError("profile.decompose_every: TRL's entropy bonus or a router (MoE) auxiliary loss is "
+                                 "on, a loss term the decomposition does not split; set profile.decompose_every: 0")
             beta = self.beta
             import torch
 

@@ -41,7 +41,8 @@ from orchestrator.contract import KL_COMPONENT
 from orchestrator.errors import StudyError
 
 GROUP_STD_EPS = 1e-4  # TRL 1.16's denominator offset (grpo_trainer.py, _generate_and_score_completions)
-COMPONENTS_KEY = "rankstudy_component_advantages"  # the batch key that carries A_ik through TRL's shuffle
+COMPONENTS_KEY = "rankstudy_component_advantages"
+SUM_TOLERANCE = 1e-3  # relative (to the gradient's largest entry) gap above which a step's parts are dropped  # the batch key that carries A_ik through TRL's shuffle
 
 
 def component_advantages(rewards: torch.Tensor, weights: torch.Tensor, num_generations: int) -> torch.Tensor:
@@ -51,6 +52,9 @@ def component_advantages(rewards: torch.Tensor, weights: torch.Tensor, num_gener
     >>> a = component_advantages(r, torch.ones(2), num_generations=4)
     >>> a.sum(dim=1)  # the advantages of the total reward [1, 0, 2, 1]: (r - 1) / std
     tensor([ 0.0000, -1.2246,  1.2246,  0.0000])
+    >>> component_advantages(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.ones(2), num_generations=2)
+    tensor([[0., 0.],
+            [0., 0.]])
     """
     weighted = rewards * weights.to(rewards.device, rewards.dtype).unsqueeze(0)
     total = weighted.nansum(dim=1)
@@ -65,7 +69,11 @@ def component_advantages(rewards: torch.Tensor, weights: torch.Tensor, num_gener
     component_mean = torch.nanmean(torch.where(unscorable.view(-1, num_generations, 1), torch.nan, grouped), dim=1,
                                    keepdim=True)
     centred = (grouped - component_mean).view_as(weighted)
-    return torch.nan_to_num(centred / (std + GROUP_STD_EPS), nan=0.0)
+    parts = torch.nan_to_num(centred / (std + GROUP_STD_EPS), nan=0.0)
+    # A group whose total reward is constant has advantage 0 (TRL: std 0, numerator 0). Its rewards may still
+    # differ one against the other ((1, 0) and (0, 1) both total 1): dividing those by the 1e-4 offset would give
+    # parts of +-1e4 that cancel. They carry no gradient in the total, so none in any part either.
+    return torch.where(torch.isclose(std, torch.zeros_like(std)), torch.zeros_like(parts), parts)
 
 
 class Decomposer:
@@ -84,6 +92,9 @@ class Decomposer:
         self.keep_vectors = False  # tests: keep the last step's component gradients (before norms)
         self.last_vectors: dict[str, list[torch.Tensor]] = {}
         self.seconds: dict[int, float] = {}
+        self._pending: tuple[int, list[torch.Tensor]] | None = None
+        self.inexact_steps: list[int] = []  # decomposed steps whose parts did not sum to the gradient (dropped)
+        self.max_gap = 0.0  # largest relative gap between the summed parts and the gradient, over checked steps
 
     @property
     def components(self) -> list[str]:
@@ -137,7 +148,29 @@ class Decomposer:
         for name, grads in vectors.items():
             self.profiler.capture_component(step, name, list(grads))
         self.last_vectors = vectors if self.keep_vectors else {}
+        self._pending = (step, [sum(parts) for parts in zip(*vectors.values(), strict=True)])
         self.seconds[step] = time.perf_counter() - started
+
+    def verify(self, step: int, grads: list[torch.Tensor | None]) -> None:
+        """Called with the gradient the optimizer uses (before clipping): a decomposed step whose parts do not sum
+        to it loses its component rows, and is counted (:attr:`inexact_steps`).
+
+        The identity needs the PPO clip to be inactive. With dropout in TRL's separate old-logprob pass (vLLM
+        rollouts, ``grpo.disable_dropout: false``) the ratio is not exactly 1, and a token beyond the clip range
+        would make the split non-linear. Such a step is left out rather than written with parts that do not add up.
+        """
+        if self._pending is None or self._pending[0] != step:
+            return
+        _, summed = self._pending
+        self._pending = None
+        with torch.no_grad():
+            total = [torch.zeros_like(s) if g is None else g for s, g in zip(summed, grads, strict=True)]
+            scale = max(max(float(t.abs().max()) for t in total), 1e-30)
+            gap = max(float((s - t).abs().max()) for s, t in zip(summed, total, strict=True)) / scale
+        self.max_gap = max(self.max_gap, gap)
+        if gap > SUM_TOLERANCE:
+            self.inexact_steps.append(step)
+            self.profiler.drop_components(step)
 
     @staticmethod
     def _grad(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:

@@ -74,6 +74,7 @@ class GradientProfiler:
         self._step_ranks: list[list[int]] = []  # the ranks at each captured step (shared lists while unchanged)
         self._components: dict[int, dict[str, list[float]]] = {}  # step -> component -> norms (decomposed steps)
         self.capture_seconds: dict[int, float] = {}
+        self.checks: list = []  # fn(step, grads) called on every captured step's gradients, before the norms
 
     @classmethod
     def for_lora(cls, model: torch.nn.Module, layout: LayerLayout, ranks: list[int], labels: RunLabels):
@@ -105,6 +106,8 @@ class GradientProfiler:
             return
         started = time.perf_counter()
         grads = [p.grad for p in self._params]
+        for check in self.checks:  # e.g. the decomposition's sum identity, on the gradient itself
+            check(step, grads)
         self.missing_rows += len({self._group_list[i] for i, g in enumerate(grads) if g is None})
         values = self._group_norms(grads)
         self._steps.append(step)
@@ -123,6 +126,10 @@ class GradientProfiler:
         if component == TOTAL:
             raise ValueError(f"component {TOTAL!r} is the ordinary gradient; capture() records it")
         self._components.setdefault(step, {})[component] = self._group_norms(list(grads))
+
+    def drop_components(self, step: int) -> None:
+        """Forget the component rows of ``step`` (their parts did not sum to the total, workers/decompose.py)."""
+        self._components.pop(step, None)
 
     def _group_norms(self, grads: list[torch.Tensor | None]) -> list[float]:
         """Per (layer, module) group: sqrt of the summed squared norms of its tensors; NaN for a missing one."""

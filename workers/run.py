@@ -161,6 +161,11 @@ class GRPORun:
         # The optional measurements' own cost (inside train_s): make bench reports it as a ratio.
         if self.decomposer is not None:
             self.timings["decompose_s"] = sum(self.decomposer.seconds.values())
+            if self.decomposer.inexact_steps:
+                self.record.warnings.append(
+                    f"profile.decompose_every: the per-reward parts of steps {self.decomposer.inexact_steps[:5]} "
+                    f"({len(self.decomposer.inexact_steps)} in all) did not sum to the gradient (the PPO clip was "
+                    "active, e.g. dropout in the old-logprob pass); their component rows were left out")
         if self.geometry is not None:
             self.timings["geometry_s"] = self.geometry.seconds
         correct = sum(1 for verdict in eval_table.column("correct").to_pylist() if verdict)  # None: no such reward
@@ -296,6 +301,7 @@ class GRPORun:
         self.recorder.profiler = self.profiler
         if self.decomposer is not None:
             self.decomposer.profiler = self.profiler
+            self.profiler.checks.append(self.decomposer.verify)
             trainer.decomposer = self.decomposer
         if cfg.profile.geometry:
             self.geometry = GeometryRecorder(trainer.model, layout, self.labels, cfg.profile.geometry_top_k)
