@@ -398,7 +398,7 @@ class StudyConfig:
                 raise ConfigError(f"allocation.profile_from: {source} runs write no gradient profile per seed; take "
                                   "the importance from a trained strategy such as uniform, or from a .parquet")
             if source not in self.grid.strategies:
-                via = ("(allocation.profile_from: {0}); add `{0}` or set profile_from to a .parquet".format(source)
+                via = (f"(allocation.profile_from: {source}); add `{source}` or set profile_from to a .parquet"
                        if source == self.allocation.profile_from else
                        f"(the previous re-profiling round); add `{source}`")
                 raise ConfigError(f"grid.strategies: {[n for n in needing if sources[n] == source]} need layer "

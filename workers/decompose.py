@@ -33,6 +33,7 @@ entropy bonus and auxiliary (MoE) losses must be off.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -134,8 +135,6 @@ class Decomposer:
                   has_kl: bool, terms: dict[str, Callable[[], torch.Tensor]] | None = None) -> None:
         """Profile each component's gradient; ``loss_at(advantages, with_kl)`` is the step's loss on its batch,
         ``terms`` the loss terms the trainer adds to it (e.g. AdaLoRA's regulariser), each its own component."""
-        import time
-
         started = time.perf_counter()
         params = self.profiler.params
         vectors = {}

@@ -24,6 +24,7 @@ subspace is computed once per run (it is frozen): an exact SVD for matrices up t
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -100,8 +101,6 @@ class GeometryRecorder:
 
     def __init__(self, peft_model: torch.nn.Module, layout: LayerLayout, labels: RunLabels, top_k: int,
                  adapter: str = "default"):
-        import time
-
         started = time.perf_counter()
         base = peft_model.get_base_model()
         self.labels, self.adapter = labels, adapter
@@ -115,8 +114,6 @@ class GeometryRecorder:
 
     def capture(self, step: int, ranks: dict[tuple[int, str], int] | None = None) -> None:
         """Measure every module's update as it is after optimizer step ``step`` (repeats replace)."""
-        import time
-
         started = time.perf_counter()
         rows = []
         with torch.no_grad():

@@ -254,20 +254,18 @@ class GRPORun:
         if cfg.profile.decompose_every and self.strategy.trains:
             self.decomposer = Decomposer(cfg.profile.decompose_every, list(rewards), None, cfg.grpo.num_generations)
             reward_funcs = [self.decomposer.tap(name, fn) for name, fn in zip(rewards, reward_funcs, strict=True)]
-        engine = contextlib.nullcontext()
+        engine = lock = contextlib.nullcontext()
+        starting: dict = {}
         if cfg.grpo.use_vllm:
+            from workers.engine_lock import engine_start_lock
             from workers.generation import colocated_vllm_engine
 
             # TRL builds the colocated engine inside GRPOTrainer.__init__; this block gives it the run's seed.
             engine = colocated_vllm_engine(spec.seed, on_cpu=not torch.cuda.is_available(),
                                            max_num_seqs=cfg.grpo.eval_batch_size)
-        starting: dict = {}
-        if cfg.grpo.use_vllm:
-            from workers.engine_lock import engine_start_lock
-
             # One engine start at a time on this GPU (several runs may share it): workers/engine_lock.py.
-            engine = _stacked(engine_start_lock(starting), engine)
-        with engine:
+            lock = engine_start_lock(starting)
+        with lock, engine:
             self.trainer = ProfiledGRPOTrainer(
                 model=self.model,
                 reward_funcs=reward_funcs,
@@ -401,14 +399,6 @@ def execute_run(config: StudyConfig, spec: RunSpec, study_dir: str | os.PathLike
     except BaseException as err:
         run.fail(err)
         raise
-
-
-@contextlib.contextmanager
-def _stacked(*contexts):
-    with contextlib.ExitStack() as stack:
-        for context in contexts:
-            stack.enter_context(context)
-        yield
 
 
 def _one_line(err: BaseException) -> str:

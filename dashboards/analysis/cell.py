@@ -49,13 +49,15 @@ def analyze_cell(study_dir: Path, runs: dict[str, RunMeta], eval_df: pd.DataFram
                  metrics_df: pd.DataFrame | None, prof: ProfileAggregates | None,
                  components: pd.DataFrame | None = None, geometry: pd.DataFrame | None = None,
                  rank_steps: pd.DataFrame | None = None) -> CellResult:
-    """The cell's summary part; ``components`` (decomposed profile rows), ``geometry`` and ``rank_steps`` (the
-    ranks per step of runs whose ranks change) are optional tables."""
+    """The cell's summary part. Every table holds the cell's rows only; ``components`` (decomposed profile rows),
+    ``geometry`` and ``rank_steps`` (the ranks per step of runs whose ranks change) are optional."""
     result = CellResult(summary={})
     eval_stats = _table_analysis(study_dir, eval_df, metrics_df, runs, result)
     profile_strategies: dict[str, dict] = {}
+    importance: dict[str, np.ndarray] = {}  # S(l) per run: the beyond-the-paper parts read it too
     if prof is not None:
-        parts, profile_strategies = _profile_analysis(prof, runs, result.profile_warnings, result.frames)
+        parts, profile_strategies, importance = _profile_analysis(prof, runs, result.profile_warnings,
+                                                                  result.frames)
         result.summary.update(parts)
     else:
         result.profile_warnings.append("profiles: no usable profile; landscape, amplification, heatmap and "
@@ -63,16 +65,11 @@ def analyze_cell(study_dir: Path, runs: dict[str, RunMeta], eval_df: pd.DataFram
         result.summary["landscape"] = None
         result.summary["normalized_control"] = None
     result.summary["strategies"] = _strategy_entries(runs, eval_stats, profile_strategies)
-    importance = {}
-    if prof is not None:
-        values = layer_importance(prof.sum_lm, prof.count_lm)
-        importance = {rid: values[r] for r, rid in enumerate(prof.run_ids) if rid in runs}
     result.summary["rounds"] = rounds_summary(result.summary["strategies"], runs)
     result.summary["decomposition"], result.frames["component_shares"] = decomposition_summary(
-        _rows_in(components, runs), importance, runs)
-    result.summary["geometry"], result.frames["geometry"] = geometry_summary(_rows_in(geometry, runs), importance,
-                                                                             runs)
-    result.summary["adalora"], result.frames["rank_steps"] = adalora_summary(_rows_in(rank_steps, runs), runs)
+        components, importance, runs)
+    result.summary["geometry"], result.frames["geometry"] = geometry_summary(geometry, importance, runs)
+    result.summary["adalora"], result.frames["rank_steps"] = adalora_summary(rank_steps, runs)
     scalings = sorted({m.lora_scaling for m in runs.values() if m.lora_scaling})
     result.summary["lora_scaling"] = scalings[0] if len(scalings) == 1 else (scalings or None)
     rank = {name: i for i, name in enumerate([*result.summary["strategies"], SFT])}
@@ -83,10 +80,6 @@ def analyze_cell(study_dir: Path, runs: dict[str, RunMeta], eval_df: pd.DataFram
             result.frames[key] = frame.take(order).reset_index(drop=True)
     result.summary = {k: result.summary[k] for k in SUMMARY_KEYS if k in result.summary}
     return result
-
-
-def _rows_in(table: pd.DataFrame | None, runs: dict[str, RunMeta]) -> pd.DataFrame | None:
-    return None if table is None else table[table["run_id"].isin(list(runs))]
 
 
 def _strategy_entries(runs: dict[str, RunMeta], eval_stats: dict, profile_strategies: dict) -> dict[str, dict]:
@@ -135,10 +128,10 @@ def _table_analysis(study_dir: Path, eval_df: pd.DataFrame | None, metrics_df: p
 
 
 def _profile_analysis(prof: ProfileAggregates, runs: dict[str, RunMeta], warnings: list[str],
-                      frames: dict[str, pd.DataFrame]) -> tuple[dict, dict]:
+                      frames: dict[str, pd.DataFrame]) -> tuple[dict, dict, dict[str, np.ndarray]]:
     """Landscape, per-strategy amplification, module shares, heatmap and SFT from the aggregated profiles.
 
-    Returns (summary parts: landscape, sft, normalized_control; per-strategy profile statistics).
+    Returns (summary parts: landscape, sft, normalized_control; per-strategy profile statistics; S(l) per run).
     """
     keep = [r for r, rid in enumerate(prof.run_ids) if rid in runs]
     for r in keep:
@@ -181,7 +174,7 @@ def _profile_analysis(prof: ProfileAggregates, runs: dict[str, RunMeta], warning
         parts["sft"] = {k: sft_part["landscape"][k] for k in ("max_min_ratio", "top30_share", "layer_share",
                                                               "band_share", "n_runs")}
         frames["sft_shares"] = sft_shares.assign(strategy=SFT)
-    return parts, main["strategies"]
+    return parts, main["strategies"], {prof.run_ids[r]: importance_all[r] for r in keep}
 
 
 def _control_analysis(prof: ProfileAggregates, runs: dict[str, RunMeta], grpo: list[int], warnings: list[str],
