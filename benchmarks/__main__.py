@@ -51,6 +51,19 @@ def _generation(tmp: str) -> dict:
     return bench_generation.run()
 
 
+def _generation_mid(tmp: str) -> dict:
+    from benchmarks import bench_generation
+
+    # Two repeats: its HF evaluation batch takes ~1 minute each on 2 cores.
+    return bench_generation.run(repeats=2, model="mid")
+
+
+def _grid_analysis(tmp: str) -> dict:
+    from benchmarks import bench_analysis
+
+    return bench_analysis.grid_run(tmp)
+
+
 def _drift(tmp: str) -> dict:
     from benchmarks import bench_drift
 
@@ -70,7 +83,8 @@ def _scheduling(tmp: str) -> dict:
 
 
 BENCHMARKS = {"laptop": _laptop, "profiling": _profiling, "measurements": _measurements, "generation": _generation,
-              "drift": _drift, "scheduling": _scheduling, "analysis": _analysis}
+              "generation_mid": _generation_mid, "drift": _drift, "scheduling": _scheduling, "analysis": _analysis,
+              "grid_analysis": _grid_analysis}
 
 
 def _row(name: str, r: dict) -> tuple[str, str, str, str]:
@@ -87,10 +101,18 @@ def _row(name: str, r: dict) -> tuple[str, str, str, str]:
         return (name, f"update phase on/off {q['median']} (95% CI {q['median_ci95'][0]}-{q['median_ci95'][1]}); "
                 f"profiler {r['profiler_share_of_step']['median']:.3%} of a step; twin runs "
                 f"{r['run_time_ratio_on_off']['median']}", r["goal"], ok(r["within_goal"]))
-    if name == "generation":
+    if name in ("generation", "generation_mid"):
         e, t = r["evaluation"]["vllm_over_hf"], r["training"]["vllm_over_hf"]
-        return (name, f"vLLM/HF tokens/s: evaluation {e['median']}x ({e['min']}-{e['max']}), training "
+        model = r["model"].split(",")[0]
+        return (name, f"{model}: vLLM/HF tokens/s: evaluation {e['median']}x ({e['min']}-{e['max']}), training "
                 f"{t['median']}x ({t['min']}-{t['max']})", r["goal"], ok(r["within_goal"]))
+    if name == "grid_analysis":
+        c = r["chromium"]
+        page = ("not measured (no Chromium on PATH)" if c is None else
+                f"{c['seconds']:.1f} s in headless Chromium ({c['figures_drawn']}/{c['figures']} figures drawn)")
+        return (name, f"rankstudy analyze {r['analyze_s']:.1f} s = {r['ratio']}x a bare scan ({r['scan_s']:.1f} s) "
+                f"of {r['profile_rows']:,} rows in {r['cells']} cells, peak {r['analyze_peak_gib']} GiB; "
+                f"{r['report_mb']} MB page {page}", "<= 2x, <= 3 GiB, page <= 10 s", ok(r["within_goals"]))
     if name == "drift":
         st, ours = r["stock_trl_sync"], r["out_of_place_sync"]
         return (name, f"bf16 base after {r['steps']} GRPO steps: TRL's sync drift {st['relative_drift']:.2e} of the "

@@ -11,14 +11,27 @@ a scan of only the five columns the analysis reads, a stricter baseline.
 profile column as well as the analysis; the synthetic study is written run by run, so it stays small.
 ``analysis_peak_rss_mb`` is that of a fresh process running summarize() alone.
 
-Usage: ``python -m benchmarks.bench_analysis [--repeats N] [--keep DIR]``; ``run(tmp_dir) -> dict``.
+Grid scale (``grid_run``): a study with axes of paper shape, 4 strategies x 5 seeds x 5 cells (a learning-rate
+axis) x 1000 steps x 28 layers x 7 modules = 19.6M profile rows, plus the base row's evaluation per cell. Here
+the whole command is timed, as a user runs it: ``rankstudy analyze DIR`` (the CLI's ``main`` in a fresh
+Python process: imports, the analysis, summary.json and the HTML report) against a fresh process that reads
+every column of every Parquet file of the study (profiles, eval, metrics) and nothing else, alternating after
+one warm-up of each. Goals: within 2x of that scan, peak memory (VmHWM of the analyze process) <= 3 GiB, and
+the report opens in headless Chromium within 10 s: the wall time of ``chromium --headless --dump-dom`` on the
+page (start-up, parsing the inlined plotly.js, drawing every figure), with every figure div drawn (an SVG
+inside it) in the dumped DOM. Without a Chromium on PATH that figure is reported as not measured.
+
+Usage: ``python -m benchmarks.bench_analysis [--repeats N] [--keep DIR] [--grid]``; ``run(tmp_dir) -> dict``,
+``grid_run(tmp_dir) -> dict``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -29,9 +42,14 @@ from pathlib import Path
 import pyarrow.dataset as ds
 
 from dashboards.analysis import summarize
-from tests.fixtures.synthetic import SyntheticSpec, rows_per_profile, write_synthetic_study
+from tests.fixtures.synthetic import SyntheticSpec, profile_rows, write_synthetic_study
 
 PAPER_SCALE = SyntheticSpec(seeds=(0, 1, 2, 3, 4), steps=1000, layers=28, eval_items=200)
+GRID_SCALE = SyntheticSpec(seeds=(0, 1, 2, 3, 4), steps=1000, layers=28, eval_items=200,
+                           axes={"grpo.learning_rate": (1e-6, 2e-6, 5e-6, 1e-5, 2e-5)})
+GRID_GOALS = {"ratio": 2.0, "peak_gib": 3.0, "chromium_s": 10.0}
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+_HWM = "print('VmHWM', int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)))"
 
 
 NEEDED_COLUMNS = ["run_id", "step", "layer", "module", "grad_norm"]
@@ -43,15 +61,8 @@ def bare_scan(profile_dir: Path, columns: list[str] | None = None) -> int:
 
 
 def analysis_peak_rss_mb(study: Path) -> float:
-    """Peak RSS of a fresh process that only imports the analysis and runs summarize() once.
-
-    Read from /proc/self/status VmHWM: ru_maxrss would include the parent's RSS at fork time (Linux keeps
-    the larger of the old and new high-water marks across exec).
-    """
-    code = ("import re, sys; from dashboards.analysis import summarize; summarize(sys.argv[1]); "
-            "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) / 1024)")
-    out = subprocess.run([sys.executable, "-c", code, str(study)], capture_output=True, text=True, check=True)
-    return round(float(out.stdout.strip().splitlines()[-1]), 1)
+    """Peak RSS of a fresh process that only imports the analysis and runs summarize() once."""
+    return round(_timed_child("from dashboards.analysis import summarize\nsummarize(sys.argv[1])", str(study))[1], 1)
 
 
 def run(tmp_dir: str | Path, repeats: int = 3, spec: SyntheticSpec = PAPER_SCALE) -> dict:
@@ -60,8 +71,7 @@ def run(tmp_dir: str | Path, repeats: int = 3, spec: SyntheticSpec = PAPER_SCALE
     study = write_synthetic_study(Path(tmp_dir) / "paper-scale-study", spec)
     write_s = time.perf_counter() - started
     rows = bare_scan(study / "profiles")
-    expected = rows_per_profile(spec) * len(spec.strategies) * len(spec.seeds)
-    assert rows == expected, (rows, expected)
+    assert rows == profile_rows(spec), (rows, profile_rows(spec))
     summary, warnings = summarize(study)  # warm-up: imports, page cache
     assert not warnings, warnings
     scan_times, analysis_times, needed_times = [], [], []
@@ -96,11 +106,93 @@ def run(tmp_dir: str | Path, repeats: int = 3, spec: SyntheticSpec = PAPER_SCALE
     }
 
 
+def _timed_child(code: str, *args: str) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MiB) of a fresh Python process running ``code``; it prints its own VmHWM
+    (ru_maxrss of a child would include the parent's pages at fork time)."""
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", f"import re, sys\n{code}\n{_HWM}", *args], capture_output=True,
+                         text=True)
+    seconds = time.perf_counter() - started
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark child failed (exit {out.returncode}): {out.stderr[-2000:]}")
+    hwm = re.findall(r"^VmHWM (\d+)$", out.stdout, flags=re.M)
+    return seconds, int(hwm[-1]) / 1024
+
+
+SCAN_CODE = ("import pyarrow.dataset as ds\n"
+             "rows = sum(ds.dataset(f'{sys.argv[1]}/{t}', format='parquet').to_table().num_rows\n"
+             "           for t in ('profiles', 'eval', 'metrics'))")
+ANALYZE_CODE = ("from orchestrator.cli import main\n"
+                "assert main(['analyze', sys.argv[1]]) == 0")
+
+
+def open_in_chromium(page: Path, timeout_s: float = 120) -> dict | None:
+    """Wall time for headless Chromium to load ``page`` and dump its DOM, and how many figures it drew.
+
+    ``--dump-dom`` prints the DOM after the load event, that is after every inline script (each figure's
+    ``Plotly.newPlot``) has run; a figure counts as drawn when its div holds plotly's SVG. None without Chromium.
+    """
+    browser = next((found for name in CHROMIUM_NAMES if (found := shutil.which(name))), None)
+    if browser is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="rankstudy-chromium-") as profile:
+        started = time.perf_counter()
+        out = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                              f"--user-data-dir={profile}", "--dump-dom", page.resolve().as_uri()],
+                             capture_output=True, text=True, timeout=timeout_s)
+        seconds = time.perf_counter() - started
+    divs = out.stdout.split('class="plotly-graph-div')[1:]
+    drawn = sum('class="main-svg"' in div.split('class="plotly-graph-div', 1)[0] for div in divs)
+    return {"seconds": round(seconds, 2), "figures": len(divs), "figures_drawn": drawn,
+            "exit_code": out.returncode, "browser": Path(browser).name}
+
+
+def grid_run(tmp_dir: str | Path, repeats: int = 3, spec: SyntheticSpec = GRID_SCALE) -> dict:
+    """The grid-scale study: ``rankstudy analyze`` vs a bare scan (fresh processes), its peak, the page in Chromium."""
+    started = time.perf_counter()
+    study = write_synthetic_study(Path(tmp_dir) / "grid-scale-study", spec)
+    write_s = time.perf_counter() - started
+    rows = bare_scan(study / "profiles")
+    assert rows == profile_rows(spec), (rows, profile_rows(spec))
+    _timed_child(SCAN_CODE, str(study))  # warm-up of each: page cache, imports' .pyc files
+    _timed_child(ANALYZE_CODE, str(study))
+    scans, analyses = [], []
+    for _ in range(max(3, repeats)):
+        scans.append(_timed_child(SCAN_CODE, str(study)))
+        analyses.append(_timed_child(ANALYZE_CODE, str(study)))
+    analyze_s, scan_s = statistics.median(a for a, _ in analyses), statistics.median(s for s, _ in scans)
+    summary = json.loads((study / "report" / "summary.json").read_text())
+    page = study / "report" / "index.html"
+    chromium = open_in_chromium(page)
+    peak_gib = max(m for _, m in analyses) / 1024
+    result = {
+        "profile_rows": rows, "cells": len(summary["cells"]), "runs": sum(len(c["run_ids"]) for c in summary["cells"]),
+        "analyze_s": round(analyze_s, 2), "scan_s": round(scan_s, 2), "ratio": round(analyze_s / scan_s, 3),
+        "analyze_spread_s": [round(min(a for a, _ in analyses), 2), round(max(a for a, _ in analyses), 2)],
+        "scan_spread_s": [round(min(s for s, _ in scans), 2), round(max(s for s, _ in scans), 2)],
+        "analyze_peak_gib": round(peak_gib, 2), "scan_peak_gib": round(max(m for _, m in scans) / 1024, 2),
+        "report_mb": round(page.stat().st_size / 2**20, 1), "chromium": chromium,
+        "repeats": len(scans), "write_study_s": round(write_s, 1), "goals": GRID_GOALS,
+    }
+    met = [result["ratio"] <= GRID_GOALS["ratio"], peak_gib <= GRID_GOALS["peak_gib"]]
+    if chromium is not None:
+        met.append(chromium["seconds"] <= GRID_GOALS["chromium_s"] and chromium["exit_code"] == 0
+                   and chromium["figures"] > 0 and chromium["figures_drawn"] == chromium["figures"])
+    result["within_goals"] = all(met)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="alternating timing repeats (>= 3)")
     parser.add_argument("--keep", type=Path, help="write the study here and keep it (default: a temp dir)")
+    parser.add_argument("--grid", action="store_true", help="only the grid-scale study (5 cells, 19.6M rows)")
     args = parser.parse_args(argv)
+    if args.grid:
+        with tempfile.TemporaryDirectory(prefix="rankstudy-bench-") as tmp:
+            result = grid_run(args.keep or tmp, args.repeats)
+        print(json.dumps(result))
+        return 0
     if args.keep:
         result = run(args.keep, args.repeats)
     else:

@@ -6,13 +6,20 @@ strategy so a strategy looks the same in every figure. Usage::
 
     analysis = analyze(study_dir)
     fig = layer_share_figure(analysis.frames["layer_shares"], analysis.frames.get("sft_shares"))
+
+The figures take plotly's default template; the report builds and serialises them inside
+:func:`report_template` (plotly_white).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
@@ -20,6 +27,23 @@ from orchestrator.projections import module_group
 from orchestrator.strategies import REFERENCE, SFT, color_of
 
 SFT_COLOR = "#ff7f0e"
+TEMPLATE = "plotly_white"
+
+
+@contextlib.contextmanager
+def report_template() -> Iterator[None]:
+    """Figures built and serialised inside take ``TEMPLATE`` as plotly's default template.
+
+    Why not ``template=`` on each figure: plotly then validates and deep-copies the whole template for every
+    figure (~30 ms each, 1.3 s of a 5-cell report's 4.5 s of figures); as the default it is applied once per
+    figure when serialised, and the HTML is byte-for-byte the same. The previous default is restored.
+    """
+    previous = pio.templates.default
+    pio.templates.default = TEMPLATE
+    try:
+        yield
+    finally:
+        pio.templates.default = previous
 
 
 def strategy_color(strategy: str) -> str:
@@ -42,7 +66,7 @@ def _rgba(hex_color: str, alpha: float) -> str:
 
 
 def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
-    fig.update_layout(title=title, height=height, template="plotly_white", margin=dict(l=60, r=20, t=70, b=50),
+    fig.update_layout(title=title, height=height, margin=dict(l=60, r=20, t=70, b=50),
                       legend=dict(orientation="h", y=-0.18))
     return fig
 

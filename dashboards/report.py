@@ -295,6 +295,11 @@ def cross_cell_points(summary: dict) -> pd.DataFrame:
 
 def render_html(analysis: Analysis, name: str) -> str:
     """The whole page as a string."""
+    with figures.report_template():
+        return _render_html(analysis, name)
+
+
+def _render_html(analysis: Analysis, name: str) -> str:
     s = analysis.summary
     body = [f"<h1>{_e(name)}</h1><p class='muted'>Study directory {_e(s.get('study_dir', ''))} · "
             "<a href='summary.json'>summary.json</a></p>"]

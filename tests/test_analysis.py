@@ -329,6 +329,26 @@ def test_synthetic_planted_effects_are_recovered(synthetic_study):
     json.dumps(summary, allow_nan=False)  # strict JSON: undefined numbers are None
 
 
+def test_a_synthetic_study_with_axes_is_analysed_cell_by_cell_with_each_cells_planted_effect(tmp_path):
+    # The fixture the grid-scale benchmark uses: every cell a whole grid, each with the planted landscape and
+    # amplification, and a rank axis that sets each cell's budget.
+    spec = SyntheticSpec(seeds=(0, 1), steps=30, layers=8, eval_items=40, axes={"lora.rank": (32, 16)})
+    summary, warnings = summarize(write_synthetic_study(tmp_path / "study", spec))
+    assert warnings == []
+    assert summary["axes"] == ["lora.rank"] and [c["axes"] for c in summary["cells"]] == [{"lora.rank": 32},
+                                                                                            {"lora.rank": 16}]
+    for cell in summary["cells"]:
+        rank = cell["axes"]["lora.rank"]
+        assert sorted(cell["run_ids"]) == sorted(f"{s}-seed{seed}__rank-{rank}" for s in spec.strategies
+                                                 for seed in (spec.seeds if s != "base" else spec.seeds[:1]))
+        assert 1.8 < cell["landscape"]["max_min_ratio"] < 2.6  # planted 2.17
+        assert cell["strategies"]["proportional"]["rank_shift_corr"] > 0.8  # planted amplification
+        record = json.loads((tmp_path / "study" / "runs" / f"uniform-seed0__rank-{rank}" / "run.json").read_text())
+        assert record["axes"] == {"lora.rank": rank} and set(record["allocation"]) == {rank}
+    params = [c["strategies"]["uniform"]["trainable_params"] for c in summary["cells"]]
+    assert params[0] == 2 * params[1]  # rank 32 vs rank 16
+
+
 def copy_study(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     (dst / "report").exists() and shutil.rmtree(dst / "report")

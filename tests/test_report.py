@@ -100,3 +100,19 @@ def test_study_name_comes_from_study_yaml(tmp_path):
     assert study_name(tmp_path) == "flat-name"
     (tmp_path / "study.yaml").write_text(": not yaml : [")
     assert study_name(tmp_path) == tmp_path.name
+
+
+def test_every_figure_is_drawn_with_the_white_template_and_plotlys_default_is_left_as_it_was(report):
+    import plotly.io as pio
+
+    from dashboards import figures
+
+    _, html, _ = report
+    white = json.dumps(pio.templates[figures.TEMPLATE].layout.plot_bgcolor)
+    calls = re.findall(r'Plotly\.newPlot\(\s*"([^"]+)",\s*(\[.*?\]),\s*(\{.*?"template":\{.*?\}\}.*?)\)', html)
+    assert {c[0] for c in calls} == set(FIGURE_IDS)
+    assert all(f'"plot_bgcolor":{white}' in c[2] for c in calls)
+    assert pio.templates.default == "plotly"  # the report set it only while it drew
+    with figures.report_template():
+        assert pio.templates.default == figures.TEMPLATE
+    assert pio.templates.default == "plotly"
