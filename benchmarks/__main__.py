@@ -54,7 +54,7 @@ def _generation(tmp: str) -> dict:
 def _generation_mid(tmp: str) -> dict:
     from benchmarks import bench_generation
 
-    # Two repeats: its HF evaluation batch takes ~1 minute each on 2 cores.
+    # Two repeats: its HF evaluation batch takes ~30 s each on 2 cores.
     return bench_generation.run(repeats=2, model="mid")
 
 
