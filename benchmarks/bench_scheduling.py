@@ -9,9 +9,10 @@ that only sleeps, so what is measured is the scheduler and Ray, not training.
   goal >= 0.95). The dependencies do not raise the ideal: 6 runs are ready at the start and after any first
   wave of 4 there are always 4 more ready. (Three waves, not four, to keep ``make bench`` short; not two: the
   first wave's start, 4 Ray workers at once on 2 cores, takes ~6 s against ~1.6 s for a later hand-over, and
-  with two waves it weighs half the figure: 90.2% measured against 92.6% with three.) ``wave_gap_s`` is, per wave, the time from a slot
-  freeing to the next run in it starting (actor start-up and the driver's reaction): the fixed cost per run
-  that decides the efficiency, so efficiency at any other duration d is about d / (d + gap).
+  with two waves it weighs half the figure: 90.2% measured against 92.6% with three.) ``wave_gap_s`` is,
+  per wave, the time from a slot freeing to the next run in it starting (actor start-up and the driver's
+  reaction): the fixed cost per run that decides the efficiency, so efficiency at any other duration d is
+  about d / (d + gap).
 - **Dependency latency**: from a uniform run's stub returning to its dependants' stubs starting, measured on a
   one-seed grid (uniform -> proportional, reduced) so a slot is free when the dependency finishes; repeated.
   Goal <= 2 s. (In the 12-run grid dependants also queue for a slot, which is not latency.)
