@@ -104,8 +104,7 @@ def _row(name: str, r: dict) -> tuple[str, str, str, str]:
                 f"{r['run_time_ratio_on_off']['median']}", r["goal"], ok(r["within_goal"]))
     if name in ("generation", "generation_mid"):
         e, t = r["evaluation"]["vllm_over_hf"], r["training"]["vllm_over_hf"]
-        model = r["model"].split(" (")[0]
-        return (name, f"{model}: vLLM/HF tokens/s: evaluation {e['median']}x ({e['min']}-{e['max']}), training "
+        return (name, f"{r['model_name']} model: vLLM/HF tokens/s: evaluation {e['median']}x ({e['min']}-{e['max']}), training "
                 f"{t['median']}x ({t['min']}-{t['max']})", r["goal"], ok(r["within_goal"]))
     if name == "grid_analysis":
         c = r["chromium"]

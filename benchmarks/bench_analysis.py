@@ -28,6 +28,7 @@ Usage: ``python -m benchmarks.bench_analysis [--repeats N] [--keep DIR] [--grid]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import resource
@@ -46,8 +47,7 @@ from dashboards.analysis import summarize
 from tests.fixtures.synthetic import SyntheticSpec, profile_rows, write_synthetic_study
 
 PAPER_SCALE = SyntheticSpec(seeds=(0, 1, 2, 3, 4), steps=1000, layers=28, eval_items=200)
-GRID_SCALE = SyntheticSpec(seeds=(0, 1, 2, 3, 4), steps=1000, layers=28, eval_items=200,
-                           axes={"grpo.learning_rate": (1e-6, 2e-6, 5e-6, 1e-5, 2e-5)})
+GRID_SCALE = dataclasses.replace(PAPER_SCALE, axes={"grpo.learning_rate": (1e-6, 2e-6, 5e-6, 1e-5, 2e-5)})
 GRID_GOALS = {"ratio": 2.0, "peak_gib": 3.0, "chromium_s": 10.0}
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 _HWM = "print('VmHWM', int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)))"

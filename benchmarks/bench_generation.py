@@ -18,8 +18,8 @@ Two models (``MODELS``): the laptop study's own (hidden 64, 8 layers), where per
 both paths, and a mid-size one (hidden 384, 10 layers, 6 heads of 64, 2 KV heads, intermediate 1024: 16M
 parameters besides the embeddings) with the laptop tokenizer, built offline with random weights and no warm
 start (``make bench``'s ``generation_mid``; at hidden 512 and 12 layers the ratio was higher still, 8.7x, but
-its HF evaluation batch alone took a minute a repeat). Its completions are not meaningful text, but both paths run the
-same greedy decoding to the same length, which is what tokens/s compares.
+its HF evaluation batch alone took a minute a repeat). Its completions are not meaningful text, but both paths
+run the same greedy decoding to the same length, which is what tokens/s compares.
 
     python -m benchmarks.bench_generation [--repeats 3] [--model laptop|mid]
 """
@@ -35,11 +35,12 @@ import time
 from benchmarks.common import laptop_config, set_up_uniform_run, spread
 
 GOAL = 4.0
-# name -> (config overrides of configs/laptop.yaml, description)
+# name -> (config overrides of configs/laptop.yaml, description). The mid-size model changes only the laptop
+# build's shape, so its tokenizer (vocabulary, training text, seed) is the laptop model's.
 MODELS = {
     "laptop": ((), "laptop (8-layer Qwen2, hidden 64, warm-started), 1 thread"),
-    "mid": (("model.build={num_layers: 10, hidden_size: 384, intermediate_size: 1024, num_heads: 6, "
-             "num_kv_heads: 2, vocab_size: 1000, seed: 0}", "warm_start=null"),
+    "mid": (("model.build.num_layers=10", "model.build.hidden_size=384", "model.build.intermediate_size=1024",
+             "model.build.num_heads=6", "model.build.num_kv_heads=2", "warm_start=null"),
             "mid-size (10-layer Qwen2, hidden 384, laptop tokenizer, random weights), 1 thread"),
 }
 
@@ -104,7 +105,7 @@ def run(repeats: int = 3, model: str = "laptop") -> dict:
         }
         for fn in (paths["training"]["vllm"], paths["evaluation"]["vllm"]):
             fn()  # warm-up: the first vLLM call syncs the adapter weights into the engine (once per step)
-        result = {"repeats": repeats, "model": description,
+        result = {"repeats": repeats, "model_name": model, "model": description,
                   "vllm_engine_setup_s": round(vllm_start_s, 1)}
         for batch, fns in paths.items():
             tps = {"hf": [], "vllm": []}

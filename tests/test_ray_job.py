@@ -16,6 +16,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+TEST_PROBLEMS = 64  # the shortened laptop study's generated test split
 
 
 def free_port() -> int:
@@ -48,14 +49,14 @@ def ray_head(tmp_path):
 def test_the_documented_cluster_command_runs_the_laptop_study(ray_head, tmp_path):
     # The README's command on the laptop config: the job runs in the uploaded working directory, so the study
     # must need nothing outside the repository (its task is generated; its model is built there). Shortened with
-    # --set (300 warm-start steps, 3 GRPO steps, 64 test problems: 2.5 minutes instead of 9; the warm start
+    # --set (300 warm-start steps, 3 GRPO steps, 64 test problems: ~170 s instead of 564 s; the warm start
     # still gives groups with unequal rewards, so every allocation has a gradient profile): what this tests is
     # the cluster path; the full study's numbers are `make bench`'s laptop benchmark.
     address, env = ray_head
     out = tmp_path / "laptop"
     job_id = f"rankstudy-test-{int(time.time())}"
-    shorter = ["warm_start.steps=300", "grpo.max_steps=3", "grpo.checkpoint_every=2", "data.options.test_size=64",
-               "data.options.train_size=400"]
+    shorter = ["warm_start.steps=300", "grpo.max_steps=3", "grpo.checkpoint_every=2",
+               f"data.options.test_size={TEST_PROBLEMS}", "data.options.train_size=400"]
     submit = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", ".", "--submission-id", job_id,
          "--", "rankstudy", "run", "configs/laptop.yaml", "--output", str(out),
@@ -71,7 +72,7 @@ def test_the_documented_cluster_command_runs_the_laptop_study(ray_head, tmp_path
     records = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/run.json"))]
     assert len(records) == 9 and all(r["status"] == "completed" for r in records)
     evaluation = pd.read_parquet(out / "eval")
-    assert (evaluation.groupby("run_id").size() == 64).all()  # every run on the whole generated test split
+    assert (evaluation.groupby("run_id").size() == TEST_PROBLEMS).all()  # every run on the whole generated test split
     assert all(r["steps"] == 3 for r in records if r["strategy"] != "base"), records
     summary = json.loads((out / "report" / "summary.json").read_text())
     assert list(summary["strategies"])[:2] == ["base", "uniform"] and (out / "report" / "index.html").is_file()
