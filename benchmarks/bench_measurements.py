@@ -38,6 +38,9 @@ def _train_seconds(config, strategy: str = "uniform") -> tuple[float, dict]:
 
 
 def run(steps: int = 8) -> dict:
+    from workers.compat import keep_vllm_unimported
+
+    keep_vllm_unimported()  # HF generation only, as an HF-path study worker
     base = laptop_config([f"grpo.max_steps={steps}", f"grpo.checkpoint_every={max(1, steps // 2)}",
                           "data.eval_limit=8"])
     profile = base.profile

@@ -129,6 +129,9 @@ def _median_ci95(values: list[float], resamples: int = 2000) -> list[float]:
 
 def run(pairs: int = 2, steps: int = 6, update_iterations: int = 40) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as a study worker (cpus_per_run: 1), before torch loads
+    from workers.compat import keep_vllm_unimported
+
+    keep_vllm_unimported()  # HF generation only, as an HF-path study worker
     import torch
 
     torch.set_num_threads(1)

