@@ -90,7 +90,7 @@ BENCHMARKS = {"laptop": _laptop, "profiling": _profiling, "measurements": _measu
 
 def _row(name: str, r: dict) -> tuple[str, str, str, str]:
     """(benchmark, figure, goal, met?) for the printed table and the README."""
-    ok = lambda flag: "yes" if flag else "NO"  # noqa: E731
+    ok = lambda flag: "not measured" if flag is None else "yes" if flag else "NO"  # noqa: E731
     if name == "laptop":
         return (name, f"{r['wall_s']:.0f} s, peak {r['peak_rss_gib']} GiB (worker {r['worker_peak_rss_gib']} GiB), "
                 f"uniform accuracy {r['uniform_accuracy']:.1%} on {r['eval_items_per_run_min']} items, correctness "
@@ -108,7 +108,7 @@ def _row(name: str, r: dict) -> tuple[str, str, str, str]:
                 f"{t['median']}x ({t['min']}-{t['max']})", r["goal"], ok(r["within_goal"]))
     if name == "grid_analysis":
         c = r["chromium"]
-        page = ("not measured (no Chromium on PATH)" if c is None else
+        page = ("not measured (no Chromium on PATH; Debian: apt-get install chromium)" if c is None else
                 f"{c['seconds']:.1f} s in headless Chromium ({c['figures_drawn']}/{c['figures']} figures drawn)")
         return (name, f"rankstudy analyze {r['analyze_s']:.1f} s = {r['ratio']}x a bare scan ({r['scan_s']:.1f} s) "
                 f"of {r['profile_rows']:,} rows in {r['cells']} cells, peak {r['analyze_peak_gib']} GiB; "
