@@ -31,6 +31,7 @@ What is reached and why (each function says more):
 from __future__ import annotations
 
 import contextlib
+import sys
 import types
 from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
@@ -88,9 +89,9 @@ def check_library_versions(use_vllm: bool) -> None:
                              f"(workers/compat.py) was written for {name} >={low},<{high}")
 
 
-def keep_vllm_unimported() -> bool:
+def keep_vllm_unimported() -> None:
     """Make this process see vLLM as not installed, for a process that never generates with it (a GRPO worker
-    with ``grpo.use_vllm: false``). Call it before TRL is imported; returns whether it took effect.
+    with ``grpo.use_vllm: false``). Call it before TRL is imported.
 
     TRL 1.16 imports vLLM eagerly whenever it is installed (``trl/generation/__init__.py``: ``if
     is_vllm_available(): from .vllm_generation import VLLMGeneration``, reached by ``import trl.GRPOTrainer``):
@@ -99,12 +100,7 @@ def keep_vllm_unimported() -> bool:
     makes ``importlib.util.find_spec("vllm")``, TRL's availability check, return None (and ``import vllm``
     raise ImportError). A no-op once vLLM is imported: a process that has the engine keeps it.
     """
-    import sys
-
-    if "vllm" in sys.modules:
-        return sys.modules["vllm"] is None
-    sys.modules["vllm"] = None
-    return True
+    sys.modules.setdefault("vllm", None)
 
 
 # -- transformers ------------------------------------------------------------------------------------------
