@@ -61,6 +61,22 @@ def _timed(fn) -> tuple[object, float]:
     return out, time.perf_counter() - started
 
 
+def _compare_paths(fns: dict, tokenizer, repeats: int, identical: bool) -> dict:
+    """Tokens per second of the HF and vLLM paths of one batch, alternating, and their ratio; with ``identical``
+    also the share of completions the two paths agree on (greedy decoding)."""
+    tps = {"hf": [], "vllm": []}
+    same = []
+    for _ in range(repeats):
+        texts = {}
+        for name in ("hf", "vllm"):  # alternating: slow drift of the machine hits both alike
+            texts[name], seconds = _timed(fns[name])
+            tps[name].append(_count_tokens(tokenizer, texts[name]) / seconds)
+        same.append(sum(a == b for a, b in zip(texts["hf"], texts["vllm"], strict=True)) / len(texts["hf"]))
+    out = {"hf_tokens_per_s": spread(tps["hf"], 1), "vllm_tokens_per_s": spread(tps["vllm"], 1),
+           "vllm_over_hf": spread([v / h for v, h in zip(tps["vllm"], tps["hf"], strict=True)], 2)}
+    return {**out, "identical_completions": spread(same, 3)} if identical else out
+
+
 def run(repeats: int = 3, model: str = "laptop") -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread, as a study worker; before torch loads
     from workers.generation import vllm_environment
@@ -108,24 +124,10 @@ def run(repeats: int = 3, model: str = "laptop") -> dict:
         result = {"repeats": repeats, "model_name": model, "model": description,
                   "vllm_engine_setup_s": round(vllm_start_s, 1)}
         for batch, fns in paths.items():
-            tps = {"hf": [], "vllm": []}
-            identical = []
-            for _ in range(repeats):
-                texts = {}
-                for name in ("hf", "vllm"):  # alternating: slow drift of the machine hits both alike
-                    texts[name], seconds = _timed(fns[name])
-                    tps[name].append(_count_tokens(tokenizer, texts[name]) / seconds)
-                identical.append(sum(a == b for a, b in zip(texts["hf"], texts["vllm"], strict=True)) / len(texts["hf"]))
             size = len(train_prompts) if batch == "training" else len(eval_prompts)
-            result[batch] = {
-                "batch": size,
-                "sampling": f"temperature {g.temperature}" if batch == "training" else "greedy",
-                "hf_tokens_per_s": spread(tps["hf"], 1),
-                "vllm_tokens_per_s": spread(tps["vllm"], 1),
-                "vllm_over_hf": spread([v / h for v, h in zip(tps["vllm"], tps["hf"], strict=True)], 2),
-            }
-            if batch == "evaluation":
-                result[batch]["identical_completions"] = spread(identical, 3)
+            result[batch] = {"batch": size,
+                             "sampling": f"temperature {g.temperature}" if batch == "training" else "greedy",
+                             **_compare_paths(fns, tokenizer, repeats, identical=batch == "evaluation")}
         hf_run.cleanup()
         vllm_run.cleanup()
     result["goal"] = f"evaluation vllm_over_hf >= {GOAL}"

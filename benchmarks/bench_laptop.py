@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 
-from orchestrator.strategies import BASE, REFERENCE, SFT
+from orchestrator.core.roles import BASE, REFERENCE, SFT
 
 REPO = Path(__file__).resolve().parents[1]
 # Issue 12's targets: the cold study within 10 minutes and 8 GiB; uniform's greedy accuracy with room to move
@@ -67,6 +67,16 @@ def run(output: Path, cold: bool = False) -> dict:
         shutil.rmtree(REPO / "runs" / "cache", ignore_errors=True)
     cold = not (REPO / "runs" / "cache").exists()  # also cold when no cache was there (a fresh clone)
     cmd = [sys.executable, "-m", "orchestrator", "run", str(config), "--output", str(output)]
+    wall, peak, worker_peak = _run_sampling_memory(cmd)
+    result = {"wall_s": round(wall, 1), "peak_rss_gib": round(peak / 2**30, 2),
+              "worker_peak_rss_gib": round(worker_peak / 2**30, 2), **_study_figures(output),
+              "report": str(output / "report" / "index.html"), "cold_cache": cold}
+    result["within_targets"] = _within_targets(result)
+    return result
+
+
+def _run_sampling_memory(cmd: list[str]) -> tuple[float, int, int]:
+    """Run ``cmd`` in the repository; its wall time, the peak RSS of its process tree and of its largest worker."""
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     root = psutil.Process(proc.pid)
@@ -86,9 +96,13 @@ def run(output: Path, cold: bool = False) -> dict:
     proc.wait()
     done.set()
     sampler.join()
-    wall = time.monotonic() - start
     if proc.returncode != 0:
         raise SystemExit(f"make run failed ({proc.returncode}):\n{log[-3000:]}")
+    return time.monotonic() - start, peak, max(worker_peaks.values(), default=0)
+
+
+def _study_figures(output: Path) -> dict:
+    """What the finished study shows: reward curves, profile coverage, accuracy, Table 1, the paper comparison."""
     metrics = pd.read_parquet(output / "metrics")
     profiles = pd.read_parquet(output / "profiles")
     grpo = profiles[profiles.strategy != SFT]
@@ -101,10 +115,7 @@ def run(output: Path, cold: bool = False) -> dict:
     summary = json.loads((output / "report" / "summary.json").read_text())
     table1 = {name: {"accuracy": s["accuracy"], "item_ci": [s["item_ci_low"], s["item_ci_high"]],
                      "vs_uniform": s["vs_uniform"], "vs_base": s["vs_base"]} for name, s in summary["strategies"].items()}
-    result = {
-        "wall_s": round(wall, 1),
-        "peak_rss_gib": round(peak / 2**30, 2),
-        "worker_peak_rss_gib": round(max(worker_peaks.values(), default=0) / 2**30, 2),
+    return {
         "nonzero_variance_groups": round(float(1 - metrics.frac_reward_zero_std.mean()), 3),
         "layers_with_zero_profile_after_step_1": int((after_first == 0).sum()),
         "steps": int(metrics.step.max()),
@@ -120,17 +131,18 @@ def run(output: Path, cold: bool = False) -> dict:
         "eval_items_per_run_min": int(evaluation.groupby("run_id").size().min()),
         "table1": table1,
         "paper_comparison": summary.get("paper_comparison", []),
-        "report": str(output / "report" / "index.html"),
-        "cold_cache": cold,
     }
+
+
+def _within_targets(result: dict) -> bool:
     low, high = TARGETS["uniform_accuracy"]
+    table1 = result["table1"]
     complete_table = all(entry["item_ci"][0] is not None for entry in table1.values()) and BASE in table1
-    result["within_targets"] = (result["wall_s"] <= TARGETS["wall_s"] and result["peak_rss_gib"] <= TARGETS["peak_rss_gib"]
-                                and result["nonzero_variance_groups"] >= TARGETS["nonzero_variance_groups"]
-                                and result["layers_with_zero_profile_after_step_1"] == 0
-                                and low <= uniform_accuracy <= high and result["correctness_rises"]
-                                and result["eval_items_per_run_min"] >= TARGETS["eval_items"] and complete_table)
-    return result
+    return (result["wall_s"] <= TARGETS["wall_s"] and result["peak_rss_gib"] <= TARGETS["peak_rss_gib"]
+            and result["nonzero_variance_groups"] >= TARGETS["nonzero_variance_groups"]
+            and result["layers_with_zero_profile_after_step_1"] == 0
+            and low <= result["uniform_accuracy"] <= high and result["correctness_rises"]
+            and result["eval_items_per_run_min"] >= TARGETS["eval_items"] and complete_table)
 
 
 def main() -> None:

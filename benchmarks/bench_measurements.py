@@ -29,7 +29,7 @@ PAPER_DECOMPOSE_EVERY = 50
 
 
 def _train_seconds(config, strategy: str = "uniform") -> tuple[float, dict]:
-    from orchestrator.plan import RunSpec
+    from orchestrator.core.plan import RunSpec
     from workers.run import execute_run
 
     with tempfile.TemporaryDirectory(prefix="rankstudy-bench-measure-") as study_dir:

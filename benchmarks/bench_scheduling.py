@@ -31,9 +31,11 @@ import time
 
 from benchmarks.common import spread
 from orchestrator import scheduler
-from orchestrator.config import load_config
-from orchestrator.plan import make_plan
-from orchestrator.strategies import REFERENCE, default_strategies, get_strategy
+from orchestrator.core.config import PAPER_STRATEGIES
+from orchestrator.core.plan import make_plan
+from orchestrator.core.roles import REFERENCE
+from orchestrator.core.strategies import get_strategy
+from orchestrator.resolve import load_study
 
 RUNS, SLOTS = 12, 4
 TARGETS = {"efficiency": 0.95, "dependency_latency_s": 2.0}
@@ -58,13 +60,12 @@ def _study_config(study_dir: str, strategies: list[str], seeds: list[int]):
             f"grid: {{strategies: [{', '.join(strategies)}], seeds: {seeds}}}\n"
             "resources: {gpus_per_run: 0, cpus_per_run: 0.25, max_retries: 0, custom: {slot: 1}}\n"
         )
-    return load_config(path)
+    return load_study(path)
 
 
 def _grid(duration_s: float, strategies: list[str], seeds: list[int], study_dir: str) -> tuple[dict, float, float]:
     """Run one grid of sleeping stubs; returns (records by run_id, grid start time, makespan)."""
-    config = _study_config(study_dir, strategies, seeds)
-    plan = make_plan(config)
+    plan = make_plan(_study_config(study_dir, strategies, seeds))
     scheduler.check_resources(plan.runs)
     start = time.time()
     states = scheduler.run_grid(plan, study_dir, progress_interval_s=1.0, echo=lambda line: None,
@@ -90,7 +91,7 @@ def run(duration_s: float = 40.0, latency_repeats: int = 3) -> dict:
     scheduler.connect(num_cpus=2, resources={"slot": SLOTS})
     try:
         with tempfile.TemporaryDirectory(prefix="rankstudy-bench-sched-") as study_dir:
-            strategies = [s for s in default_strategies() if get_strategy(s).per_seed]  # once per seed each
+            strategies = [s for s in PAPER_STRATEGIES if get_strategy(s).per_seed]  # once per seed each
             records, start, makespan = _grid(duration_s, strategies, list(range(RUNS // len(strategies))),
                                              study_dir)
         latencies = []

@@ -17,12 +17,11 @@ def laptop_config(overrides: list[str] = ()):
     The returned config loads the prepared model directly (no build, no warm start), as every run of the
     study does once the driver has prepared it.
     """
-    from orchestrator.config import load_config
-    from orchestrator.study import resolve_local_paths
+    from orchestrator.resolve import load_study
     from workers.prepare import prepare_base_model
 
     os.chdir(REPO)  # the config's paths are relative to the repository root, as under `make run`
-    config = resolve_local_paths(load_config(str(LAPTOP_CONFIG), list(overrides)))
+    config = load_study(str(LAPTOP_CONFIG), list(overrides)).config
     prepared = prepare_base_model(config)
     model = dataclasses.replace(config.model, name_or_path=prepared.model_dir, build=None)
     return dataclasses.replace(config, model=model, warm_start=None)
@@ -30,8 +29,8 @@ def laptop_config(overrides: list[str] = ()):
 
 def set_up_uniform_run(config, study_dir: str):
     """A study run of ``config`` (uniform strategy, seed 0), set up exactly as a worker sets it up, not trained."""
-    from orchestrator.plan import RunSpec
-    from orchestrator.strategies import REFERENCE
+    from orchestrator.core.plan import RunSpec
+    from orchestrator.core.roles import REFERENCE
     from workers.run import GRPORun
 
     run = GRPORun(config, RunSpec(REFERENCE, 0, num_gpus=0, num_cpus=1), study_dir)

@@ -45,12 +45,13 @@ def build_model(out_dir: Path, shape: dict, dtype: str, task_options: dict) -> P
     import torch
     import transformers
 
-    from orchestrator.config import DataConfig
+    from orchestrator.core.config import DataConfig
+    from orchestrator.resolve import resolve_data
     from workers.local_model import train_tokenizer
     from workers.tasks import get_task
 
     task = get_task("arith")
-    data = DataConfig(task="arith", options=task_options)
+    data = resolve_data(DataConfig(task="arith", options=task_options))
     tokenizer = train_tokenizer(task.corpus(task.dataset(data, "train")), TOKENIZER_VOCAB)
     config = transformers.Qwen2Config(**shape, max_position_embeddings=4096, tie_word_embeddings=True,
                                       bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
@@ -83,8 +84,8 @@ def study_config(model_dir: Path, tiny: bool, steps: int) -> dict:
 def run_check(tiny: bool = False, steps: int = 4) -> dict:
     import torch
 
-    from orchestrator.config import load_config
-    from orchestrator.plan import RunSpec
+    from orchestrator.core.plan import RunSpec
+    from orchestrator.resolve import load_study
     from workers import compat
     from workers.run import GRPORun
 
@@ -98,7 +99,7 @@ def run_check(tiny: bool = False, steps: int = 4) -> dict:
                     raw["data"]["options"])
         build_s = time.perf_counter() - started
         (tmp / "study.yaml").write_text(yaml.safe_dump(raw))
-        config = load_config(tmp / "study.yaml")
+        config = load_study(tmp / "study.yaml").config
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         run = GRPORun(config, RunSpec("uniform", 0, num_gpus=0 if tiny else 1, num_cpus=1), tmp / "study")

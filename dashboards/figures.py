@@ -20,13 +20,12 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
-from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from orchestrator.projections import module_group
-from orchestrator.strategies import REFERENCE, SFT, color_of
+from dashboards.style import strategy_color
+from orchestrator.core.projections import module_group
+from orchestrator.core.roles import REFERENCE, SFT
 
-SFT_COLOR = "#ff7f0e"
 TEMPLATE = "plotly_white"
 
 
@@ -45,20 +44,6 @@ def report_template() -> Iterator[None]:
         yield
     finally:
         pio.templates.default = previous
-
-
-def strategy_color(strategy: str) -> str:
-    """A stable colour per strategy: the registry's (orchestrator/strategies), else a palette entry.
-
-    >>> strategy_color("uniform"), strategy_color("uniform") == strategy_color("uniform")
-    ('#1f77b4', True)
-    """
-    if strategy == SFT:
-        return SFT_COLOR
-    if color_of(strategy):
-        return color_of(strategy)
-    palette = qualitative.Dark24
-    return palette[sum(map(ord, strategy)) % len(palette)]
 
 
 def _rgba(hex_color: str, alpha: float) -> str:

@@ -9,7 +9,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboards.figures import _empty, _layout, strategy_color
+from dashboards.analysis.schema import Rounds
+from dashboards.figures import _empty, _layout
+from dashboards.style import strategy_color
 
 COMPONENT_DASH = {"format": "solid", "correctness": "dash", "kl": "dot"}
 
@@ -34,26 +36,25 @@ def component_share_figure(shares: pd.DataFrame) -> go.Figure:
     return _layout(fig, title)
 
 
-def rounds_figure(rounds: dict | None) -> go.Figure:
+def rounds_figure(rounds: Rounds | None) -> go.Figure:
     """Left: max/min ratio of each round's own profile, per seed. Right: each round's allocation (seed-averaged)."""
     title = "Re-profiling rounds: the landscape and the allocation over rounds"
-    if not rounds:
+    if rounds is None:
         return _empty(title, "no round beyond the first (add proportional_r2 to grid.strategies)")
     fig = make_subplots(rows=1, cols=2, subplot_titles=("max/min ratio of the round's profile", "allocated rank"))
-    seeds = sorted({s for r in rounds["rounds"] for s in r["max_min_ratio_per_seed"]})
+    seeds = sorted({s for r in rounds.rounds for s in r.max_min_ratio_per_seed})
     for seed in seeds:
-        points = [(r["round"], r["max_min_ratio_per_seed"][seed]) for r in rounds["rounds"]
-                  if seed in r["max_min_ratio_per_seed"]]
+        points = [(r.round, r.max_min_ratio_per_seed[seed]) for r in rounds.rounds if seed in r.max_min_ratio_per_seed]
         fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
                                  name=f"seed {seed}", line=dict(color="#555")), row=1, col=1)
-    for r in rounds["rounds"]:
-        allocations = list(r["allocation_per_seed"].values())
+    for r in rounds.rounds:
+        allocations = list(r.allocation_per_seed.values())
         if not allocations:
             continue
         mean = pd.DataFrame(allocations).mean(axis=0)
         fig.add_trace(go.Scatter(x=list(range(len(mean))), y=mean, mode="lines+markers",
-                                 name=f"round {r['round']}: {r['strategy']}",
-                                 line=dict(color=strategy_color(r["strategy"]))), row=1, col=2)
+                                 name=f"round {r.round}: {r.strategy}",
+                                 line=dict(color=strategy_color(r.strategy))), row=1, col=2)
     fig.update_xaxes(title_text="round", dtick=1, row=1, col=1)
     fig.update_xaxes(title_text="layer", row=1, col=2)
     return _layout(fig, title)

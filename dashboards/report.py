@@ -24,12 +24,28 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.offline
-import yaml
 
-from dashboards import figures
+from dashboards import figures, figures_beyond
 from dashboards.analysis import Analysis, analyze
-from orchestrator.contract import StudyPaths, atomic_write_text
-from orchestrator.lora_scaling import SCALINGS
+from dashboards.analysis.beyond_findings import (
+    adalora_findings,
+    decomposition_findings,
+    geometry_findings,
+    rounds_findings,
+)
+from dashboards.analysis.schema import (
+    CellSummary,
+    ControlStrategy,
+    Landscape,
+    NormalizedControl,
+    PairedDifference,
+    StrategyResult,
+    StudySummary,
+)
+from dashboards.formatting import DASH, number, p_value, params, percent
+from orchestrator.core.contract import StudyPaths, atomic_write_text
+from orchestrator.core.lora_scaling import SCALINGS
+from orchestrator.core.study_yaml import read_study_yaml
 
 CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 0 auto; max-width: 1280px;
@@ -50,47 +66,24 @@ def _e(value) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _pct(x, digits: int = 1) -> str:
-    return "–" if x is None else f"{100 * x:.{digits}f}"
+def _cell_pct(x) -> str:
+    """A share in a table cell: percent without the sign, ``–`` when missing."""
+    return percent(x, sign="", missing=DASH)
 
 
-def _params(n) -> str:
-    """Trainable parameters as the paper prints them.
-
-    >>> _params(36929536), _params(None), _params(5120), _params(0)
-    ('36.9M', '–', '5.1k', '0')
-    """
-    if n is None:
-        return "–"
-    if n == 0:
-        return "0"
-    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
-
-
-def _f(x, fmt: str = ".2f", unit: str = "") -> str:
-    """A number for a caption, with its unit; "n/a" when undefined.
-
-    >>> _f(2.1734, unit="x"), _f(None, unit="x"), _f(0.42, "%")
-    ('2.17x', 'n/a', '42.0%')
-    """
-    if x is None:
-        return "n/a"
-    return (f"{100 * x:.1f}%" if fmt == "%" else format(x, fmt)) + unit
-
-
-def _p(p) -> str:
-    return "–" if p is None else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
-
-
-def _delta(test: dict | None) -> str:
+def _delta(test: PairedDifference | None) -> str:
     """A paired item-level difference: points, its 95% interval and the sign-flip p."""
-    if not test or test.get("delta") is None:
-        return "–"
-    return (f"{100 * test['delta']:+.1f} [{_pct(test.get('ci_low'))}, {_pct(test.get('ci_high'))}] "
-            f"p {_p(test.get('p_permutation'))}")
+    if test is None or test.delta is None:
+        return DASH
+    return (f"{100 * test.delta:+.1f} [{_cell_pct(test.ci_low)}, {_cell_pct(test.ci_high)}] "
+            f"p {p_value(test.p_permutation, missing=DASH)}")
 
 
-def table1_html(strategies: dict) -> str:
+def _interval(low, high) -> str:
+    return DASH if low is None else f"[{_cell_pct(low)}, {_cell_pct(high)}]"
+
+
+def table1_html(strategies: dict[str, StrategyResult]) -> str:
     """Table 1: accuracy with item-level and pooled intervals, paired tests against uniform and base, and the
     landscape's max/min and rank-shift r per strategy."""
     head = ("<tr><th>Strategy</th><th>Params</th><th>Acc. (%)</th><th>95% CI (items, bootstrap)</th>"
@@ -100,36 +93,31 @@ def table1_html(strategies: dict) -> str:
             "<th>max/min share (per seed)</th><th>rank–shift r</th></tr>")
     rows = []
     for name, s in strategies.items():
-        ci = "–" if s.get("ci_low") is None else f"[{_pct(s['ci_low'])}, {_pct(s['ci_high'])}]"
-        item_ci = "–" if s.get("item_ci_low") is None else f"[{_pct(s['item_ci_low'])}, {_pct(s['item_ci_high'])}]"
-        wald = "–" if s.get("wald_half_width") is None else f"± {_pct(s['wald_half_width'])}"
-        ratio = "–" if s.get("max_min_ratio") is None else f"{s['max_min_ratio']:.2f}x"
-        seed_range = s.get("max_min_ratio_seed_range") or []
+        wald = DASH if s.wald_half_width is None else f"± {_cell_pct(s.wald_half_width)}"
+        ratio = number(s.max_min_ratio, unit="x", missing=DASH)
+        seed_range = s.max_min_ratio_seed_range or []
         if len(seed_range) == 2 and seed_range[0] != seed_range[1]:
             ratio += f" ({seed_range[0]:.2f}–{seed_range[1]:.2f})"
-        corr = "–" if s.get("rank_shift_corr") is None else f"{s['rank_shift_corr']:.3f}"
-        per_seed = ", ".join(_p(p) for _, p in sorted((s.get("mcnemar_per_seed") or {}).items()))
-        mcnemar = _p(s.get("p_value_vs_uniform")) + (f"; {per_seed}" if per_seed else "")
+        per_seed = ", ".join(p_value(p, missing=DASH) for _, p in sorted((s.mcnemar_per_seed or {}).items()))
+        mcnemar = p_value(s.p_value_vs_uniform, missing=DASH) + (f"; {per_seed}" if per_seed else "")
         rows.append(
-            f"<tr><td>{_e(name)}</td><td>{_params(s.get('trainable_params'))}</td><td>{_pct(s.get('accuracy'))}</td>"
-            f"<td>{item_ci}</td><td>{ci}</td><td>{wald}</td><td>{s.get('n_eval', 0)}</td>"
-            f"<td>{len(s.get('seeds') or [])}</td><td>{_pct(s.get('format_rate'))}</td>"
-            f"<td>{_delta(s.get('vs_uniform'))}</td><td>{_delta(s.get('vs_base'))}</td><td>{mcnemar}</td>"
-            f"<td>{ratio}</td><td>{corr}</td></tr>")
+            f"<tr><td>{_e(name)}</td><td>{params(s.trainable_params)}</td><td>{_cell_pct(s.accuracy)}</td>"
+            f"<td>{_interval(s.item_ci_low, s.item_ci_high)}</td><td>{_interval(s.ci_low, s.ci_high)}</td>"
+            f"<td>{wald}</td><td>{s.n_eval}</td><td>{len(s.seeds or [])}</td><td>{_cell_pct(s.format_rate)}</td>"
+            f"<td>{_delta(s.vs_uniform)}</td><td>{_delta(s.vs_base)}</td><td>{mcnemar}</td>"
+            f"<td>{ratio}</td><td>{number(s.rank_shift_corr, '.3f', missing=DASH)}</td></tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def control_table_html(control: dict | None) -> str:
+def control_table_html(control: NormalizedControl | None) -> str:
     """max/min ratio and rank-shift r per strategy under each control, beside the unnormalised values."""
-    if not control:
+    if control is None:
         return ""
     columns = []
-    if control.get("per_parameter"):
-        columns.append(("per-parameter", control["per_parameter"]["strategies"]))
-    for module, part in (control.get("single_module") or {}).items():
-        columns.append((f"{module} only", part["strategies"]))
-    if not columns:
-        return ""
+    if control.per_parameter is not None:
+        columns.append(("per-parameter", control.per_parameter.strategies))
+    for module, part in (control.single_module or {}).items():
+        columns.append((f"{module} only", part.strategies))
     strategies = list(dict.fromkeys(s for _, part in columns for s in part))
     if not strategies:
         return ""
@@ -138,10 +126,9 @@ def control_table_html(control: dict | None) -> str:
     for strategy in strategies:
         cells = []
         for _, part in columns:
-            v = part.get(strategy, {})
-            ratio = "–" if v.get("max_min_ratio") is None else f"{v['max_min_ratio']:.2f}x"
-            corr = "–" if v.get("rank_shift_corr") is None else f"{v['rank_shift_corr']:.2f}"
-            cells.append(f"<td>{ratio}, {corr}</td>")
+            v = part.get(strategy) or ControlStrategy()
+            cells.append(f"<td>{number(v.max_min_ratio, unit='x', missing=DASH)}, "
+                         f"{number(v.rank_shift_corr, missing=DASH)}</td>")
         rows.append(f"<tr><td>{_e(strategy)}</td>{''.join(cells)}</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
@@ -165,31 +152,23 @@ def _figure_html(fig: go.Figure, div_id: str) -> str:
 
 
 def study_name(study_dir: Path) -> str:
-    """The study's ``name`` in DIR/study.yaml (top level or under ``config``), else the directory name."""
-    try:
-        data = yaml.safe_load((study_dir / "study.yaml").read_text())
-        for section in (data, data.get("config") if isinstance(data, dict) else None):
-            if isinstance(section, dict) and isinstance(section.get("name"), str):
-                return section["name"]
-    except (OSError, yaml.YAMLError):
-        pass
-    return study_dir.resolve().name
+    """The study's ``name`` in DIR/study.yaml (under ``config``, or at the top level), else the directory name."""
+    record = read_study_yaml(StudyPaths(study_dir))
+    return (record.name if record is not None else None) or study_dir.resolve().name
 
 
-def _cell_html(s: dict, frames: dict, prefix: str) -> list[str]:
-    """Table 1 and every figure of one cell (``s``: its summary part); div ids start with ``prefix``."""
-    land = s.get("landscape") or {}
-    sft = s.get("sft")
-    control = s.get("normalized_control") or {}
+def _cell_html(s: CellSummary, frames: dict, prefix: str) -> list[str]:
+    """Table 1 and every figure of one cell (``s``: its summary); div ids start with ``prefix``."""
+    land = s.landscape or Landscape()
+    sft = s.sft
     shares = frames.get("layer_shares")
     empty = pd.DataFrame()
     sections = [
         ("fig1", figures.layer_share_figure(shares if shares is not None else empty, frames.get("sft_shares")),
          "Eq. 2 importance S(l) = mean over steps of the sum over modules of the gradient norm, as a share of the "
-         f"total; max/min {_f(land.get('max_min_ratio'), unit='x')}, top 30% of layers "
-         f"{_f(land.get('top30_share'), '%')}."
-         + (f" SFT: max/min {_f(sft.get('max_min_ratio'), unit='x')}, top 30% {_f(sft.get('top30_share'), '%')}."
-            if sft else "")),
+         f"total; max/min {number(land.max_min_ratio, unit='x')}, top 30% of layers {percent(land.top30_share)}."
+         + (f" SFT: max/min {number(sft.max_min_ratio, unit='x')}, top 30% {percent(sft.top30_share)}."
+            if sft is not None else "")),
         ("fig2", figures.normalized_importance_figure(shares if shares is not None else empty),
          "Each strategy's layer shares averaged over its seeds, times the number of layers."),
         ("amplification", figures.amplification_figure(frames.get("amplification", empty)),
@@ -197,17 +176,17 @@ def _cell_html(s: dict, frames: dict, prefix: str) -> list[str]:
          "the uniform run with the same seed. Dashed: least-squares line."),
         ("heatmap", figures.heatmap_figure(frames.get("heatmap", empty)),
          f"Temporal stability (first vs second half, Pearson r across layers): "
-         f"{_f(land.get('temporal_stability'), '.3f')}."),
+         f"{number(land.temporal_stability, '.3f')}."),
         ("rewards", figures.reward_curves_figure(frames.get("rewards", empty)),
          "Per run a trailing rolling mean over ~2% of the steps; line: mean over seeds."),
         ("modules", figures.module_share_figure(frames.get("module_shares", empty)),
-         f"Attention {_f(land.get('attention_share'), '%')}, MLP {_f(land.get('mlp_share'), '%')} under uniform."),
+         f"Attention {percent(land.attention_share)}, MLP {percent(land.mlp_share)} under uniform."),
         ("control", figures.control_figure(frames.get("control_shares", empty)),
          "Left: every norm divided by sqrt(number of LoRA parameters of its module in that layer). Right: one "
          "module alone, whose base weight has the same shape in every layer. Table: max/min and rank–shift r "
          "per strategy under each control."),
     ]
-    body = ["<h2>Table 1. Accuracy by allocation strategy</h2>" + table1_html(s.get("strategies") or {}) +
+    body = ["<h2>Table 1. Accuracy by allocation strategy</h2>" + table1_html(s.strategies) +
             "<p class='caption'>Accuracy pooled over the strategy's runs. Every seed and strategy answers the "
             "same test items, so the first interval and the paired differences treat the item as the unit: "
             "each item's correctness averaged over seeds, a 95% percentile bootstrap over items, and a "
@@ -216,39 +195,31 @@ def _cell_html(s: dict, frames: dict, prefix: str) -> list[str]:
             "McNemar test on (seed, item) pairs against uniform, pooled and per seed; these treat correlated "
             "outcomes as independent and are too narrow. The paper's Table 1 labels its ± column Wilson, but "
             "its numbers are the Wald half-widths shown beside. max/min: seed-averaged shares, each seed's "
-            f"own range in brackets. {_e(_scaling_caption(s.get('lora_scaling')))}</p>"]
+            f"own range in brackets. {_e(_scaling_caption(s.lora_scaling))}</p>"]
     for div_id, fig, caption in sections:
         body.append(f"<div class='figure'>{_figure_html(fig, prefix + div_id)}</div>"
                     f"<p class='caption'>{_e(caption)}</p>")
         if div_id == "control":
-            body.append(control_table_html(control))
+            body.append(control_table_html(s.normalized_control))
     body += _beyond_html(s, frames, prefix)
     body.append("<h2>Evaluation examples</h2>" + examples_html(frames.get("examples")))
     return body
 
 
-def _beyond_html(s: dict, frames: dict, prefix: str) -> list[str]:
+def _beyond_html(s: CellSummary, frames: dict, prefix: str) -> list[str]:
     """The beyond-the-paper sections, each only when the study measured it."""
-    from dashboards import figures_beyond
-    from dashboards.analysis.beyond_findings import (
-        adalora_findings,
-        decomposition_findings,
-        geometry_findings,
-        rounds_findings,
-    )
-
     parts = [
-        ("adalora", s.get("adalora"), lambda: figures_beyond.rank_steps_figure(frames.get("rank_steps")),
+        ("adalora", s.adalora, lambda: figures_beyond.rank_steps_figure(frames.get("rank_steps")),
          adalora_findings,
          "PEFT's AdaLoRA, update_and_allocate after every optimizer step; the final total rank equals uniform's "
          "budget. Its accuracy and paired tests are in Table 1."),
-        ("rounds", s.get("rounds"), lambda: figures_beyond.rounds_figure(s.get("rounds")), rounds_findings,
+        ("rounds", s.rounds, lambda: figures_beyond.rounds_figure(s.rounds), rounds_findings,
          "Round 0 is the uniform run; round k allocates by Eq. 3 from round k-1's profile, same budget, same seed."),
-        ("decomposition", s.get("decomposition"),
+        ("decomposition", s.decomposition,
          lambda: figures_beyond.component_share_figure(frames.get("component_shares")), decomposition_findings,
          "Each component's S_c(l) (Eq. 2 over the decomposed steps) as a share of its total. The components sum "
          "exactly to the gradient the optimizer used (workers/decompose.py): one per reward, and the KL term."),
-        ("geometry", s.get("geometry"), lambda: figures_beyond.geometry_figure(frames.get("geometry")),
+        ("geometry", s.geometry, lambda: figures_beyond.geometry_figure(frames.get("geometry")),
          geometry_findings,
          "At each run's last measured step. Update share: the layer's sum over modules of ||dW||_F = "
          "||s B A||_F as a share of the run's. Overlap: the share of ||dW||_F^2 inside the span of the frozen "
@@ -256,7 +227,7 @@ def _beyond_html(s: dict, frames: dict, prefix: str) -> list[str]:
     ]
     body = []
     for div_id, part, figure, words, caption in parts:
-        if not part:
+        if part is None:
             continue
         lines = "".join(f"<li>{_e(line)}</li>" for line in words(part))
         body.append(f"<h2>Beyond the paper: {div_id}</h2><ul>{lines}</ul>"
@@ -266,7 +237,7 @@ def _beyond_html(s: dict, frames: dict, prefix: str) -> list[str]:
 
 
 def _scaling_caption(scaling) -> str:
-    """The LoRA scaling convention the runs used, in words (orchestrator.lora_scaling)."""
+    """The LoRA scaling convention the runs used, in words (orchestrator.core.lora_scaling)."""
     if not scaling:
         return ""
     if isinstance(scaling, list):
@@ -281,15 +252,15 @@ def _comparison_html(paragraphs: list[str] | None) -> str:
     return "<h2>What this study shows of the paper's findings</h2>" + "".join(f"<p>{_e(p)}</p>" for p in paragraphs)
 
 
-def cross_cell_points(summary: dict) -> pd.DataFrame:
+def cross_cell_points(summary: StudySummary) -> pd.DataFrame:
     """One row per (cell, strategy) of a study with axes: the axis values and the cross-cell figure's numbers."""
     rows = []
-    for cell in summary.get("cells", []):
-        label = ", ".join(f"{k}={v}" for k, v in cell["axes"].items())
-        for strategy, entry in (cell.get("strategies") or {}).items():
-            rows.append({**cell["axes"], "cell": label, "strategy": strategy,
-                         **{k: entry.get(k) for k in ("accuracy", "max_min_ratio", "rank_shift_corr")},
-                         "ci_low": entry.get("item_ci_low"), "ci_high": entry.get("item_ci_high")})
+    for cell in summary.cells if summary.axes else []:
+        label = ", ".join(f"{k}={v}" for k, v in cell.axes.items())
+        for strategy, entry in cell.strategies.items():
+            rows.append({**cell.axes, "cell": label, "strategy": strategy, "accuracy": entry.accuracy,
+                         "max_min_ratio": entry.max_min_ratio, "rank_shift_corr": entry.rank_shift_corr,
+                         "ci_low": entry.item_ci_low, "ci_high": entry.item_ci_high})
     return pd.DataFrame(rows)
 
 
@@ -301,27 +272,27 @@ def render_html(analysis: Analysis, name: str) -> str:
 
 def _render_html(analysis: Analysis, name: str) -> str:
     s = analysis.summary
-    body = [f"<h1>{_e(name)}</h1><p class='muted'>Study directory {_e(s.get('study_dir', ''))} · "
+    body = [f"<h1>{_e(name)}</h1><p class='muted'>Study directory {_e(s.study_dir)} · "
             "<a href='summary.json'>summary.json</a></p>"]
     if analysis.warnings:
         body.append("<div class='warnings'><h3>Warnings (missing parts; everything else is reported)</h3><ul>"
                     + "".join(f"<li>{_e(w)}</li>" for w in analysis.warnings) + "</ul></div>")
-    if "cells" not in s:
-        body.append(_comparison_html(s.get("paper_comparison")))
-    body.append("<h2>Findings</h2><ul>" + "".join(f"<li>{_e(f)}</li>" for f in s.get("findings", [])) + "</ul>")
-    if "cells" in s:
-        fig = figures.cross_cell_figure(cross_cell_points(s), s.get("axes", []))
-        body.append(f"<h2>Across cells ({len(analysis.cells)} cells of {_e(', '.join(s.get('axes', [])))})</h2>"
+    if not s.axes:
+        body.append(_comparison_html(s.cells[0].paper_comparison))
+    body.append("<h2>Findings</h2><ul>" + "".join(f"<li>{_e(f)}</li>" for f in s.findings) + "</ul>")
+    if s.axes:
+        fig = figures.cross_cell_figure(cross_cell_points(s), s.axes)
+        body.append(f"<h2>Across cells ({len(analysis.cells)} cells of {_e(', '.join(s.axes))})</h2>"
                     f"<div class='figure'>{_figure_html(fig, 'cross-cell')}</div><p class='caption'>"
                     "Each point is one strategy in one cell: accuracy with its 95% interval over items, the max/min "
                     "ratio of its layer shares, and the correlation between allocated rank and share shift "
                     "against uniform (the amplification).</p>")
         for i, cell in enumerate(analysis.cells):
             body.append(f"<h2 class='cell'>Cell {i}: {_e(cell.label())}</h2>")
-            body.append(_comparison_html(cell.summary.get("paper_comparison")))
+            body.append(_comparison_html(cell.summary.paper_comparison))
             body += _cell_html(cell.summary, cell.frames, f"c{i}-")
     else:
-        body += _cell_html(s, analysis.frames, "")
+        body += _cell_html(s.cells[0], analysis.frames, "")
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{_e(name)} · rankstudy report</title><style>{CSS}</style>"
             f"<script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script></head><body>"
@@ -340,7 +311,7 @@ def write_report(study_dir: Path, echo: Callable[[str], None] | None = None) -> 
         if echo is not None:
             echo(f"warning: {warning}")
     out = StudyPaths(study_dir).report_dir
-    atomic_write_text(out / "summary.json", json.dumps(analysis.summary, indent=1, allow_nan=False))
+    atomic_write_text(out / "summary.json", json.dumps(analysis.summary.to_json(), indent=1, allow_nan=False))
     page = out / "index.html"
     atomic_write_text(page, render_html(analysis, study_name(study_dir)))
     return page

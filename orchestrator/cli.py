@@ -1,6 +1,6 @@
 """``rankstudy``: run | plan | analyze | allocate.
 
-Every problem that is the user's to fix is a :class:`~orchestrator.errors.StudyError` and comes out as one
+Every problem that is the user's to fix is a :class:`~orchestrator.core.errors.StudyError` and comes out as one
 line ``error: ...`` with exit status 2; heavy imports (torch, Ray) happen only inside the commands that need
 them, so ``plan`` and ``allocate`` answer in about a second.
 
@@ -17,14 +17,14 @@ import json
 import sys
 from pathlib import Path
 
-from orchestrator.errors import StudyError
+from orchestrator.core.errors import StudyError
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from orchestrator.config import load_config
-    from orchestrator.plan import format_plan, make_plan, plan_json
+    from orchestrator.core.plan import format_plan, plan_json
+    from orchestrator.resolve import load_study, plan_study
 
-    plan = make_plan(load_config(args.config, args.set))
+    plan = plan_study(load_study(args.config, args.set))
     print(plan_json(plan) if args.json else format_plan(plan))
     return 0
 
@@ -40,9 +40,8 @@ def _parse_importance(text: str) -> list[float]:
 
 
 def _cmd_allocate(args: argparse.Namespace) -> int:
-    from orchestrator.allocation import allocate
-    from orchestrator.importance import importance_from_profile
-    from orchestrator.strategies import get_strategy
+    from orchestrator.core.importance import importance_from_profile
+    from orchestrator.core.strategies import allocate, get_strategy
 
     importance = None
     if args.importance is not None:
@@ -91,7 +90,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from orchestrator.strategies import registered_names
+    from orchestrator.core.config import AllocationConfig
+    from orchestrator.core.strategies import default_bounds, registered_names
+    from orchestrator.core.typed_yaml import help_of
 
     parser = argparse.ArgumentParser(prog="rankstudy", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,12 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="with a profile holding several runs: the run to use")
     p.add_argument("--num-layers", type=int, help="layer count for uniform/random without --importance")
     p.add_argument("--rank", type=int, required=True, help="uniform rank; budget = layers x rank")
-    p.add_argument("--r-min", type=int, default=4)
-    p.add_argument("--r-max", type=int, default=64)
-    p.add_argument("--multiple", type=int, default=4)
-    p.add_argument("--reduced-fraction", type=float, default=0.7)
-    p.add_argument("--random-low", type=int, default=16)
-    p.add_argument("--random-high", type=int, default=48)
+    bounds = default_bounds()  # allocation.*'s defaults (orchestrator/core/config.py), one place
+    for name in ("r_min", "r_max", "multiple", "reduced_fraction"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(bounds[name]), default=bounds[name],
+                       help=f"allocation.{name}: {help_of(AllocationConfig, name)}")
+    low, high = bounds["random_range"]
+    p.add_argument("--random-low", type=int, default=low, help="allocation.random_range[0]")
+    p.add_argument("--random-high", type=int, default=high, help="allocation.random_range[1]")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_allocate)
     return parser

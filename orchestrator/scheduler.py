@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
-from orchestrator.config import StudyConfig
-from orchestrator.contract import RunRecord, StudyPaths, parse_run_id
-from orchestrator.errors import StudyError
-from orchestrator.plan import RunSpec, StudyPlan
+from orchestrator.core.config import StudyConfig
+from orchestrator.core.contract import RunRecord, StudyPaths, parse_run_id
+from orchestrator.core.errors import StudyError
+from orchestrator.core.plan import RunSpec, StudyPlan
 
 Runner = Callable[..., object]  # runner(config, spec, study_dir, report=...) -> the run's RunRecord
 

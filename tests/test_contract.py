@@ -7,8 +7,8 @@ import json
 import pyarrow as pa
 import pytest
 
-from orchestrator import contract
-from orchestrator.contract import RunRecord, StudyPaths
+from orchestrator.core import contract
+from orchestrator.core.contract import RunRecord, StudyPaths
 
 
 def test_run_ids_without_axes_are_todays_and_cells_are_encoded_stably():
@@ -76,7 +76,7 @@ def test_the_metrics_columns_the_worker_fills_are_the_contracts():
 
 
 def test_an_unreadable_run_json_is_one_line_naming_the_file(tmp_path):
-    from orchestrator.errors import StudyError
+    from orchestrator.core.errors import StudyError
 
     paths = StudyPaths(tmp_path)
     paths.run_json("uniform-seed0").parent.mkdir(parents=True)

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 from trl.data_utils import is_conversational
 
-from orchestrator.errors import StudyError
+from orchestrator.core.errors import StudyError
 from workers.rewards import correctness_reward, format_reward, parse_number
 from workers.tasks import get_task
 from workers.tasks.gsm8k import SYSTEM_PROMPT

@@ -5,10 +5,10 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from orchestrator.config import load_config
-from orchestrator.contract import KL_COMPONENT, TOTAL, StudyPaths
-from orchestrator.errors import StudyError
-from orchestrator.plan import RunSpec
+from orchestrator.core.contract import KL_COMPONENT, TOTAL, StudyPaths
+from orchestrator.core.errors import StudyError
+from orchestrator.core.plan import RunSpec
+from orchestrator.resolve import load_study
 from workers.decompose import Decomposer, component_advantages
 from workers.run import GRPORun, execute_run
 
@@ -55,7 +55,7 @@ class SumCheck(TrainerCallback):
 
 def test_component_gradients_sum_to_the_total_gradient_and_training_is_unchanged(write_study_config, tmp_path):
     overrides = {"grpo": {"max_steps": 2, "max_grad_norm": 0.0, "checkpoint_every": 10}}
-    config = load_config(write_study_config(profile={"decompose_every": 1}, **overrides))
+    config = load_study(write_study_config(profile={"decompose_every": 1}, **overrides)).config
     run = GRPORun(config, RunSpec("uniform", 0, num_gpus=0, num_cpus=1), tmp_path / "decomposed")
     run.setup()
     run.decomposer.keep_vectors = True
@@ -75,7 +75,7 @@ def test_component_gradients_sum_to_the_total_gradient_and_training_is_unchanged
     cells = record.num_layers * len(config.lora.target_modules)
     assert profile.groupby("component").size().to_dict() == {c: 2 * cells for c in [*components, TOTAL]}
 
-    plain = load_config(write_study_config(name="plain", **overrides))
+    plain = load_study(write_study_config(name="plain", **overrides)).config
     execute_run(plain, RunSpec("uniform", 0, num_gpus=0, num_cpus=1), tmp_path / "plain")
     baseline = pq.read_table(StudyPaths(tmp_path / "plain").table("profiles", record.run_id)).to_pandas()
     ours = profile[profile["component"] == TOTAL].reset_index(drop=True)

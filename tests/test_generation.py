@@ -12,8 +12,8 @@ import os
 import pytest
 import torch
 
-from orchestrator.config import GRPOSettings
-from orchestrator.errors import StudyError
+from orchestrator.core.config import GRPOSettings
+from orchestrator.core.errors import StudyError
 from workers import compat
 from workers.generation import (
     colocated_vllm_engine,

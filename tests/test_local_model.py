@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from orchestrator.errors import StudyError
+from orchestrator.core.errors import StudyError
 from workers import local_model
 from workers.local_model import build_local_model, train_tokenizer
 from workers.model import load_model_and_tokenizer

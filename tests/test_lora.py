@@ -10,11 +10,11 @@ from peft.utils.other import get_pattern_key
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from orchestrator.config import LoraSettings
-from orchestrator.errors import StudyError
-from orchestrator.projections import PROJECTION_MODULES
+from orchestrator.core.config import LoraSettings
+from orchestrator.core.errors import StudyError
+from orchestrator.core.projections import PROJECTION_MODULES
 from tests.fixtures.tiny import apply_lora
-from workers.lora import anchored_key, audit_lora, build_lora_config
+from workers.adapters.lora import anchored_key, audit_lora, build_lora_config
 from workers.model import discover_layers, load_model_and_tokenizer
 
 # A non-uniform allocation over 12 layers, every rank distinct, so any cross-layer leak changes a rank.

@@ -12,16 +12,16 @@ import textwrap
 
 import pytest
 
-from orchestrator.config import load_config
-from orchestrator.errors import ConfigError
-from orchestrator.gpu_packing import memory_plan, runs_per_gpu, vllm_share
-from orchestrator.plan import format_plan, make_plan
+from orchestrator.core.errors import ConfigError
+from orchestrator.core.gpu_packing import memory_plan, model_shape, runs_per_gpu, vllm_share
+from orchestrator.core.plan import format_plan, make_plan
+from orchestrator.resolve import load_study
 
 DRIVER = textwrap.dedent("""
     import json, os, sys, time
     from orchestrator import scheduler
-    from orchestrator.config import load_config
-    from orchestrator.plan import make_plan
+    from orchestrator.core.plan import make_plan
+    from orchestrator.resolve import load_study
 
     def engine_starting_runner(config, spec, study_dir, report):
         from workers.engine_lock import engine_start_lock, lock_path
@@ -33,9 +33,9 @@ DRIVER = textwrap.dedent("""
         time.sleep(3.0)  # training, alongside the other runs on the card
         return {"began": began, "ended": time.time(), **starting}
 
-    config = load_config(sys.argv[1])
+    study = load_study(sys.argv[1])
     scheduler.connect(num_cpus=2, resources={"fake_gpu": 1})
-    states = scheduler.run_grid(make_plan(config), sys.argv[2], progress_interval_s=0.5, echo=lambda line: None,
+    states = scheduler.run_grid(make_plan(study), sys.argv[2], progress_interval_s=0.5, echo=lambda line: None,
                                 runner=engine_starting_runner)
     scheduler.shutdown()
     print("RESULT " + json.dumps({rid: {"status": s.status, **(s.record or {})} for rid, s in states.items()}))
@@ -75,26 +75,27 @@ def test_four_runs_share_one_gpu_slot_and_start_their_engines_one_at_a_time(tmp_
 
 
 def test_vllm_share_is_derived_from_the_run_share_unless_set(write_study_config):
-    config = load_config(write_study_config(resources={"gpus_per_run": 0.25}))
+    config = load_study(write_study_config(resources={"gpus_per_run": 0.25})).config
     assert runs_per_gpu(0.25) == 4 and vllm_share(config) == pytest.approx(0.25 * 0.3)
-    whole = load_config(write_study_config(resources={"gpus_per_run": 1}))
+    whole = load_study(write_study_config(resources={"gpus_per_run": 1})).config
     assert vllm_share(whole) == pytest.approx(0.3)  # TRL's default for a whole GPU
-    explicit = load_config(write_study_config(resources={"gpus_per_run": 0.5}, grpo={"vllm_gpu_memory_utilization": 0.2}))
+    explicit = load_study(write_study_config(resources={"gpus_per_run": 0.5},
+                                             grpo={"vllm_gpu_memory_utilization": 0.2})).config
     assert vllm_share(explicit) == 0.2
 
 
 def test_plan_prints_the_memory_plan_and_refuses_a_packing_that_cannot_fit():
-    config = load_config("configs/paper.yaml", ["resources.gpus_per_run=0.25", "resources.gpu_memory_gib=80"])
-    text = format_plan(make_plan(config))
+    study = load_study("configs/paper.yaml", ["resources.gpus_per_run=0.25", "resources.gpu_memory_gib=80"])
+    text = format_plan(make_plan(study))
     assert "memory: 4 run(s) per GPU, card 80 GiB (config)" in text and ": fits" in text
-    plan = memory_plan(config)
+    plan = memory_plan(study.config, shape=model_shape(study.config.model))
     assert plan.weights_gib == pytest.approx(1_543_714_304 * 2 / 2**30, abs=0.01)  # Qwen2.5-1.5B in bf16
     assert plan.per_run_gib == pytest.approx(plan.training_gib + 0.075 * 80, abs=0.02)
     with pytest.raises(ConfigError, match=r"^resources\.gpus_per_run: 8 runs per GPU need 8 x .* but the card has "
                                           r"80(\.0)? GiB \(config\)"):
-        make_plan(load_config("configs/paper.yaml", ["resources.gpus_per_run=0.125", "resources.gpu_memory_gib=80"]))
+        make_plan(load_study("configs/paper.yaml", ["resources.gpus_per_run=0.125", "resources.gpu_memory_gib=80"]))
     with pytest.raises(ConfigError, match=r"^grpo\.vllm_gpu_memory_utilization: 4 engines x 0\.3"):
-        make_plan(load_config("configs/paper.yaml", ["resources.gpus_per_run=0.25",
+        make_plan(load_study("configs/paper.yaml", ["resources.gpus_per_run=0.25",
                                                      "grpo.vllm_gpu_memory_utilization=0.3"]))
     with pytest.raises(ConfigError, match=r"^resources\.gpus_per_run: a run on more than one GPU takes whole GPUs"):
-        load_config("configs/paper.yaml", ["resources.gpus_per_run=1.5"])
+        load_study("configs/paper.yaml", ["resources.gpus_per_run=1.5"])

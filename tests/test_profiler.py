@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from orchestrator.config import LoraSettings
+from orchestrator.core.config import LoraSettings
 from tests.fixtures.tiny import apply_lora
 from workers.compat import clip_gradients
 from workers.model import discover_layers, load_model_and_tokenizer
@@ -137,7 +137,7 @@ def test_a_parameter_without_gradient_is_nan_and_flagged_not_zero(lora_model):
 
 
 def test_sharded_set_ups_are_refused_naming_the_setting():
-    from orchestrator.errors import StudyError
+    from orchestrator.core.errors import StudyError
     from workers.profiler import check_unsharded
 
     check_unsharded({"ACCELERATE_USE_FSDP": "false"}, SimpleNamespace(is_deepspeed_enabled=False))

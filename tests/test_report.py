@@ -87,7 +87,7 @@ def test_report_with_missing_parts_still_writes_everything_else(study, tmp_path)
     assert any(w.startswith("metrics:") for w in summary["warnings"])
     assert "Warnings" in html and "metrics:" in html
     assert "No training metrics." in html  # the reward figure says why it is empty
-    assert "sft" not in summary and 'id="fig1"' in html
+    assert summary["sft"] is None and 'id="fig1"' in html
     assert summary["strategies"]["proportional"]["accuracy"] is not None
 
 
@@ -116,3 +116,32 @@ def test_every_figure_is_drawn_with_the_white_template_and_plotlys_default_is_le
     with figures.report_template():
         assert pio.templates.default == figures.TEMPLATE
     assert pio.templates.default == "plotly"
+
+
+@pytest.mark.parametrize("spec", [
+    SyntheticSpec(seeds=(0, 1), steps=8, layers=4, eval_items=20, sft_steps=4, decompose_every=2),
+    SyntheticSpec(seeds=(0,), steps=6, layers=4, eval_items=20, axes={"lora.rank": (16, 32)}),
+], ids=["decomposed", "axes"])
+def test_summary_json_is_exactly_the_schema(spec, tmp_path):
+    # Every key summary.json holds is in the schema (dashboards/analysis/schema.py), and nothing is lost reading it
+    # back: a single-cell study's top level and a study with axes alike.
+    from dashboards.analysis.schema import StudySummary
+
+    study = write_synthetic_study(tmp_path / "study", spec)
+    write_report(study)
+    data = json.loads((study / "report" / "summary.json").read_text())
+    parsed = StudySummary.from_json(data)
+    assert parsed.to_json() == data
+    assert bool(parsed.axes) == bool(spec.axes) and len(parsed.cells) == max(1, len(spec.cells()))
+    if not spec.axes:
+        assert parsed.single.decomposition is not None and parsed.single.decomposition.strategies
+        assert list(data)[:10] == ["landscape", "strategies", "normalized_control", "sft", "training", "lora_scaling",
+                                   "rounds", "decomposition", "geometry", "adalora"]
+    with pytest.raises(ValueError, match=r"key 'surprise' is not in the summary schema"):
+        StudySummary.from_json({**data, "surprise": 1})
+    cell = data["cells"][0] if spec.axes else data
+    with pytest.raises(ValueError, match=r"expected a number, got 'high'"):
+        StudySummary.from_json({**data, **({"cells": [{**cell, "landscape": {**cell["landscape"],
+                                                                               "max_min_ratio": "high"}}]}
+                                           if spec.axes else {"landscape": {**cell["landscape"],
+                                                                            "max_min_ratio": "high"}})})

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trl.trainer.utils import get_callable_name
 
-from orchestrator.errors import StudyError
+from orchestrator.core.errors import StudyError
 from workers.rewards import correctness_reward, extract_answer, format_reward, parse_number
 from workers.tasks import get_task
 from workers.tasks.gsm8k import gold_number

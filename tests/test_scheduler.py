@@ -18,8 +18,8 @@ pytestmark = [pytest.mark.ray]
 DRIVER = textwrap.dedent("""
     import json, os, sys, time
     from orchestrator import scheduler
-    from orchestrator.config import load_config
-    from orchestrator.plan import make_plan
+    from orchestrator.core.plan import make_plan
+    from orchestrator.resolve import load_study
 
     def sleeping_runner(config, spec, study_dir, report):
         started = time.time()
@@ -29,10 +29,10 @@ DRIVER = textwrap.dedent("""
                 "unbuffered": os.environ.get("PYTHONUNBUFFERED"),
                 "tokenizers": os.environ.get("TOKENIZERS_PARALLELISM")}
 
-    config = load_config(sys.argv[1])
+    study = load_study(sys.argv[1])
     scheduler.connect(num_cpus=2, resources={"slot": 2})
     lines = []
-    states = scheduler.run_grid(make_plan(config), sys.argv[2], progress_interval_s=0.5,
+    states = scheduler.run_grid(make_plan(study), sys.argv[2], progress_interval_s=0.5,
                                 echo=lines.append, runner=sleeping_runner)
     scheduler.shutdown()
     print("RESULT " + json.dumps({"lines": lines, "runs": {
@@ -102,8 +102,8 @@ def test_actors_get_the_worker_environment(stub_grid):
 # RunActor is a plain class: run it in a fresh process (no Ray) to see what an actor process imports.
 ACTOR_PROCESS = textwrap.dedent("""
     import importlib.util, json, sys
-    from orchestrator.config import load_config
-    from orchestrator.plan import make_plan
+    from orchestrator.core.plan import make_plan
+    from orchestrator.resolve import load_study
     from orchestrator.scheduler import RunActor
 
     def runner(config, spec, study_dir, report):
@@ -114,8 +114,8 @@ ACTOR_PROCESS = textwrap.dedent("""
         return {"vllm_found": importlib.util.find_spec("vllm") is not None, "trl_sees_vllm": is_vllm_available(),
                 "vllm_imported": sys.modules.get("vllm") is not None}
 
-    config = load_config(sys.argv[1], [f"grpo.use_vllm={sys.argv[2]}"])
-    print("RESULT " + json.dumps(RunActor(config, sys.argv[3], runner).run(make_plan(config).runs[0])))
+    study = load_study(sys.argv[1], [f"grpo.use_vllm={sys.argv[2]}"])
+    print("RESULT " + json.dumps(RunActor(study.config, sys.argv[3], runner).run(make_plan(study).runs[0])))
 """)
 
 

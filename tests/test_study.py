@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator.allocation import allocate
-from orchestrator.importance import importance_from_profile
+from orchestrator.core.importance import importance_from_profile
+from orchestrator.core.strategies import allocate
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -142,12 +142,12 @@ def test_grid_with_colocated_vllm_seeds_rollouts_and_evaluates(write_study_confi
     evaluation = pd.read_parquet(out / "eval")
     assert len(evaluation) == 12 and evaluation["completion"].str.len().gt(0).any()
     # The base model's row: evaluated on vLLM before any weight sync, it says what HF greedy on the plain model says.
-    from orchestrator.config import load_config
+    from orchestrator.resolve import load_study
     from workers.evaluate import generate_greedy_hf, prompt_token_ids
     from workers.model import load_model_and_tokenizer
     from workers.tasks import get_task
 
-    loaded = load_config(config)
+    loaded = load_study(config).config
     model, tokenizer = load_model_and_tokenizer(loaded.model.name_or_path)
     test = get_task("gsm8k").load(loaded.data.test, "test", limit=4, system_prompt=loaded.data.system_prompt)
     expected = generate_greedy_hf(model, tokenizer, prompt_token_ids(tokenizer, test["prompt"]),

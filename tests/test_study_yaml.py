@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.config import load_config
-from orchestrator.contract import StudyPaths
-from orchestrator.errors import StudyError
+from orchestrator.core.contract import StudyPaths
+from orchestrator.core.errors import StudyError
+from orchestrator.resolve import load_study
 from orchestrator.study import write_study_yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,7 +20,7 @@ def _run_from_repo_root(monkeypatch):
 
 def test_same_config_leaves_study_yaml_byte_identical(tmp_path):
     paths = StudyPaths(tmp_path)
-    config = load_config(REPO / "configs/paper.yaml")
+    config = load_study(REPO / "configs/paper.yaml")
     write_study_yaml(paths, config)
     before = paths.study_yaml.read_bytes()
     record = yaml.safe_load(before)
@@ -31,10 +31,10 @@ def test_same_config_leaves_study_yaml_byte_identical(tmp_path):
 
 def test_changed_settings_are_refused_but_more_seeds_grow_the_grid(tmp_path):
     paths = StudyPaths(tmp_path)
-    write_study_yaml(paths, load_config(REPO / "configs/paper.yaml"))
+    write_study_yaml(paths, load_study(REPO / "configs/paper.yaml"))
     with pytest.raises(StudyError, match=r"grpo\.learning_rate: 1e-05 there, 0\.001 now"):
-        write_study_yaml(paths, load_config(REPO / "configs/paper.yaml", ["grpo.learning_rate=1e-3"]))
-    write_study_yaml(paths, load_config(REPO / "configs/paper.yaml", ["grid.seeds=[3, 4]"]))
+        write_study_yaml(paths, load_study(REPO / "configs/paper.yaml", ["grpo.learning_rate=1e-3"]))
+    write_study_yaml(paths, load_study(REPO / "configs/paper.yaml", ["grid.seeds=[3, 4]"]))
     grid = yaml.safe_load(paths.study_yaml.read_text())["config"]["grid"]
     assert grid["seeds"] == [0, 1, 2, 3, 4]
 
@@ -46,7 +46,7 @@ def test_results_are_readable_by_others_as_ordinary_files_are(tmp_path):
 
     import pyarrow as pa
 
-    from orchestrator.contract import atomic_write_table, atomic_write_text
+    from orchestrator.core.contract import atomic_write_table, atomic_write_text
 
     atomic_write_text(tmp_path / "report.html", "<html></html>")
     atomic_write_table(tmp_path / "t.parquet", pa.table({"x": [1]}))

@@ -133,10 +133,11 @@ def test_cache_key_covers_data_bytes_model_files_and_settings(tiny_model_dir: Pa
     settings = {"steps": 1, "learning_rate": 1e-3}
 
     def key_of(train: Path | str, extra: dict | None = None) -> str:
-        from orchestrator.config import DataConfig
+        from orchestrator.core.config import DataConfig
+        from orchestrator.resolve import resolve_data
 
-        config = (DataConfig(train=str(train), test=str(tmp_path / "test.jsonl")) if isinstance(train, Path)
-                  else DataConfig(train=train, test=train))
+        config = (resolve_data(DataConfig(train=str(train), test=str(tmp_path / "test.jsonl")))
+                  if isinstance(train, Path) else resolve_data(DataConfig(train=train, test=train)))
         return warm_start_key(model, GSM8K.source_key(config, "train"), {**settings, **(extra or {})})
 
     key = key_of(data)
@@ -155,14 +156,14 @@ def test_prepared_warm_start_profiles_the_configured_lora_targets(write_study_co
     # The SFT profile records exactly lora.target_modules (what the GRPO profiles of the study record).
     import pyarrow.parquet as pq
 
-    from orchestrator.config import load_config
+    from orchestrator.resolve import load_study
     from workers.prepare import prepare_base_model
 
-    config = load_config(write_study_config(
+    config = load_study(write_study_config(
         model={"name_or_path": None, "build": {"num_layers": 2, "hidden_size": 64, "intermediate_size": 64,
                                                "num_heads": 2, "num_kv_heads": 1, "vocab_size": 300}},
         warm_start={"steps": 2, "batch_size": 2, "limit": 40, "max_length": 512},
-        lora={"target_modules": ["q_proj", "down_proj"]}, cache_dir=str(tmp_path / "cache")))
+        lora={"target_modules": ["q_proj", "down_proj"]}, cache_dir=str(tmp_path / "cache"))).config
     prepared = prepare_base_model(config)
     profile = pq.read_table(prepared.sft_profile).to_pandas()
     assert set(profile["module"]) == {"q_proj", "down_proj"} and set(profile["step"]) == {1, 2}

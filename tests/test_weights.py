@@ -7,9 +7,9 @@ import pytest
 import torch
 from peft import get_peft_model
 
-from orchestrator.config import LoraSettings
-from orchestrator.projections import PROJECTION_MODULES
-from workers.lora import build_lora_config
+from orchestrator.core.config import LoraSettings
+from orchestrator.core.projections import PROJECTION_MODULES
+from workers.adapters.lora import build_lora_config
 from workers.model import discover_layers, load_model_and_tokenizer
 from workers.weights import frozen_digest, merged_weights, vllm_name
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from orchestrator.config import load_config
-from orchestrator.contract import StudyPaths
-from orchestrator.plan import RunSpec
+from orchestrator.core.contract import StudyPaths
+from orchestrator.core.plan import RunSpec
+from orchestrator.resolve import load_study
 from workers.run import GRPORun, execute_run
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,7 @@ class NonzeroGrads(TrainerCallback):
 
 
 def test_grpo_run_trains_profiles_and_evaluates(write_study_config, tmp_path):
-    config = load_config(write_study_config(grid={"strategies": ["random"], "seeds": [0]}))
+    config = load_study(write_study_config(grid={"strategies": ["random"], "seeds": [0]})).config
     spec = RunSpec("random", 0, num_gpus=0, num_cpus=1)
     study = tmp_path / "study"
     run = GRPORun(config, spec, study)
@@ -84,7 +84,7 @@ def test_grpo_run_trains_profiles_and_evaluates(write_study_config, tmp_path):
 
 
 def test_same_seed_same_allocation_and_metrics_other_seed_other_rollouts(write_study_config, tmp_path):
-    config = load_config(write_study_config(grpo={"max_steps": 2}, data={"eval_limit": 2}))
+    config = load_study(write_study_config(grpo={"max_steps": 2}, data={"eval_limit": 2})).config
     records, metrics = [], []
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
         study = tmp_path / name
@@ -98,7 +98,7 @@ def test_same_seed_same_allocation_and_metrics_other_seed_other_rollouts(write_s
 
 
 def test_second_execute_of_a_completed_run_is_a_no_op(write_study_config, tmp_path):
-    config = load_config(write_study_config(grpo={"max_steps": 1}, data={"eval_limit": 2}))
+    config = load_study(write_study_config(grpo={"max_steps": 1}, data={"eval_limit": 2})).config
     spec = RunSpec("uniform", 0, num_gpus=0, num_cpus=1)
     execute_run(config, spec, tmp_path)
     files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
@@ -111,17 +111,19 @@ def test_proportional_run_from_a_given_profile_file(write_study_config, tmp_path
     # allocation.profile_from: a profile .parquet (e.g. from an earlier study) instead of this seed's uniform run.
     import pandas as pd
 
-    from orchestrator.allocation import allocate
-    from orchestrator.plan import make_plan
+    from orchestrator.core.plan import make_plan
+    from orchestrator.core.strategies import allocate
 
     rows = [dict(run_id="uniform-seed9", strategy="uniform", seed=9, step=step, layer=layer, module=module, rank=8,
                  grad_norm=float(layer + 1)) for step in (1, 2) for layer in range(4) for module in ("q_proj", "v_proj")]
     profile = tmp_path / "earlier-profile.parquet"
     pd.DataFrame(rows).to_parquet(profile)
-    config = load_config(write_study_config(
+    config = load_study(write_study_config(
         allocation={"profile_from": str(profile)}, grid={"strategies": ["proportional"], "seeds": [0]},
-        grpo={"max_steps": 1}, data={"eval_limit": 2}))
-    [spec] = make_plan(config).runs
+        grpo={"max_steps": 1}, data={"eval_limit": 2})).config
+    [spec] = make_plan(load_study(write_study_config(
+        allocation={"profile_from": str(profile)}, grid={"strategies": ["proportional"], "seeds": [0]},
+        grpo={"max_steps": 1}, data={"eval_limit": 2}))).runs
     assert spec.depends_on is None and spec.profile_path == str(profile)
     record = execute_run(config, spec, tmp_path / "study")
     assert record.importance == [2.0, 4.0, 6.0, 8.0]  # Eq. 2: mean over steps of the sum over modules
@@ -165,10 +167,10 @@ def test_each_model_family_gets_a_profiled_audited_grpo_run(family, length_task,
                                   num_heads=2, num_kv_heads=1, vocab_size=400, train_texts=gsm8k_texts[:300], seed=0,
                                   family=family)
     assert json.loads((model_dir / "config.json").read_text())["model_type"] == family
-    config = load_config(write_study_config(
+    config = load_study(write_study_config(
         model={"name_or_path": str(model_dir)}, data={"task": "gsm8k_length_test", "eval_limit": 2},
         rewards=["length"], grpo={"max_steps": 2, "max_completion_length": 24},
-        grid={"strategies": ["random"], "seeds": [2]}))
+        grid={"strategies": ["random"], "seeds": [2]})).config
     record = execute_run(config, RunSpec("random", 2, num_gpus=0, num_cpus=1), tmp_path / "study")
     assert record.status == "completed" and record.lora["layer_ranks"] == record.allocation == [12, 4]  # audited
     paths = StudyPaths(tmp_path / "study")
@@ -181,10 +183,10 @@ def test_each_model_family_gets_a_profiled_audited_grpo_run(family, length_task,
 
 def test_every_hidden_grpo_setting_reaches_trl_explicitly(write_study_config, tmp_path):
     # The settings TRL would apply silently are config fields, and each one arrives in GRPOConfig as set.
-    config = load_config(write_study_config(grpo={
+    config = load_study(write_study_config(grpo={
         "top_p": 0.9, "top_k": 5, "disable_dropout": True, "mask_truncated_completions": True,
         "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "use_vllm": True,
-        "vllm_importance_sampling_correction": False}))
+        "vllm_importance_sampling_correction": False})).config
     args = GRPORun(config, RunSpec("uniform", 0, num_gpus=0, num_cpus=1), tmp_path)._grpo_args()
     assert (args.top_p, args.top_k, args.disable_dropout, args.mask_truncated_completions) == (0.9, 5, True, True)
     assert args.lr_scheduler_type == "cosine" and args.warmup_steps == 0.1
@@ -194,8 +196,10 @@ def test_every_hidden_grpo_setting_reaches_trl_explicitly(write_study_config, tm
 
 def test_a_run_whose_base_weights_change_fails_and_writes_no_results(write_study_config, tmp_path):
     # A training hook that writes into a frozen base weight (as an in-place merge left behind would).
-    from orchestrator import strategies
-    from orchestrator.errors import StudyError
+    from orchestrator.core import strategies
+    from orchestrator.core.errors import StudyError
+    from workers.adapters import register_adapter, unregister_adapter
+    from workers.adapters.lora import LoraAdapter
 
     class LeakIntoBase(TrainerCallback):
         def __init__(self, run):
@@ -205,20 +209,26 @@ def test_a_run_whose_base_weights_change_fails_and_writes_no_results(write_study
             with torch.no_grad():
                 self.run.trainer.model.get_base_model().model.embed_tokens.weight[0, 0] += 1.0
 
-    @strategies.register_strategy
-    class Leaky(strategies.get_strategy("uniform").__class__):
+    @register_adapter
+    class LeakyAdapter(LoraAdapter):
         name = "leaky_test"
 
         def callbacks(self, run):
             return [LeakIntoBase(run)]
 
+    @strategies.register_strategy
+    class Leaky(strategies.get_strategy("uniform").__class__):
+        name = "leaky_test"
+        adapter = "leaky_test"
+
     try:
-        config = load_config(write_study_config(grid={"strategies": ["leaky_test"], "seeds": [0]},
-                                                grpo={"max_steps": 1}, data={"eval_limit": 2}))
+        config = load_study(write_study_config(grid={"strategies": ["leaky_test"], "seeds": [0]},
+                                                grpo={"max_steps": 1}, data={"eval_limit": 2})).config
         with pytest.raises(StudyError, match=r"leaky_test-seed0: the frozen base weights changed during the run"):
             execute_run(config, RunSpec("leaky_test", 0, num_gpus=0, num_cpus=1), tmp_path)
     finally:
         strategies.unregister_strategy("leaky_test")
+        unregister_adapter("leaky_test")
     paths = StudyPaths(tmp_path)
     record = paths.read_record("leaky_test-seed0")
     assert record.status == "failed" and "frozen base" in record.error
@@ -226,14 +236,14 @@ def test_a_run_whose_base_weights_change_fails_and_writes_no_results(write_study
 
 
 def test_base_run_evaluates_the_untrained_model_exactly_as_trained_runs_are(write_study_config, tmp_path):
-    from orchestrator.plan import make_plan
+    from orchestrator.core.plan import make_plan
     from workers.evaluate import generate_greedy_hf, prompt_token_ids
     from workers.model import load_model_and_tokenizer
     from workers.tasks import get_task
 
-    config = load_config(write_study_config(grid={"strategies": ["base", "uniform"], "seeds": [3, 4]},
-                                            grpo={"max_steps": 1}, data={"eval_limit": 6}))
-    plan = make_plan(config)
+    study = load_study(write_study_config(grid={"strategies": ["base", "uniform"], "seeds": [3, 4]},
+                                          grpo={"max_steps": 1}, data={"eval_limit": 6}))
+    config, plan = study.config, make_plan(study)
     assert [r.run_id for r in plan.runs] == ["base-seed0", "uniform-seed3", "uniform-seed4"]  # once, seed-free
     spec = plan.runs[0]
     record = execute_run(config, spec, tmp_path)

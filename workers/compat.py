@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from typing import Any
 
-from orchestrator.errors import StudyError
+from orchestrator.core.errors import StudyError
 
 # distribution name -> (lowest supported, first unsupported): the versions the names below were checked with.
 SUPPORTED = {
@@ -151,7 +151,7 @@ class DecomposedGRPO:
             parts = inputs[COMPONENTS_KEY]
             inputs = {key: value for key, value in inputs.items() if key != COMPONENTS_KEY}
             if getattr(self, "_entropy_bonus_enabled", False) or getattr(self, "aux_loss_enabled", False):
-                from orchestrator.errors import StudyError
+                from orchestrator.core.errors import StudyError
 
                 raise StudyError("profile.decompose_every: TRL's entropy bonus or a router (MoE) auxiliary loss is "
                                  "on, a loss term the decomposition does not split; set profile.decompose_every: 0")

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import StudyError
-from orchestrator.sources import is_local_path
+from orchestrator.core.errors import StudyError
+from orchestrator.core.sources import is_local_path
 
 
 def build_prompt(question: str, system_prompt: str) -> list[dict[str, str]]:

@@ -38,8 +38,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from orchestrator.contract import KL_COMPONENT
-from orchestrator.errors import StudyError
+from orchestrator.core.contract import KL_COMPONENT
+from orchestrator.core.errors import StudyError
 
 GROUP_STD_EPS = 1e-4  # TRL 1.16's denominator offset (grpo_trainer.py, _generate_and_score_completions)
 COMPONENTS_KEY = "rankstudy_component_advantages"

@@ -16,8 +16,8 @@ import pyarrow as pa
 import torch
 from transformers import GenerationConfig
 
-from orchestrator.contract import EVAL_SCHEMA
-from orchestrator.errors import StudyError
+from orchestrator.core.contract import EVAL_SCHEMA
+from orchestrator.core.errors import StudyError
 
 
 def prompt_token_ids(tokenizer, conversations: Sequence[list[dict[str, str]]]) -> list[list[int]]:

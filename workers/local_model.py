@@ -49,7 +49,9 @@ import transformers
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from orchestrator.errors import StudyError
+from orchestrator.core.config import LocalModelBuild
+from orchestrator.core.errors import StudyError
+from orchestrator.core.typed_yaml import help_of
 from workers.families import FAMILIES
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -153,6 +155,26 @@ def build_local_model(
     """
     out_dir = Path(out_dir)
     texts = list(train_texts)
+    shape = dict(num_layers=num_layers, hidden_size=hidden_size, intermediate_size=intermediate_size,
+                 num_heads=num_heads, num_kv_heads=num_kv_heads, vocab_size=vocab_size, seed=seed,
+                 max_position_embeddings=max_position_embeddings, family=family)
+    _check_arguments(texts, family, hidden_size, num_heads, num_kv_heads)
+    record = _build_record(texts, **shape)
+    if _read_record(out_dir) == record:
+        return out_dir
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and _read_record(out_dir) is None)):
+        raise StudyError(
+            f"{out_dir} exists and is not a rankstudy model build; choose an empty or new directory for the local model"
+        )
+    tokenizer = train_tokenizer(texts, vocab_size, model_max_length=max_position_embeddings)
+    model = _random_model(tokenizer, family=family, num_layers=num_layers, hidden_size=hidden_size,
+                          intermediate_size=intermediate_size, num_heads=num_heads, num_kv_heads=num_kv_heads,
+                          max_position_embeddings=max_position_embeddings, seed=seed)
+    _save_into_place(out_dir, model, tokenizer, record)
+    return out_dir
+
+
+def _check_arguments(texts: list[str], family: str, hidden_size: int, num_heads: int, num_kv_heads: int) -> None:
     if not texts:
         raise StudyError("train_texts: the tokenizer corpus is empty; pass GSM8K question/answer texts")
     if family not in FAMILIES:
@@ -162,19 +184,11 @@ def build_local_model(
             f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads}), and num_heads by "
             f"num_kv_heads ({num_kv_heads})"
         )
-    record = _build_record(
-        texts, num_layers=num_layers, hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_heads=num_heads, num_kv_heads=num_kv_heads, vocab_size=vocab_size, seed=seed,
-        max_position_embeddings=max_position_embeddings, family=family,
-    )
-    if _read_record(out_dir) == record:
-        return out_dir
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and _read_record(out_dir) is None)):
-        raise StudyError(
-            f"{out_dir} exists and is not a rankstudy model build; choose an empty or new directory for the local model"
-        )
 
-    tokenizer = train_tokenizer(texts, vocab_size, model_max_length=max_position_embeddings)
+
+def _random_model(tokenizer: PreTrainedTokenizerFast, *, family: str, num_layers: int, hidden_size: int,
+                  intermediate_size: int, num_heads: int, num_kv_heads: int, max_position_embeddings: int, seed: int):
+    """A randomly initialised model of ``family`` from ``seed``, its vocabulary exactly the tokenizer's size."""
     classes = FAMILIES[family]
     # Qwen3's head_dim defaults to 128 whatever the hidden size; the others derive it from hidden / heads.
     extra = {"head_dim": hidden_size // num_heads} if family == "qwen3" else {}
@@ -199,7 +213,11 @@ def build_local_model(
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = None
+    return model
 
+
+def _save_into_place(out_dir: Path, model, tokenizer: PreTrainedTokenizerFast, record: dict) -> None:
+    """Save into a temporary sibling directory and rename it to ``out_dir`` (keeping an identical concurrent build)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
     try:
@@ -207,7 +225,7 @@ def build_local_model(
         tokenizer.save_pretrained(staging)
         (staging / BUILD_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         if _read_record(out_dir) == record:
-            return out_dir  # another process finished the same build meanwhile
+            return  # another process finished the same build meanwhile
         if out_dir.exists():
             shutil.rmtree(out_dir)  # an empty dir or an older rankstudy build (checked above)
         try:
@@ -218,22 +236,19 @@ def build_local_model(
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m workers.local_model OUT_DIR --train-jsonl FILE``: build the laptop-sized local model."""
+    """``python -m workers.local_model OUT_DIR --train-jsonl FILE``: build a local model (``model.build``'s defaults:
+    the laptop model's shape)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--train-jsonl", required=True, help="GSM8K train .jsonl: the tokenizer corpus")
-    parser.add_argument("--family", default="qwen2", choices=list(FAMILIES))
-    parser.add_argument("--num-layers", type=int, default=4)
-    parser.add_argument("--hidden-size", type=int, default=64)
-    parser.add_argument("--intermediate-size", type=int, default=128)
-    parser.add_argument("--num-heads", type=int, default=4)
-    parser.add_argument("--num-kv-heads", type=int, default=2)
-    parser.add_argument("--vocab-size", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
+    defaults = LocalModelBuild()  # model.build's defaults, one place
+    parser.add_argument("--family", default=defaults.family, choices=list(FAMILIES))
+    for name in ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "vocab_size", "seed"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name),
+                            help=help_of(LocalModelBuild, name))
     args = parser.parse_args(argv)
     try:
         from workers.tasks import get_task

@@ -7,7 +7,7 @@ largest ``nn.ModuleList`` of identical blocks that hold the target ``nn.Linear``
 Llama/SmolLM and Mistral all have it at ``model.layers``; wrapped or multimodal models have it elsewhere).
 
 The resulting :class:`LayerLayout` names every (layer, module) by its full module path and shape; LoRA
-configs (:mod:`workers.lora`) and the gradient profiler use it so that a layer index always means the same
+configs (:mod:`workers.adapters.lora`) and the gradient profiler use it so that a layer index always means the same
 module. Simplified: one decoder stack per model (no encoder-decoder), dense projections (no MoE experts).
 """
 
@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from orchestrator.errors import StudyError
-from orchestrator.sources import is_local_path
+from orchestrator.core.errors import StudyError
+from orchestrator.core.sources import is_local_path
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from orchestrator.config import StudyConfig
+from orchestrator.core.config import StudyConfig
 from workers.tasks import get_task
 
 
@@ -35,15 +35,10 @@ def prepare_base_model(config: StudyConfig) -> PreparedModel:
     if config.model.build is not None:
         from workers.local_model import build_local_model
 
-        b = config.model.build
+        build = config.model.build
         texts = task.corpus(task.dataset(config.data, "train"))
-        name = (f"{b.family}-{b.num_layers}l-h{b.hidden_size}-i{b.intermediate_size}-a{b.num_heads}x{b.num_kv_heads}"
-                f"-v{b.vocab_size}-s{b.seed}")
-        model_dir = str(build_local_model(
-            cache / "models" / name, num_layers=b.num_layers, hidden_size=b.hidden_size,
-            intermediate_size=b.intermediate_size, num_heads=b.num_heads, num_kv_heads=b.num_kv_heads,
-            vocab_size=b.vocab_size, train_texts=texts, seed=b.seed, family=b.family,
-        ))
+        model_dir = str(build_local_model(cache / "models" / build.directory_name, train_texts=texts,
+                                          **dataclasses.asdict(build)))
     if config.warm_start is None:
         return PreparedModel(model_dir)
     from workers.warmstart import SFT_PROFILE, warm_start

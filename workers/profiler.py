@@ -21,7 +21,7 @@ whatever :meth:`GradientProfiler.set_ranks` last reported for a strategy whose r
 Rows of the ordinary gradient carry ``component = "total"``. :meth:`GradientProfiler.capture_component` adds
 rows for one component of the same step's gradient (workers/decompose.py: one per reward, and ``kl``), from
 gradients computed beside the optimizer's, never from ``.grad``. The table's schema is the contract's
-(:data:`orchestrator.contract.PROFILE_SCHEMA`).
+(:data:`orchestrator.core.contract.PROFILE_SCHEMA`).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ import pyarrow as pa
 import torch
 from transformers import TrainerCallback
 
-from orchestrator.contract import PROFILE_SCHEMA, TOTAL
-from orchestrator.errors import StudyError
+from orchestrator.core.contract import PROFILE_SCHEMA, TOTAL
+from orchestrator.core.errors import StudyError
 from workers.compat import ProfileBeforeClipping, foreach_norm
 from workers.model import LayerLayout
 
@@ -227,7 +227,7 @@ def check_unsharded(environ: Mapping[str, str], trainer=None) -> None:
     >>> check_unsharded({"ACCELERATE_USE_FSDP": "true"})
     Traceback (most recent call last):
     ...
-    orchestrator.errors.StudyError: ACCELERATE_USE_FSDP=true turns on FSDP, which shards gradients across processes; the gradient profiler must see every gradient whole: run each study run unsharded, on one device
+    orchestrator.core.errors.StudyError: ACCELERATE_USE_FSDP=true turns on FSDP, which shards gradients across processes; the gradient profiler must see every gradient whole: run each study run unsharded, on one device
     """
     for key, what in SHARDING_ENV.items():
         if environ.get(key, "").lower() in ("1", "true", "yes"):

@@ -5,13 +5,14 @@
 
 :class:`GRPORun` follows one small protocol (torchtune-style). ``setup()`` is a few steps: ``_setup_model``
 loads model and tokenizer and finds the decoder layers; ``_setup_allocation`` asks the run's strategy
-(:mod:`orchestrator.strategies`) for its ranks, with the layer importance of the profile the spec depends on
-when the strategy needs one; ``_setup_data`` loads the task's train and test splits (:mod:`workers.tasks`);
-``_setup_trainer`` builds TRL's GRPOTrainer with PEFT LoRA at those ranks, and ``_setup_profiling`` audits
-the LoRA ranks, attaches the gradient profiler, the step recorder, the checkpointed tables and the strategy's
-own training hooks. ``train()`` trains, resuming from the latest complete checkpoint; ``evaluate()`` scores
-greedy completions on the test split; ``write()`` publishes the run's Parquet tables (all three; the eval table
-alone for a strategy that does not train, the base model) and run.json atomically;
+(:mod:`orchestrator.core.strategies`) for its ranks, with the layer importance of the profile the spec depends
+on when the strategy needs one; ``_setup_data`` loads the task's train and test splits (:mod:`workers.tasks`);
+``_setup_trainer`` builds TRL's GRPOTrainer with the PEFT config of the strategy's adapter
+(:mod:`workers.adapters`, looked up once: ``lora`` or ``adalora``) at those ranks, and ``_setup_profiling`` has
+the adapter audit the model and attaches the gradient profiler, the step recorder, the checkpointed tables and
+the adapter's own training hooks. ``train()`` trains, resuming from the latest complete checkpoint;
+``evaluate()`` scores greedy completions on the test split; ``write()`` publishes the run's Parquet tables (all
+three; the eval table alone for a strategy that does not train, the base model) and run.json atomically;
 ``cleanup()`` frees the model and checkpoints.
 
 The run's seed controls data order and LoRA init (TRL calls ``set_seed(args.seed)`` before
@@ -34,17 +35,17 @@ from collections.abc import Callable
 import torch
 from transformers.trainer_callback import PrinterCallback
 
-from orchestrator import strategies
-from orchestrator.config import StudyConfig
-from orchestrator.contract import COMPLETED, FAILED, RunRecord, StudyPaths, atomic_write_table
-from orchestrator.errors import StudyError
-from orchestrator.importance import importance_from_profile
-from orchestrator.plan import RunSpec
+from orchestrator.core import strategies
+from orchestrator.core.config import StudyConfig
+from orchestrator.core.contract import COMPLETED, FAILED, RunRecord, StudyPaths, atomic_write_table, run_tables
+from orchestrator.core.errors import StudyError
+from orchestrator.core.importance import importance_from_profile
+from orchestrator.core.plan import RunSpec
 from workers import compat
+from workers.adapters import get_adapter
 from workers.decompose import Decomposer
 from workers.evaluate import evaluate, generate_greedy_hf, prompt_token_ids
 from workers.geometry import GeometryRecorder
-from workers.lora import audit_lora, build_lora_config
 from workers.model import LayerLayout, discover_layers, load_model_and_tokenizer
 from workers.profiler import GradientProfiler, ProfilerCallback, RunLabels, check_unsharded
 from workers.tasks import get_task
@@ -65,6 +66,7 @@ class GRPORun:
         self.labels = RunLabels(spec.run_id, spec.strategy, spec.seed)
         self.report = report or (lambda progress: None)
         self.strategy = strategies.get_strategy(spec.strategy)
+        self.adapter = get_adapter(self.strategy.adapter)
         self.task = get_task(config.data.task)
         self.record = RunRecord(spec.run_id, spec.strategy, spec.seed, axes=spec.cell,
                                 spec={"depends_on": spec.depends_on, "profile_path": spec.profile_path})
@@ -95,14 +97,14 @@ class GRPORun:
         else:
             self.record.allocation, self.record.trainable_params = None, 0  # evaluated as it is (see base.py)
             self.record.frozen_base = {"before": frozen_digest(self.trainer.model)}
-        self.record.tables = list(self.strategy.tables()) + (["geometry"] if self.geometry is not None else [])
+        self.record.tables = run_tables(self.strategy.trains, geometry=self.geometry is not None)
         self.timings["setup_s"] = time.perf_counter() - start
 
     def train(self) -> None:
         start = time.perf_counter()
         ckpt_root = self.paths.checkpoints(self.spec.run_id)
         resume = latest_checkpoint(ckpt_root)
-        reason = self.strategy.restart_reason
+        reason = self.adapter.restart_reason
         if resume is not None and reason is not None:
             shutil.rmtree(ckpt_root, ignore_errors=True)
             self.record.warnings.append(f"{self.strategy.name}: restarted from step 0, not resumed from "
@@ -152,7 +154,7 @@ class GRPORun:
             self.trainer.model.save_pretrained(str(self.paths.adapter(run_id)))
             atomic_write_table(self.paths.table("profiles", run_id), self.profiler.table())
             atomic_write_table(self.paths.table("metrics", run_id), self.recorder.table())
-        if self.strategy.adapter == "adalora" and self.profiler is not None:
+        if self.adapter.ranks_change and self.profiler is not None:
             self._record_final_ranks()
         if self.geometry is not None:
             self.geometry.capture(self.trainer.state.global_step, self.profiler.current_ranks())
@@ -242,12 +244,7 @@ class GRPORun:
 
     def _setup_trainer(self) -> None:
         cfg, spec = self.config, self.spec
-        if self.strategy.adapter == "adalora":
-            from workers.adalora import build_adalora_config
-
-            lora_config = build_adalora_config(self.layout, cfg)
-        else:
-            lora_config = build_lora_config(self.layout, self.ranks, cfg.lora)
+        lora_config = self.adapter.peft_config(self.layout, self.ranks, cfg)
         rewards = dict(zip(cfg.rewards, self.task.reward_functions(cfg.rewards), strict=True))
         self.recorder = StepRecorder(self.labels, rewards, report=self.report)
         reward_funcs = [self.recorder.watch_rollouts(fn) for fn in rewards.values()]
@@ -284,12 +281,7 @@ class GRPORun:
 
     def _setup_profiling(self) -> None:
         cfg, trainer, layout = self.config, self.trainer, self.layout
-        if self.strategy.adapter == "adalora":
-            from workers.adalora import audit_adalora
-
-            audit = audit_adalora(trainer.model, layout, self.ranks[0], cfg)
-        else:
-            audit = audit_lora(trainer.model, layout, self.ranks, cfg.lora)
+        audit = self.adapter.audit(trainer.model, layout, self.ranks, cfg)
         self.record.trainable_params, self.record.lora = audit.trainable_params, audit.to_dict()
         self.record.lora_params = {m: [audit.module_params[(layer, m)] for layer in range(layout.num_layers)
                                        if (layer, m) in audit.module_params] for m in layout.modules}
@@ -305,7 +297,7 @@ class GRPORun:
             self.geometry = GeometryRecorder(trainer.model, layout, self.labels, cfg.profile.geometry_top_k)
         self.checkpoint_tables = CheckpointTables(self.profiler, self.recorder, self.geometry)
         for callback in (self.recorder, ProfilerCallback(self.profiler), self.checkpoint_tables,
-                         *self.strategy.callbacks(self)):
+                         *self.adapter.callbacks(self)):
             trainer.add_callback(callback)
         # With tqdm off, transformers prints every log dict; the driver shows progress from our recorder instead.
         trainer.remove_callback(PrinterCallback)
@@ -348,7 +340,7 @@ class GRPORun:
             max_steps=g.max_steps,
             temperature=g.temperature,
             max_grad_norm=g.max_grad_norm,
-            # Settings TRL would otherwise apply silently (orchestrator/config.py says what each does).
+            # Settings TRL would otherwise apply silently (orchestrator/core/config.py says what each does).
             disable_dropout=g.disable_dropout,
             top_p=g.top_p,
             top_k=g.top_k,
@@ -373,7 +365,7 @@ class GRPORun:
             dataloader_num_workers=0,
         )
         if g.use_vllm:
-            from orchestrator.gpu_packing import vllm_share_record
+            from orchestrator.core.gpu_packing import vllm_share_record
             from workers.generation import vllm_grpo_args
 
             self.record.memory_plan = vllm_share_record(self.config)  # several runs may share one GPU

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
-from orchestrator.contract import metrics_schema, reward_column
+from orchestrator.core.contract import metrics_schema, reward_column
 from workers.compat import DecomposedGRPO
 from workers.profiler import GradientProfiler, ProfileBeforeClipping, RunLabels
 

@@ -49,11 +49,11 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from orchestrator.config import DataConfig
-from orchestrator.contract import atomic_write_text, run_id
-from orchestrator.errors import StudyError
-from orchestrator.projections import PROJECTION_MODULES
-from orchestrator.strategies import SFT
+from orchestrator.core.config import DataConfig
+from orchestrator.core.contract import atomic_write_text, run_id
+from orchestrator.core.errors import StudyError
+from orchestrator.core.projections import PROJECTION_MODULES
+from orchestrator.core.roles import SFT
 
 # Bump when anything here changes what a warm start produces (example format, trainer settings), so cached
 # entries made by older code are not reused.
@@ -189,44 +189,18 @@ def _train(
     import datasets
     import pyarrow.parquet as pq
     from transformers.trainer_callback import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     from workers.model import discover_layers, load_model_and_tokenizer
     from workers.profiler import GradientProfiler, ProfileBeforeClipping, ProfilerCallback, RunLabels
-    from workers.tasks import get_task
 
     class ProfiledSFTTrainer(ProfileBeforeClipping, SFTTrainer):
         """SFTTrainer whose gradient profiler sees the gradients before clipping."""
 
     model, tokenizer = load_model_and_tokenizer(str(base_model_dir))
-    task = get_task(settings["task"])
-    records = task.dataset(data, "train", limit=settings["limit"])
-    examples = [
-        task.sft_example(question, solution, settings["system_prompt"])
-        for question, solution in zip(records["question"], records["solution"], strict=True)
-    ]
-    examples = _examples_that_fit(examples, tokenizer, settings["max_length"])
-    dataset = datasets.Dataset.from_list(examples)
-    steps = settings["steps"]
+    dataset = datasets.Dataset.from_list(_sft_examples(data, settings, tokenizer))
     with tempfile.TemporaryDirectory(prefix="warmstart-trainer-") as trainer_dir:
-        config = SFTConfig(
-            output_dir=trainer_dir,  # nothing is saved there (save_strategy="no"); the model is saved below
-            max_steps=steps,
-            learning_rate=settings["learning_rate"],
-            per_device_train_batch_size=settings["batch_size"],
-            max_length=settings["max_length"],
-            seed=settings["seed"],
-            data_seed=settings["seed"],
-            completion_only_loss=True,
-            use_cpu=True,
-            bf16=False,
-            fp16=False,
-            gradient_checkpointing=False,  # on CPU it only costs time (measured-here.md)
-            report_to=[],
-            disable_tqdm=True,
-            logging_steps=max(1, steps // 10),
-            save_strategy="no",
-        )
+        config = _sft_config(trainer_dir, settings)
         profiler = GradientProfiler.for_full_weights(
             model, discover_layers(model, settings["target_modules"]),
             RunLabels(run_id(SFT, settings["seed"]), SFT, settings["seed"]),
@@ -246,6 +220,42 @@ def _train(
         tokenizer.save_pretrained(out_dir)
         pq.write_table(profiler.table(), out_dir / SFT_PROFILE)
     return {"final": float(logged[-1]) if logged else float(result.training_loss), "mean": float(result.training_loss)}
+
+
+def _sft_examples(data: DataConfig, settings: dict[str, Any], tokenizer: Any) -> list[dict]:
+    """The task's SFT examples of the first ``limit`` training records that fit ``max_length`` tokens."""
+    from workers.tasks import get_task
+
+    task = get_task(settings["task"])
+    records = task.dataset(data, "train", limit=settings["limit"])
+    examples = [task.sft_example(question, solution, settings["system_prompt"])
+                for question, solution in zip(records["question"], records["solution"], strict=True)]
+    return _examples_that_fit(examples, tokenizer, settings["max_length"])
+
+
+def _sft_config(trainer_dir: str, settings: dict[str, Any]):
+    """TRL's SFTConfig for the warm start: CPU, float32, completion-only loss, nothing saved by the trainer."""
+    from trl import SFTConfig
+
+    steps = settings["steps"]
+    return SFTConfig(
+        output_dir=trainer_dir,  # nothing is saved there (save_strategy="no"); the model is saved by _train
+        max_steps=steps,
+        learning_rate=settings["learning_rate"],
+        per_device_train_batch_size=settings["batch_size"],
+        max_length=settings["max_length"],
+        seed=settings["seed"],
+        data_seed=settings["seed"],
+        completion_only_loss=True,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,  # on CPU it only costs time (measured-here.md)
+        report_to=[],
+        disable_tqdm=True,
+        logging_steps=max(1, steps // 10),
+        save_strategy="no",
+    )
 
 
 class _StderrProgress(TrainerCallback):

@@ -27,28 +27,45 @@ from scipy import stats as sps
 
 from dashboards.analysis import stats as st
 from dashboards.analysis.profiles import RunMeta
-from orchestrator.strategies import REFERENCE, get_strategy, order_strategies, registered_names
+from dashboards.analysis.schema import (
+    AdaLoraSeed,
+    AdaLoraSummary,
+    Decomposition,
+    DecompositionStrategy,
+    Geometry,
+    GeometryRun,
+    GeometryStrategy,
+    MeanInterval,
+    Round,
+    Rounds,
+    SeedDifferences,
+    StrategyResult,
+)
+from dashboards.style import order_strategies
+from orchestrator.core.roles import REFERENCE
+from orchestrator.core.strategies import get_strategy, registered_names
 
 COLD_FRACTION = 0.3  # the cold layers: the bottom 30% by S(l), as the landscape's top30 uses the top 30%
 HYPOTHESIS = ("format", "correctness")  # the paper: cold layers carry formatting (and numerical precision)
+COMPARED_WITH = "proportional"  # AdaLoRA's final ranks are compared with this strategy's allocation
 
 
-def mean_interval(values: list[float]) -> dict:
+def mean_interval(values: list[float]) -> MeanInterval:
     """Mean with a 95% t-interval over ``values`` (runs, one per seed); the interval is NaN for one value.
 
     >>> r = mean_interval([0.1, 0.2, 0.3])
-    >>> round(r["mean"], 3), round(r["ci_low"], 3), round(r["ci_high"], 3), r["n"]
+    >>> round(r.mean, 3), round(r.ci_low, 3), round(r.ci_high, 3), r.n
     (0.2, -0.048, 0.448, 3)
     """
     values = [v for v in values if v is not None and math.isfinite(v)]
     n = len(values)
     if n == 0:
-        return {"mean": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}
+        return MeanInterval(mean=math.nan, ci_low=math.nan, ci_high=math.nan, n=0)
     mean = float(np.mean(values))
     if n < 2:
-        return {"mean": mean, "ci_low": math.nan, "ci_high": math.nan, "n": 1}
+        return MeanInterval(mean=mean, ci_low=math.nan, ci_high=math.nan, n=1)
     half = float(sps.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
-    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "n": n}
+    return MeanInterval(mean=mean, ci_low=mean - half, ci_high=mean + half, n=n)
 
 
 def cold_layers(importance: np.ndarray) -> list[int]:
@@ -65,7 +82,7 @@ def _by_seed(ids: list[str], runs: dict[str, RunMeta]) -> list[str]:
     return sorted(ids, key=lambda r: (runs[r].seed is None, runs[r].seed or 0, r))
 
 
-def rounds_summary(strategy_entries: dict, runs: dict[str, RunMeta]) -> dict | None:
+def rounds_summary(strategy_entries: dict[str, StrategyResult], runs: dict[str, RunMeta]) -> Rounds | None:
     """Max/min ratio and allocation per re-profiling round; None unless the cell has a round beyond the first."""
     chain = {0: REFERENCE}
     for name in registered_names():
@@ -77,16 +94,15 @@ def rounds_summary(strategy_entries: dict, runs: dict[str, RunMeta]) -> dict | N
     rounds = []
     for k in sorted(chain):
         name = chain[k]
-        entry = strategy_entries.get(name, {})
+        entry = strategy_entries.get(name) or StrategyResult(max_min_ratio=math.nan)
         ids = _by_seed([r for r, m in runs.items() if m.strategy == name], runs)
         allocations = {str(runs[r].seed): [int(v) for v in runs[r].ranks] for r in ids if runs[r].ranks is not None}
         rank_ratio = [max(a) / min(a) for a in allocations.values() if a and min(a) > 0]
-        rounds.append({"round": k, "strategy": name, "max_min_ratio": entry.get("max_min_ratio", math.nan),
-                       "max_min_ratio_per_seed": entry.get("max_min_ratio_per_seed", {}),
-                       "allocation_per_seed": allocations,
-                       "allocation_max_min": st.nan_mean(rank_ratio) if rank_ratio else math.nan,
-                       "accuracy": entry.get("item_accuracy", entry.get("accuracy"))})
-    return {"rounds": rounds}
+        rounds.append(Round(round=k, strategy=name, max_min_ratio=entry.max_min_ratio,
+                            max_min_ratio_per_seed=dict(entry.max_min_ratio_per_seed), allocation_per_seed=allocations,
+                            allocation_max_min=st.nan_mean(rank_ratio) if rank_ratio else math.nan,
+                            accuracy=entry.item_accuracy))
+    return Rounds(rounds)
 
 
 def component_importance(rows: pd.DataFrame, num_layers: int) -> dict[str, np.ndarray]:
@@ -102,7 +118,7 @@ def component_importance(rows: pd.DataFrame, num_layers: int) -> dict[str, np.nd
 
 
 def decomposition_summary(components: pd.DataFrame | None, importance: dict[str, np.ndarray],
-                          runs: dict[str, RunMeta]) -> tuple[dict | None, pd.DataFrame]:
+                          runs: dict[str, RunMeta]) -> tuple[Decomposition | None, pd.DataFrame]:
     """Layer shares per component and the cold-layer hypothesis test, per strategy; see the module docstring."""
     if components is None or components.empty:
         return None, pd.DataFrame()
@@ -130,19 +146,20 @@ def decomposition_summary(components: pd.DataFrame | None, importance: dict[str,
         part = frame[frame["run_id"].isin(ids)]
         layer_share = {c: part[part["component"] == c].groupby("layer")["share"].mean().tolist()
                        for c in components_seen}
-        entry = {"components": components_seen, "n_runs": len(ids), "cold_share": cold_share,
-                 "layer_share": layer_share, "decomposed_steps": [per_run[r]["steps"] for r in ids],
-                 "cold_layers_per_seed": {str(runs[r].seed): per_run[r]["cold_layers"] for r in ids}}
+        entry = DecompositionStrategy(components=components_seen, n_runs=len(ids), cold_share=cold_share,
+                                      layer_share=layer_share, decomposed_steps=[per_run[r]["steps"] for r in ids],
+                                      cold_layers_per_seed={str(runs[r].seed): per_run[r]["cold_layers"] for r in ids})
         fmt, corr = HYPOTHESIS
         if fmt in components_seen and corr in components_seen:
             diffs = {str(runs[r].seed): per_run[r]["cold_share"][fmt] - per_run[r]["cold_share"][corr] for r in ids}
-            entry["format_minus_correctness"] = {**mean_interval(list(diffs.values())), "per_seed": diffs}
+            entry.format_minus_correctness = SeedDifferences(**vars(mean_interval(list(diffs.values()))),
+                                                             per_seed=diffs)
         summary[strategy] = entry
-    return {"strategies": summary, "cold_fraction": COLD_FRACTION}, frame
+    return Decomposition(strategies=summary, cold_fraction=COLD_FRACTION), frame
 
 
 def geometry_summary(geometry: pd.DataFrame | None, importance: dict[str, np.ndarray],
-                     runs: dict[str, RunMeta]) -> tuple[dict | None, pd.DataFrame]:
+                     runs: dict[str, RunMeta]) -> tuple[Geometry | None, pd.DataFrame]:
     """Update share against gradient share and rank, effective rank and overlap, per strategy."""
     if geometry is None or geometry.empty:
         return None, pd.DataFrame()
@@ -157,14 +174,13 @@ def geometry_summary(geometry: pd.DataFrame | None, importance: dict[str, np.nda
         ranks = last.groupby("layer")["rank"].mean().sort_index().to_numpy(dtype=float)
         grad_share = st.shares(importance[run_id]) if run_id in importance else np.full(len(norms), np.nan)
         valid = last[np.isfinite(last["effective_rank"])]
-        per_run[run_id] = {
-            "step": int(last["step"].iloc[0]),
-            "update_vs_gradient_r": st.pearson(update_share, grad_share) if len(grad_share) == len(norms) else math.nan,
-            "update_vs_rank_rho": (float(sps.spearmanr(update_share, ranks).statistic)
-                                   if np.ptp(ranks) > 0 else math.nan),
-            "effective_rank_fraction": float((valid["effective_rank"] / valid["rank"]).mean()) if len(valid) else math.nan,
-            "principal_overlap": float(valid["principal_overlap"].mean()) if len(valid) else math.nan,
-        }
+        per_run[run_id] = GeometryRun(
+            step=int(last["step"].iloc[0]),
+            update_vs_gradient_r=st.pearson(update_share, grad_share) if len(grad_share) == len(norms) else math.nan,
+            update_vs_rank_rho=float(sps.spearmanr(update_share, ranks).statistic) if np.ptp(ranks) > 0 else math.nan,
+            effective_rank_fraction=float((valid["effective_rank"] / valid["rank"]).mean()) if len(valid) else math.nan,
+            principal_overlap=float(valid["principal_overlap"].mean()) if len(valid) else math.nan,
+        )
         rows += [(runs[run_id].strategy, run_id, runs[run_id].seed, int(layer), float(u), float(g), float(r))
                  for layer, u, g, r in zip(norms.index, update_share, grad_share, ranks, strict=True)]
     if not per_run:
@@ -173,18 +189,18 @@ def geometry_summary(geometry: pd.DataFrame | None, importance: dict[str, np.nda
     summary = {}
     for strategy in order_strategies({runs[r].strategy for r in per_run}):
         ids = _by_seed([r for r in per_run if runs[r].strategy == strategy], runs)
-        summary[strategy] = {key: st.nan_mean([per_run[r][key] for r in ids])
-                             for key in ("update_vs_gradient_r", "update_vs_rank_rho", "effective_rank_fraction",
-                                         "principal_overlap")}
-        summary[strategy]["n_runs"] = len(ids)
-        summary[strategy]["per_seed"] = {str(runs[r].seed): per_run[r] for r in ids}
-    return {"strategies": summary}, frame
+        means = {key: st.nan_mean([getattr(per_run[r], key) for r in ids])
+                 for key in ("update_vs_gradient_r", "update_vs_rank_rho", "effective_rank_fraction",
+                             "principal_overlap")}
+        summary[strategy] = GeometryStrategy(**means, n_runs=len(ids),
+                                             per_seed={str(runs[r].seed): per_run[r] for r in ids})
+    return Geometry(strategies=summary), frame
 
 
-def adalora_summary(rank_steps: pd.DataFrame | None, runs: dict[str, RunMeta], strategy: str = "adalora",
-                    compare_with: str = "proportional") -> tuple[dict | None, pd.DataFrame]:
+def adalora_summary(rank_steps: pd.DataFrame | None, runs: dict[str, RunMeta],
+                    strategy: str = "adalora") -> tuple[AdaLoraSummary | None, pd.DataFrame]:
     """AdaLoRA's ranks over training: each layer's total rank per step, the final pattern against the
-    ``compare_with`` allocation of the same seed (Spearman r), and its stability across seeds (mean pairwise
+    :data:`COMPARED_WITH` allocation of the same seed (Spearman r), and its stability across seeds (mean pairwise
     Spearman r of the final patterns)."""
     if rank_steps is None or rank_steps.empty:
         return None, pd.DataFrame()
@@ -192,7 +208,7 @@ def adalora_summary(rank_steps: pd.DataFrame | None, runs: dict[str, RunMeta], s
     if not ids:
         return None, pd.DataFrame()
     final, per_seed = {}, {}
-    partner = {runs[r].seed: r for r, m in runs.items() if m.strategy == compare_with and m.ranks is not None}
+    partner = {runs[r].seed: r for r, m in runs.items() if m.strategy == COMPARED_WITH and m.ranks is not None}
     for run_id in ids:
         part = rank_steps[rank_steps["run_id"] == run_id]
         last = part[part["step"] == part["step"].max()].sort_values("layer")
@@ -203,14 +219,15 @@ def adalora_summary(rank_steps: pd.DataFrame | None, runs: dict[str, RunMeta], s
                if other is not None and len(runs[other].ranks) == len(pattern) and np.ptp(pattern) > 0
                and np.ptp(runs[other].ranks) > 0 else math.nan)
         first = part[part["step"] == part["step"].min()]["rank"].sum()
-        per_seed[str(runs[run_id].seed)] = {"final_layer_ranks": [int(v) for v in pattern],
-                                            f"spearman_vs_{compare_with}": rho,
-                                            "total_rank_first_step": int(first), "total_rank_last_step": int(pattern.sum())}
+        per_seed[str(runs[run_id].seed)] = AdaLoraSeed(final_layer_ranks=[int(v) for v in pattern],
+                                                       spearman_vs_proportional=rho, total_rank_first_step=int(first),
+                                                       total_rank_last_step=int(pattern.sum()))
     pairs = [float(sps.spearmanr(final[a], final[b]).statistic) for i, a in enumerate(ids) for b in ids[i + 1:]
              if np.ptp(final[a]) > 0 and np.ptp(final[b]) > 0]
-    summary = {"n_runs": len(ids), "per_seed": per_seed, "compared_with": compare_with,
-               f"spearman_vs_{compare_with}": st.nan_mean([v[f"spearman_vs_{compare_with}"] for v in per_seed.values()]),
-               "cross_seed_spearman": st.nan_mean(pairs) if pairs else math.nan}
+    summary = AdaLoraSummary(n_runs=len(ids), per_seed=per_seed, compared_with=COMPARED_WITH,
+                             spearman_vs_proportional=st.nan_mean([v.spearman_vs_proportional
+                                                                   for v in per_seed.values()]),
+                             cross_seed_spearman=st.nan_mean(pairs) if pairs else math.nan)
     frame = rank_steps[rank_steps["run_id"].isin(ids)].assign(
         seed=lambda f: [runs[r].seed for r in f["run_id"]], strategy=strategy)
     return summary, frame

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from dashboards.analysis import stats as st
-from orchestrator.strategies import BASE, REFERENCE
+from dashboards.analysis.schema import BaseDifference, PairedDifference
+from orchestrator.core.roles import BASE, REFERENCE
 
 BOOTSTRAP = 4000
 PERMUTATIONS = 5000
@@ -68,13 +69,13 @@ def item_means(df: pd.DataFrame) -> dict[str, pd.Series]:
     return {str(s): g.groupby("item")["correct"].mean() for s, g in df.groupby("strategy", sort=False)}
 
 
-def paired_difference(x: pd.Series, y: pd.Series, rng: np.random.Generator) -> dict:
+def paired_difference(x: pd.Series, y: pd.Series, rng: np.random.Generator) -> PairedDifference:
     """x - y over the items both have: mean, bootstrap interval, sign-flip p, item count."""
     shared = x.index.intersection(y.index)
     d = (x.loc[shared] - y.loc[shared]).to_numpy(dtype=float)
     low, high = bootstrap_mean_ci(d, rng)
-    return {"delta": float(d.mean()) if d.size else math.nan, "ci_low": low, "ci_high": high,
-            "p_permutation": sign_flip_p(d, rng), "n_items": int(d.size)}
+    return PairedDifference(delta=float(d.mean()) if d.size else math.nan, ci_low=low, ci_high=high,
+                            p_permutation=sign_flip_p(d, rng), n_items=int(d.size))
 
 
 def mcnemar_per_seed(df: pd.DataFrame, strategy: str) -> dict[str, float]:
@@ -106,7 +107,8 @@ def _rng(*names: str) -> np.random.Generator:
 
 
 def item_statistics(df: pd.DataFrame) -> dict[str, dict]:
-    """Per strategy, the item-level numbers of the module doc. ``df``: strategy, seed, item, correct (bool)."""
+    """Per strategy, the item-level numbers of the module doc as :class:`~dashboards.analysis.schema.StrategyResult`
+    fields. ``df``: strategy, seed, item, correct (bool)."""
     means = item_means(df)
     out: dict[str, dict] = {}
     for strategy, per_item in means.items():
@@ -117,7 +119,7 @@ def item_statistics(df: pd.DataFrame) -> dict[str, dict]:
             if strategy != name and name in means:
                 entry[key] = paired_difference(per_item, means[name], _rng(strategy, key))
         if "vs_base" in entry:
-            entry["vs_base"]["p_mcnemar"] = mcnemar_vs_base(df, strategy)
+            entry["vs_base"] = BaseDifference(**vars(entry["vs_base"]), p_mcnemar=mcnemar_vs_base(df, strategy))
         if strategy != REFERENCE and REFERENCE in means:
             entry["mcnemar_per_seed"] = mcnemar_per_seed(df, strategy)
         out[strategy] = entry

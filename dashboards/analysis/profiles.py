@@ -1,6 +1,6 @@
 """Layer importance (Eq. 2), the landscape and the amplification statistics from aggregated profiles.
 
-S(l) per run comes from :func:`orchestrator.importance.layer_importance` (Eq. 2, its one implementation). ``importance_stats``
+S(l) per run comes from :func:`orchestrator.core.importance.layer_importance` (Eq. 2, its one implementation). ``importance_stats``
 computes, for one notion of importance (Eq. 2 itself, the per-parameter normalised control, or one module
 alone), the landscape of the profiling strategy ``uniform`` and, per strategy, the seed-averaged
 max/min ratio and the correlation between allocated rank and share shift against the uniform run of the
@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from dashboards.analysis import stats as st
-from orchestrator.importance import layer_importance
-from orchestrator.strategies import REFERENCE, SFT
+from dashboards.analysis.schema import Bands, LayerLandscape, ProfileLandscape, SeedLandscape, shallow
+from orchestrator.core.importance import layer_importance
+from orchestrator.core.roles import REFERENCE, SFT
 
 
 @dataclass
@@ -34,20 +35,57 @@ class RunMeta:
     trainable_params: int | None = None
     lora_params: dict[str, list[int]] | None = None
     cell: str = ""  # the cell part of the run id ('' without axes)
-    lora_scaling: str | None = None  # run.json's LoRA scaling convention (orchestrator.lora_scaling)
+    lora_scaling: str | None = None  # run.json's LoRA scaling convention (orchestrator.core.lora_scaling)
+    ranks_change: bool = False  # its ranks changed while training (run.json records an initial_allocation)
+
+
+@dataclass
+class StrategyProfile:
+    """One strategy's statistics under one notion of importance (seed-averaged shares, and per seed)."""
+
+    max_min_ratio: float
+    layer_share: list[float]
+    max_min_ratio_per_seed: dict[str, float]
+    max_min_ratio_seed_range: list[float]
+    rank_shift_corr: float | None = None  # None for the reference strategy and SFT
+    rank_shift_corr_per_run: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ImportanceStats:
+    """What :func:`importance_stats` finds: the reference landscape, each strategy's numbers, the figure tables."""
+
+    landscape: ProfileLandscape
+    strategies: dict[str, StrategyProfile]
+    shares: pd.DataFrame  # one row per (run, layer): its share
+    amplification: pd.DataFrame  # one row per (run, layer) with a uniform partner: rank, shares, shift
+
+
+@dataclass
+class _Amplified:
+    """One run's amplification: its allocated ranks and the shift of its shares against its uniform partner."""
+
+    run_id: str
+    ranks: np.ndarray
+    uniform_share: np.ndarray
+    shift: np.ndarray
 
 
 def _shares_ok(share: np.ndarray) -> bool:
     return bool(share.size) and bool(np.all(np.isfinite(share)))
 
 
-def landscape_of(share: np.ndarray) -> dict:
-    """max/min, top-30% share, band shares and the layer shares of one (seed-averaged) share vector."""
+def landscape_of(share: np.ndarray) -> LayerLandscape:
+    """max/min, top-30% share and the layer shares of one (seed-averaged) share vector."""
     if not _shares_ok(share):
-        return {"max_min_ratio": math.nan, "top30_share": math.nan,
-                "band_share": {"early": math.nan, "middle": math.nan, "late": math.nan}, "layer_share": []}
-    return {"max_min_ratio": st.max_min_ratio(share), "top30_share": st.top_share(share, 0.3),
-            "band_share": st.band_share(share), "layer_share": [float(x) for x in share]}
+        return LayerLandscape(max_min_ratio=math.nan, top30_share=math.nan, layer_share=[])
+    return LayerLandscape(max_min_ratio=st.max_min_ratio(share), top30_share=st.top_share(share, 0.3),
+                          layer_share=[float(x) for x in share])
+
+
+def band_share_of(share: np.ndarray) -> Bands:
+    """The early, middle and late thirds' shares (all NaN when the shares are unusable)."""
+    return Bands(**st.band_share(share)) if _shares_ok(share) else Bands(math.nan, math.nan, math.nan)
 
 
 def _long_table(runs: dict[str, RunMeta], values: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
@@ -72,15 +110,42 @@ def _long_table(runs: dict[str, RunMeta], values: dict[str, dict[str, np.ndarray
 
 
 def importance_stats(importance: dict[str, np.ndarray], runs: dict[str, RunMeta], notes: list[str] | None,
-                     label: str = "", tables: bool = True) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+                     tables: bool = True) -> ImportanceStats:
     """Landscape (uniform) and per-strategy amplification for one importance measure.
 
     ``importance``: S(l) per run id. ``notes``: where to report a run lacking its uniform partner or a
-    usable allocation (None: stay quiet, for the controls that repeat the main analysis).
-    Returns (summary part, shares table, amplification table); the tables are empty unless ``tables``.
+    usable allocation (None: stay quiet, for the controls that repeat the main analysis). The tables are
+    empty unless ``tables``.
     """
-    label = f" ({label})" if label else ""
-    amp_parts: list[tuple[str, RunMeta, np.ndarray, np.ndarray, np.ndarray]] = []
+    shares = _usable_shares(importance, notes)
+    by_strategy: dict[str, list[str]] = {}
+    for run_id in shares:
+        by_strategy.setdefault(runs[run_id].strategy, []).append(run_id)
+    mean_share = {s: np.mean([shares[r] for r in ids], axis=0) for s, ids in by_strategy.items()}
+    uniform_by_seed = {runs[r].seed: r for r in by_strategy.get(REFERENCE, [])}
+    amplified: list[_Amplified] = []
+    per_strategy = {}
+    for strategy, ids in by_strategy.items():
+        # Averaging shares over seeds flattens the landscape; each seed's own ratio is reported beside it.
+        per_seed = {str(runs[r].seed): st.max_min_ratio(shares[r]) for r in ids if runs[r].seed is not None}
+        entry = StrategyProfile(max_min_ratio=st.max_min_ratio(mean_share[strategy]),
+                                layer_share=[float(x) for x in mean_share[strategy]], max_min_ratio_per_seed=per_seed,
+                                max_min_ratio_seed_range=_range(per_seed.values()))
+        if strategy not in (REFERENCE, SFT):
+            found = _amplification(ids, shares, runs, uniform_by_seed, notes)
+            corrs = {a.run_id: st.pearson(a.ranks, a.shift) for a in found}
+            entry.rank_shift_corr = st.nan_mean(list(corrs.values())) if corrs else math.nan
+            entry.rank_shift_corr_per_run = corrs
+            amplified += found
+        per_strategy[strategy] = entry
+    landscape = _reference_landscape(by_strategy.get(REFERENCE, []), shares, runs)
+    shares_df = _long_table({r: runs[r] for r in shares}, {"share": shares}) if tables else pd.DataFrame()
+    amp_df = _amplification_table(amplified, shares, runs) if tables else pd.DataFrame()
+    return ImportanceStats(landscape, per_strategy, shares_df, amp_df)
+
+
+def _usable_shares(importance: dict[str, np.ndarray], notes: list[str] | None) -> dict[str, np.ndarray]:
+    """Each run's layer shares, leaving out (and noting) a run whose shares are undefined."""
     shares: dict[str, np.ndarray] = {}
     for run_id, imp in importance.items():
         share = st.shares(imp)
@@ -91,64 +156,53 @@ def importance_stats(importance: dict[str, np.ndarray], runs: dict[str, RunMeta]
                 notes.append(f"profiles: {run_id}: {why}; left out of the landscape and amplification")
             continue
         shares[run_id] = share
-    shares_df = _long_table({r: runs[r] for r in shares}, {"share": shares}) if tables else pd.DataFrame()
+    return shares
 
-    by_strategy: dict[str, list[str]] = {}
-    for run_id in shares:
-        by_strategy.setdefault(runs[run_id].strategy, []).append(run_id)
-    mean_share = {s: np.mean([shares[r] for r in ids], axis=0) for s, ids in by_strategy.items()}
-    uniform_by_seed = {runs[r].seed: r for r in by_strategy.get(REFERENCE, [])}
 
-    per_strategy: dict[str, dict] = {}
-    for strategy, ids in by_strategy.items():
-        # Averaging shares over seeds flattens the landscape; each seed's own ratio is reported beside it.
-        per_seed = {str(runs[r].seed): st.max_min_ratio(shares[r]) for r in ids if runs[r].seed is not None}
-        entry = {"max_min_ratio": st.max_min_ratio(mean_share[strategy]), "n_profiled_runs": len(ids),
-                 "layer_share": [float(x) for x in mean_share[strategy]], "max_min_ratio_per_seed": per_seed,
-                 "max_min_ratio_seed_range": _range(per_seed.values())}
-        if strategy in (REFERENCE, SFT):
-            entry["rank_shift_corr"] = None
-            per_strategy[strategy] = entry
+def _amplification(ids: list[str], shares: dict[str, np.ndarray], runs: dict[str, RunMeta],
+                   uniform_by_seed: dict, notes: list[str] | None) -> list[_Amplified]:
+    """Each run's share shift against the uniform run of its seed, with its allocated ranks (seed order)."""
+    found = []
+    for run_id in sorted(ids, key=lambda r: (runs[r].seed is None, runs[r].seed or 0)):
+        meta = runs[run_id]
+        partner = uniform_by_seed.get(meta.seed)
+        if partner is None:
+            if notes is not None:
+                notes.append(f"profiles: {run_id} has no uniform run with seed {meta.seed}; left out of "
+                             "rank_shift_corr")
             continue
-        corrs = {}
-        for run_id in sorted(ids, key=lambda r: (runs[r].seed is None, runs[r].seed or 0)):
-            meta = runs[run_id]
-            partner = uniform_by_seed.get(meta.seed)
-            if partner is None:
-                if notes is not None:
-                    notes.append(f"profiles{label}: {run_id} has no uniform run with seed {meta.seed}; "
-                                    "left out of rank_shift_corr")
-                continue
-            ranks = meta.ranks
-            if ranks is None or len(ranks) != len(shares[run_id]):
-                if notes is not None:
-                    notes.append(f"runs: {run_id} has no allocation for its {len(shares[run_id])} layers; "
-                                    "left out of rank_shift_corr")
-                continue
-            shift = shares[run_id] - shares[partner]
-            corrs[run_id] = st.pearson(ranks, shift)
-            amp_parts.append((run_id, meta, np.asarray(ranks), shares[partner], shift))
-        entry["rank_shift_corr"] = st.nan_mean(list(corrs.values())) if corrs else math.nan
-        entry["rank_shift_corr_per_run"] = corrs
-        per_strategy[strategy] = entry
-    amp_runs = {run_id: meta for run_id, meta, *_ in amp_parts}
-    amp_df = pd.DataFrame() if not tables else _long_table(amp_runs, {"rank": {r: ranks for r, _, ranks, _, _ in amp_parts},
-                                    "uniform_share": {r: base for r, _, _, base, _ in amp_parts},
-                                    "share": {r: shares[r] for r in amp_runs},
-                                    "shift": {r: shift for r, _, _, _, shift in amp_parts}})
+        if meta.ranks is None or len(meta.ranks) != len(shares[run_id]):
+            if notes is not None:
+                notes.append(f"runs: {run_id} has no allocation for its {len(shares[run_id])} layers; "
+                             "left out of rank_shift_corr")
+            continue
+        found.append(_Amplified(run_id, np.asarray(meta.ranks), shares[partner], shares[run_id] - shares[partner]))
+    return found
 
-    if REFERENCE in mean_share:
-        landscape = landscape_of(mean_share[REFERENCE])
-        landscape["n_runs"] = len(by_strategy[REFERENCE])
-        landscape["per_seed"] = {str(runs[r].seed): {"max_min_ratio": st.max_min_ratio(shares[r]),
-                                                     "top30_share": st.top_share(shares[r], 0.3)}
-                                 for r in by_strategy[REFERENCE] if runs[r].seed is not None}
-        for key in ("max_min_ratio", "top30_share"):
-            landscape[f"{key}_seed_range"] = _range(v[key] for v in landscape["per_seed"].values())
-    else:
-        landscape = landscape_of(np.array([]))
-        landscape["n_runs"] = 0
-    return {"landscape": landscape, "strategies": per_strategy}, shares_df, amp_df
+
+def _amplification_table(amplified: list[_Amplified], shares: dict[str, np.ndarray],
+                         runs: dict[str, RunMeta]) -> pd.DataFrame:
+    amp_runs = {a.run_id: runs[a.run_id] for a in amplified}
+    return _long_table(amp_runs, {"rank": {a.run_id: a.ranks for a in amplified},
+                                  "uniform_share": {a.run_id: a.uniform_share for a in amplified},
+                                  "share": {r: shares[r] for r in amp_runs},
+                                  "shift": {a.run_id: a.shift for a in amplified}})
+
+
+def _reference_landscape(reference: list[str], shares: dict[str, np.ndarray],
+                         runs: dict[str, RunMeta]) -> ProfileLandscape:
+    """The uniform runs' landscape: seed-averaged shares, and each seed's max/min and top-30% share."""
+    if not reference:
+        return ProfileLandscape(**shallow(landscape_of(np.array([]))), band_share=band_share_of(
+            np.array([])), n_runs=0)
+    mean = np.mean([shares[r] for r in reference], axis=0)
+    per_seed = {str(runs[r].seed): SeedLandscape(max_min_ratio=st.max_min_ratio(shares[r]),
+                                                 top30_share=st.top_share(shares[r], 0.3))
+                for r in reference if runs[r].seed is not None}
+    return ProfileLandscape(**shallow(landscape_of(mean)), band_share=band_share_of(mean),
+                            n_runs=len(reference), per_seed=per_seed,
+                            max_min_ratio_seed_range=_range(v.max_min_ratio for v in per_seed.values()),
+                            top30_share_seed_range=_range(v.top30_share for v in per_seed.values()))
 
 
 def _range(values) -> list[float]:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
-from orchestrator.projections import module_group
+from orchestrator.core.projections import module_group
 
 Z_95 = float(stats.norm.ppf(0.975))
 

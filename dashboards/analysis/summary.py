@@ -1,76 +1,75 @@
-"""Analysis of a study directory: every statistic of the paper, with uncertainty, as one summary dict.
+"""Analysis of a study directory: every statistic of the paper, with uncertainty, as one typed summary.
 
-``summarize(DIR) -> (summary, warnings)`` reads the Parquet results of the output contract (only the columns
-it needs) and computes, with the definitions of the analysis issue, for each cell of the study
+``analyze(DIR)`` reads the Parquet results of the output contract (only the columns it needs), splits the runs
+into the study's cells and computes each cell's :class:`~dashboards.analysis.schema.CellSummary`
 (:mod:`dashboards.analysis.cell`):
 
 - ``landscape``: the layer-share landscape of the reference strategy ``uniform`` (Eq. 2 importance, shares
   averaged over its seeds): max/min ratio, top-30% share, early/middle/late band shares, temporal
   stability, module, attention and MLP shares;
 - ``strategies``: per strategy, pooled accuracy with a 95% Wilson interval, the exact McNemar p-value
-  against uniform on items paired by (seed, item), trainable params, the max/min ratio of its own
-  landscape and the rank-vs-share-shift correlation (the amplification effect);
+  against uniform on items paired by (seed, item), the item-level statistics, trainable params, the max/min
+  ratio of its own landscape and the rank-vs-share-shift correlation (the amplification effect);
 - ``normalized_control``: the landscape and amplification again with norms divided by
   sqrt(LoRA parameters of the module), and for each single module alone;
 - ``sft``: the landscape of the SFT warm-start profiles (strategy ``sft``) when there are any;
-- ``training``: final training reward per strategy (the paper's "identical reward curves").
+- ``training``: final training reward per strategy (the paper's "identical reward curves");
+- the beyond-the-paper parts (rounds, decomposition, geometry, adalora), the findings in words and the
+  comparison with the paper.
 
-A study without axes has one cell, and these are the summary's top-level keys. A study with axes
-(``grid.axes``) has ``axes`` (the dotted keys) and ``cells``: one object per cell with its ``axes`` values,
-its ``run_ids`` and the keys above; the runs of a cell are the ones whose run.json names those axis values
-(the SFT profile published for the cell joins it; one without a cell joins every cell).
+The runs of a cell are the ones whose run.json names its axis values (the SFT profile published for the cell
+joins it; one without a cell joins every cell). The whole study is a
+:class:`~dashboards.analysis.schema.StudySummary`, which writes summary.json (its layout is the schema's).
 
 Anything missing (a table, a run's uniform partner, an empty profile, a failed run) becomes one line in
 ``warnings`` and everything else is still reported; undefined numbers are None. ``analyze(DIR)`` returns the
-same plus the tables the report draws its figures from. Pure: it reads DIR and writes nothing.
+summary plus the tables the report draws its figures from; ``summarize(DIR)`` the summary.json data. Pure: it
+reads DIR and writes nothing.
 """
 
 from __future__ import annotations
 
-import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
+from dashboards.analysis.aggregate import ProfileAggregates, aggregate_profiles
 from dashboards.analysis.cell import analyze_cell
 from dashboards.analysis.findings import cell_findings, findings, paper_comparison
 from dashboards.analysis.load import (
-    ProfileAggregates,
-    aggregate_profiles,
     load_run_records,
     read_components,
     read_rank_steps,
     read_small_table,
 )
 from dashboards.analysis.profiles import RunMeta
-from orchestrator.axes import describe
-from orchestrator.contract import COMPLETED, GEOMETRY_SCHEMA, RunRecord, StudyPaths, parse_run_id
-from orchestrator.errors import StudyError
-from orchestrator.strategies import SFT, get_strategy, registered_names
+from dashboards.analysis.schema import CellSummary, StudySummary, cleaned
+from orchestrator.core.axes import describe
+from orchestrator.core.contract import COMPLETED, GEOMETRY_SCHEMA, RunRecord, StudyPaths, parse_run_id
+from orchestrator.core.errors import StudyError
+from orchestrator.core.roles import SFT
+from orchestrator.core.study_yaml import StudyRecord, read_study_yaml
 
 
 @dataclass
 class CellAnalysis:
-    """One cell: its axis values, its run ids, its summary part and the tables its figures are drawn from."""
+    """One cell: its summary and the tables its figures are drawn from."""
 
-    axes: dict
-    run_ids: list[str]
-    summary: dict
+    summary: CellSummary
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def label(self) -> str:
-        return describe(self.axes)
+        return describe(self.summary.axes)
 
 
 @dataclass
 class Analysis:
     """The summary, the warnings, and each cell's long tables (pandas) the report's figures are drawn from."""
 
-    summary: dict
+    summary: StudySummary
     warnings: list[str]
     cells: list[CellAnalysis] = field(default_factory=list)
 
@@ -80,10 +79,27 @@ class Analysis:
         return self.cells[0].frames if len(self.cells) == 1 else {}
 
 
+@dataclass
+class _StudyTables:
+    """What :func:`analyze` reads of a study directory, before it is split into cells."""
+
+    runs: dict[str, RunMeta]
+    records: dict[str, RunRecord]
+    eval: pd.DataFrame | None
+    metrics: pd.DataFrame | None
+    profiles: ProfileAggregates | None
+    components: pd.DataFrame | None
+    geometry: pd.DataFrame | None
+    rank_steps: pd.DataFrame | None
+    run_warnings: list[str]
+    profile_warnings: list[str]
+    table_warnings: list[str]
+
+
 def summarize(study_dir: Path) -> tuple[dict, list[str]]:
-    """The summary dict (keys as in the analysis issue; undefined numbers None) and one warning per gap."""
+    """summary.json's data (the schema's layout; undefined numbers None) and one warning per gap."""
     result = analyze(study_dir)
-    return result.summary, result.warnings
+    return result.summary.to_json(), result.warnings
 
 
 def _collect_runs(records: dict[str, RunRecord], warnings: list[str], tables: list[pd.DataFrame | None]
@@ -94,7 +110,7 @@ def _collect_runs(records: dict[str, RunRecord], warnings: list[str], tables: li
         runs[rec.run_id] = RunMeta(rec.run_id, rec.strategy, rec.seed,
                                    np.array(rec.allocation) if rec.allocation else None,
                                    rec.trainable_params, rec.lora_params, cell=parse_run_id(rec.run_id)[2],
-                                   lora_scaling=_scaling_of(rec))
+                                   lora_scaling=_scaling_of(rec), ranks_change=rec.initial_allocation is not None)
     for table in tables:
         if table is None:
             continue
@@ -137,35 +153,92 @@ def _add_profile_runs(runs: dict[str, RunMeta], excluded: set[str], prof: Profil
             meta.ranks = prof.profile_rank[r].copy()
 
 
-def _study_config(paths: StudyPaths) -> dict:
-    """study.yaml's resolved config ({} when it is missing or unreadable)."""
-    try:
-        config = yaml.safe_load(paths.study_yaml.read_text())["config"]
-        return config if isinstance(config, dict) else {}
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return {}
+def analyze(study_dir: Path) -> Analysis:
+    """The study's summary, its warnings, and the figure tables of each cell."""
+    study_dir = Path(study_dir)
+    if not study_dir.is_dir():
+        raise StudyError(f"analyze: {study_dir} is not a directory; pass the study's output directory")
+    paths = StudyPaths(study_dir)
+    tables = _read_study(paths)
+    record = read_study_yaml(paths) or StudyRecord()
+    context = _study_context(record)
+    cell_list = _cells(tables.runs, tables.records, record.axes)
+    with_axes = any(axes for axes, _ in cell_list)
+    cells = []
+    for axes, run_ids in cell_list:
+        cell = _analyze_one_cell(study_dir, tables, axes, run_ids, context)
+        prefix = f"cell {describe(axes)}: " if with_axes else ""
+        tables.profile_warnings += [prefix + w for w in cell.profile_warnings]
+        tables.table_warnings += [prefix + w for w in cell.table_warnings]
+        cells.append(CellAnalysis(cell.summary, cell.frames))
+    warnings = tables.run_warnings + tables.profile_warnings + tables.table_warnings
+    summaries = [c.summary for c in cells]
+    if with_axes:
+        keys = list(record.axes) or next(list(c.axes) for c in summaries if c.axes)
+        summary = StudySummary(study_dir=str(study_dir), cells=summaries, axes=keys, warnings=list(warnings),
+                               findings=cell_findings([(c.label(), c.summary) for c in cells]))
+    else:
+        summary = StudySummary(study_dir=str(study_dir), cells=summaries, findings=list(summaries[0].findings),
+                               warnings=list(warnings))
+    return Analysis(summary=summary, warnings=warnings, cells=cells)
 
 
-def _study_axes(config: dict) -> dict[str, list]:
-    """The study's ``grid.axes`` ({} without axes)."""
-    axes = (config.get("grid") or {}).get("axes") or {}
-    return {str(k): list(v) for k, v in axes.items()} if isinstance(axes, dict) else {}
+def _read_study(paths: StudyPaths) -> _StudyTables:
+    """Every table of the study, each read once; runs whose run.json says they did not complete left out."""
+    run_warnings: list[str] = []
+    profile_warnings: list[str] = []
+    table_warnings: list[str] = []
+    records = load_run_records(paths, run_warnings)
+    # The profiles are read and reduced in a worker thread while this one does the small tables: pyarrow
+    # and numpy's large loops release the GIL, so the two overlap on a multi-core machine.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        profiles_done = pool.submit(aggregate_profiles, paths.table_dir("profiles"), profile_warnings,
+                                    {rid for rid, rec in records.items() if rec.allocation is not None})
+        eval_df = read_small_table(paths.table_dir("eval"), ("run_id", "item", "correct"),
+                                   ("strategy", "seed", "format_ok"), table_warnings, "eval")
+        metrics_df = read_small_table(paths.table_dir("metrics"), ("run_id", "step"),
+                                      ("strategy", "seed", "reward", "reward_correctness", "reward_format"),
+                                      table_warnings, "metrics")
+        components_df = read_components(paths.table_dir("profiles"))
+        geometry_df = (read_small_table(paths.table_dir("geometry"), GEOMETRY_SCHEMA.names, (), table_warnings,
+                                        "geometry") if paths.table_dir("geometry").is_dir() else None)
+        runs, excluded = _collect_runs(records, run_warnings, [eval_df, metrics_df])
+        if eval_df is not None:
+            eval_df = eval_df[~eval_df["run_id"].isin(excluded)]
+        if metrics_df is not None:
+            metrics_df = metrics_df[~metrics_df["run_id"].isin(excluded)]
+        prof = profiles_done.result()
+    if prof is not None:
+        _add_profile_runs(runs, excluded, prof)
+    rank_steps = read_rank_steps(paths.table_dir("profiles"), [rid for rid, m in runs.items() if m.ranks_change])
+    return _StudyTables(runs, records, eval_df, metrics_df, prof, components_df, geometry_df, rank_steps,
+                        run_warnings, profile_warnings, table_warnings)
 
 
-def _study_context(config: dict) -> dict:
-    """What the paper comparison says the study is: the model, the task, the GRPO steps."""
+def _analyze_one_cell(study_dir: Path, tables: _StudyTables, axes: dict, run_ids: list[str], context: dict):
+    """One cell's result, its summary cleaned (NaN as None) and with its findings in words."""
+    members = {rid: tables.runs[rid] for rid in run_ids}
+    result = analyze_cell(study_dir, members, _rows_of(tables.eval, members), _rows_of(tables.metrics, members),
+                          _profiles_of(tables.profiles, members), _rows_of(tables.components, members),
+                          _rows_of(tables.geometry, members), _rows_of(tables.rank_steps, members))
+    summary = cleaned(result.summary)
+    summary.axes, summary.run_ids = dict(axes), list(run_ids)
+    summary.findings = findings(summary)
+    summary.paper_comparison = paper_comparison(summary, context)
+    result.summary = summary
+    return result
+
+
+def _study_context(record: StudyRecord) -> dict:
+    """What the paper comparison says the study is: the model, the task, the GRPO steps (from study.yaml)."""
+    config = record.config
     model, data = config.get("model") or {}, config.get("data") or {}
     build = model.get("build")
     label = (f"a {build.get('family', 'qwen2')} model of {build.get('num_layers')} layers and hidden size "
              f"{build.get('hidden_size')}, built and warm-started here" if isinstance(build, dict)
              else str(model.get("name_or_path") or "the model"))
     task = str(data.get("task") or "gsm8k")
-    try:
-        from workers.tasks import get_task
-
-        description = get_task(task).description
-    except StudyError:
-        description = task
+    description = record.task_descriptions.get(task, task)
     return {"model": label, "task": f"the {task} task" + (f" ({description[0].lower()}{description[1:]})"
                                                           if description != task else ""),
             "steps": (config.get("grpo") or {}).get("max_steps")}
@@ -201,75 +274,6 @@ def _cells(runs: dict[str, RunMeta], records: dict[str, RunRecord],
     return [(axes_of.get(slug, {}), members.get(slug, []) + shared) for slug in order or [""]]
 
 
-def analyze(study_dir: Path) -> Analysis:
-    """Everything :func:`summarize` returns, plus the figure tables of each cell."""
-    study_dir = Path(study_dir)
-    if not study_dir.is_dir():
-        raise StudyError(f"analyze: {study_dir} is not a directory; pass the study's output directory")
-    paths = StudyPaths(study_dir)
-    run_warnings: list[str] = []
-    profile_warnings: list[str] = []
-    table_warnings: list[str] = []
-    records = load_run_records(paths, run_warnings)
-    # The profiles are read and reduced in a worker thread while this one does the small tables: pyarrow
-    # and numpy's large loops release the GIL, so the two overlap on a multi-core machine.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        profiles_done = pool.submit(aggregate_profiles, paths.table_dir("profiles"), profile_warnings,
-                                    {rid for rid, rec in records.items() if rec.allocation is not None})
-        eval_df = read_small_table(paths.table_dir("eval"), ("run_id", "item", "correct"),
-                                   ("strategy", "seed", "format_ok"), table_warnings, "eval")
-        metrics_df = read_small_table(paths.table_dir("metrics"), ("run_id", "step"),
-                                      ("strategy", "seed", "reward", "reward_correctness", "reward_format"),
-                                      table_warnings, "metrics")
-        components_df = read_components(paths.table_dir("profiles"))
-        geometry_df = (read_small_table(paths.table_dir("geometry"), GEOMETRY_SCHEMA.names, (), table_warnings,
-                                        "geometry") if paths.table_dir("geometry").is_dir() else None)
-        runs, excluded = _collect_runs(records, run_warnings, [eval_df, metrics_df])
-        if eval_df is not None:
-            eval_df = eval_df[~eval_df["run_id"].isin(excluded)]
-        if metrics_df is not None:
-            metrics_df = metrics_df[~metrics_df["run_id"].isin(excluded)]
-        prof = profiles_done.result()
-    if prof is not None:
-        _add_profile_runs(runs, excluded, prof)
-    rank_steps = read_rank_steps(paths.table_dir("profiles"), [rid for rid, m in runs.items() if _ranks_change(m)])
-
-    cells: list[CellAnalysis] = []
-    study_config = _study_config(paths)
-    context = _study_context(study_config)
-    cell_list = _cells(runs, records, _study_axes(study_config))
-    with_axes = any(axes for axes, _ in cell_list)
-    for axes, run_ids in cell_list:
-        members = {rid: runs[rid] for rid in run_ids}
-        result = analyze_cell(study_dir, members, _rows_of(eval_df, members), _rows_of(metrics_df, members),
-                              _profiles_of(prof, members), _rows_of(components_df, members),
-                              _rows_of(geometry_df, members), _rows_of(rank_steps, members))
-        prefix = f"cell {describe(axes)}: " if with_axes else ""
-        profile_warnings += [prefix + w for w in result.profile_warnings]
-        table_warnings += [prefix + w for w in result.table_warnings]
-        summary = jsonable(result.summary)
-        summary["findings"] = findings(summary)
-        summary["paper_comparison"] = paper_comparison(summary, context)
-        cells.append(CellAnalysis(axes, run_ids, summary, result.frames))
-    warnings = run_warnings + profile_warnings + table_warnings
-    if with_axes:
-        keys = list(_study_axes(study_config)) or next(list(c.axes) for c in cells if c.axes)
-        summary = {"axes": keys, "cells": [{"axes": c.axes, "run_ids": c.run_ids, **c.summary}
-                                                          for c in cells],
-                   "study_dir": str(study_dir), "findings": cell_findings([(c.label(), c.summary) for c in cells])}
-    else:
-        summary = {**{k: v for k, v in cells[0].summary.items() if k not in ("findings", "paper_comparison")},
-                   "study_dir": str(study_dir), "paper_comparison": cells[0].summary["paper_comparison"],
-                   "findings": cells[0].summary["findings"]}
-    summary["warnings"] = list(warnings)
-    return Analysis(summary=jsonable(summary), warnings=warnings, cells=cells)
-
-
-def _ranks_change(meta: RunMeta) -> bool:
-    """A run of a registered strategy whose ranks change while training (adalora)."""
-    return meta.strategy in registered_names() and get_strategy(meta.strategy).adapter != "lora"
-
-
 def _rows_of(table: pd.DataFrame | None, runs: dict[str, RunMeta]) -> pd.DataFrame | None:
     return None if table is None else table[table["run_id"].isin(list(runs))]
 
@@ -279,22 +283,3 @@ def _profiles_of(prof: ProfileAggregates | None, runs: dict[str, RunMeta]) -> Pr
         return None
     rows = [r for r, rid in enumerate(prof.run_ids) if rid in runs]
     return prof.select(rows) if rows else None
-
-
-def jsonable(value):
-    """numpy scalars to Python, NaN and infinities to None, recursively (summary.json stays strict JSON).
-
-    >>> jsonable({"a": np.float64("nan"), "b": [np.int64(2), float("inf")], "c": (1.5,)})
-    {'a': None, 'b': [2, None], 'c': [1.5]}
-    """
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value

@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 from dashboards.analysis import stats as st
 from dashboards.analysis.items import item_statistics
 from dashboards.analysis.profiles import RunMeta
-from orchestrator.strategies import REFERENCE
+from dashboards.analysis.schema import TrainingResult
+from orchestrator.core.roles import REFERENCE
 
 NO_SEED = -1  # internal stand-in for a run whose seed is unknown (it then has no uniform partner)
 
@@ -50,7 +51,8 @@ def _as_bool(column: pd.Series) -> np.ndarray:
 
 
 def strategy_eval(eval_df: pd.DataFrame, runs: dict[str, RunMeta], warnings: list[str]) -> dict[str, dict]:
-    """Per strategy: pooled accuracy, Wilson 95% CI, Wald half-width, format rate, McNemar vs uniform."""
+    """Per strategy: pooled accuracy, Wilson 95% CI, Wald half-width, format rate, McNemar vs uniform, and the
+    item-level statistics (:mod:`.items`), as :class:`~dashboards.analysis.schema.StrategyResult` fields."""
     df = with_runs(eval_df, runs)
     dup = df.duplicated(["run_id", "item"], keep="last")
     if dup.any():
@@ -154,7 +156,7 @@ def reward_curves(metrics_df: pd.DataFrame, runs: dict[str, RunMeta]) -> pd.Data
     return pd.concat(parts, ignore_index=True)[columns]
 
 
-def training_summary(metrics_df: pd.DataFrame, runs: dict[str, RunMeta]) -> dict[str, dict]:
+def training_summary(metrics_df: pd.DataFrame, runs: dict[str, RunMeta]) -> dict[str, TrainingResult]:
     """Per strategy: mean reward and correctness reward over the last 10% of steps, averaged over runs."""
     df = with_runs(metrics_df, runs).sort_values(["run_id", "step"], kind="stable")
     finals: dict[str, dict[str, list[float]]] = {}
@@ -171,9 +173,9 @@ def training_summary(metrics_df: pd.DataFrame, runs: dict[str, RunMeta]) -> dict
                 float(np.mean(chunk[np.isfinite(chunk)])) if np.isfinite(chunk).any() else math.nan)
         finals.setdefault(name, {}).setdefault("_runs", []).append(1.0)
         steps[name] = max(steps.get(name, 0), int(step[start:stop].max()))
-    return {name: {"final_reward": st.nan_mean(v.get("reward", [])),
-                   "final_correctness": st.nan_mean(v.get("reward_correctness", [])),
-                   "n_steps": steps[name], "n_runs": len(v["_runs"])} for name, v in finals.items()}
+    return {name: TrainingResult(final_reward=st.nan_mean(v.get("reward", [])),
+                                 final_correctness=st.nan_mean(v.get("reward_correctness", [])),
+                                 n_steps=steps[name], n_runs=len(v["_runs"])) for name, v in finals.items()}
 
 
 def eval_examples(eval_dir: Path, eval_df: pd.DataFrame, runs: dict[str, RunMeta], per_strategy: int = 2

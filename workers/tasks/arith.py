@@ -29,7 +29,7 @@ import json
 import random
 from dataclasses import dataclass, field
 
-from orchestrator.errors import ConfigError
+from orchestrator.core.errors import ConfigError
 from workers.tasks.gsm8k import GSM8K
 from workers.tasks.registry import register_task
 

@@ -27,9 +27,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from orchestrator.errors import ConfigError, StudyError
-from orchestrator.sources import is_local_path
-from orchestrator.typed_yaml import from_dict, to_dict
+from orchestrator.core.errors import ConfigError, StudyError
+from orchestrator.core.sources import is_local_path
+from orchestrator.core.typed_yaml import from_dict, to_dict
 from workers.rewards import RewardFunction
 
 

@@ -1,16 +1,15 @@
 """``proportional``: the paper's Eq. 3, ranks in proportion to S(l) at the uniform budget ``L x rank``.
 
 The importance comes from a profiled run of the same seed and cell (``allocation.profile_from``, by default
-the uniform run) or a profile file; :func:`orchestrator.allocation.distribute` keeps the budget exact.
+the uniform run) or a profile file; :func:`orchestrator.core.allocation.distribute` keeps the budget exact.
 
->>> from orchestrator.strategies import AllocationRequest, get_strategy
->>> get_strategy("proportional").ranks(AllocationRequest(num_layers=4, rank=32, r_min=4, r_max=64, multiple=4,
-...                                                      importance=(1, 1, 1, 9)))
+>>> from orchestrator.core.strategies import allocate
+>>> allocate("proportional", importance=(1, 1, 1, 9), rank=32, r_min=4, r_max=64, multiple=4)
 [24, 20, 20, 64]
 """
 
-from orchestrator.allocation import distribute
-from orchestrator.strategies.registry import (
+from orchestrator.core.allocation import distribute
+from orchestrator.core.strategies.registry import (
     AllocationRequest,
     Strategy,
     check_rank_within_bounds,
@@ -23,10 +22,7 @@ from orchestrator.strategies.registry import (
 class Proportional(Strategy):
     name = "proportional"
     description = "Eq. 3: rank in proportion to the layer importance S(l), same budget as uniform"
-    order = 20
-    color = "#d62728"
     needs_profile = True
-    in_default_grid = True
     allocation_round = 1
 
     def check(self, config) -> None:

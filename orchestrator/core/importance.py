@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from orchestrator.errors import StudyError
+from orchestrator.core.contract import total_rows
+from orchestrator.core.errors import StudyError
 
 PROFILE_COLUMNS = ("run_id", "step", "layer", "module", "grad_norm")
 
@@ -114,8 +115,6 @@ def importance_from_profile(path: str, run_id: str | None = None) -> ProfileImpo
     """S(l) from a profile .parquet holding one run (or the rows of ``run_id``)."""
     import pyarrow.lib
     import pyarrow.parquet as pq
-
-    from orchestrator.contract import total_rows
 
     try:
         names = pq.read_schema(path).names

@@ -4,13 +4,15 @@
            axes: {lora.rank: [8, 32], grpo.learning_rate: [1.0e-5, 1.0e-4]}}
 
 is 2 strategies x 2 seeds x 4 cells = 16 runs. :func:`expand_cells` builds each cell's config (the study
-config with that cell's values set) and validates it exactly as a loaded config is validated, so every cell
-is checked before anything starts and an error names the cell. A cell's ``axes`` holds the values as the
-config typed them (``1e-5`` written as a string is the float 1e-05), which is what run ids and run.json use.
+config with that cell's values set) and checks it exactly as a loaded config is checked, so an error names the
+cell; the driver's resolve step then resolves each cell once (``orchestrator/resolve.py``). Cells are expanded
+from the config as loaded, before the task's defaults are filled in, so a ``data.task`` axis gives each cell its
+own task's prompt and rewards. A cell's ``axes`` holds the values as the config typed them (``1e-5`` written as a
+string is the float 1e-05), which is what run ids and run.json use.
 
 Keys may name any setting of a run (``lora.*``, ``grpo.*``, ``allocation.*``, ``model.*``, ``data.*``,
 ``warm_start.*``, ``rewards``); not ``grid``, ``resources``, ``name`` or ``cache_dir``, which shape the
-study rather than a run. Pure: no model, no Ray.
+study rather than a run. Pure: no model, no Ray, no file.
 """
 
 from __future__ import annotations
@@ -20,24 +22,27 @@ import itertools
 import json
 import typing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from orchestrator.contract import MAX_RUN_ID_LENGTH, run_id
-from orchestrator.errors import ConfigError
-from orchestrator.typed_yaml import from_dict, to_dict
-
-if TYPE_CHECKING:
-    from orchestrator.config import StudyConfig
+from orchestrator.core.config import StudyConfig
+from orchestrator.core.contract import MAX_RUN_ID_LENGTH, cell_slug, run_id
+from orchestrator.core.errors import ConfigError
+from orchestrator.core.typed_yaml import from_dict, to_dict
 
 FIXED_SECTIONS = ("grid", "resources", "name", "cache_dir")
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One combination of axis values and the validated config its runs use."""
+    """One combination of axis values and the config its runs use."""
 
     axes: dict[str, Any]
     config: StudyConfig
+
+    @property
+    def slug(self) -> str:
+        """The cell part of its runs' ids ('' without axes)."""
+        return cell_slug(self.axes)
 
     def label(self) -> str:
         """``{lora.rank: 8, grpo.learning_rate: 1e-05}``, or ``(no axes)``."""
@@ -99,22 +104,10 @@ def _get(config: Any, key: str) -> Any:
     return to_dict(config)
 
 
-def _unresolve_task_defaults(data: dict, config: StudyConfig) -> None:
-    """The config resolved data.system_prompt and rewards from its task; where they are that task's defaults, a
-    data.task axis must get each cell's own task's, so they go back to null before the cells are built."""
-    from workers.tasks import get_task
-
-    task = get_task(config.data.task)
-    if config.data.system_prompt == task.system_prompt:
-        data["data"]["system_prompt"] = None
-    if tuple(config.rewards) == tuple(task.rewards):
-        data["rewards"] = None
-
-
-def typed_axes(config: StudyConfig) -> dict[str, list]:
+def typed_axes(cells: list[Cell], keys: typing.Iterable[str]) -> dict[str, list]:
     """``grid.axes`` with each value as the config types it (``1e-5`` written as a string is 1e-05), in order."""
-    values: dict[str, list] = {key: [] for key in config.grid.axes}
-    for cell in expand_cells(config):
+    values: dict[str, list] = {key: [] for key in keys}
+    for cell in cells:
         for key, value in cell.axes.items():
             if value not in values[key]:
                 values[key].append(value)
@@ -131,8 +124,6 @@ def expand_cells(config: StudyConfig) -> list[Cell]:
         if not values:
             raise ConfigError(f"grid.axes.{key}: must list at least one value")
     base = to_dict(config)
-    if "data.task" in axes:
-        _unresolve_task_defaults(base, config)
     cells, seen, ids = [], {}, {}
     for combination in itertools.product(*axes.values()):
         raw = dict(zip(axes, combination, strict=True))
@@ -144,19 +135,24 @@ def expand_cells(config: StudyConfig) -> list[Cell]:
         except ConfigError as err:
             raise ConfigError(f"grid.axes: cell {describe(raw)}: {err}") from None
         typed = {key: _get(cell_config, key) for key in axes}
-        label = json.dumps(typed, sort_keys=True)
-        if label in seen:
-            raise ConfigError(f"grid.axes: cells {describe(seen[label])} and {describe(raw)} are the same "
-                              "settings; list each axis value once")
-        seen[label] = raw
-        first = run_id(config.grid.strategies[0], config.grid.seeds[0], typed)
-        if first in ids:
-            raise ConfigError(f"grid.axes: cells {describe(ids[first])} and {describe(raw)} give the same run ids "
-                              f"({first}); list values that differ once written into a run id")
-        ids[first] = raw
-        longest = run_id(max(config.grid.strategies, key=len), max(config.grid.seeds), typed)
-        if len(longest) > MAX_RUN_ID_LENGTH:
-            raise ConfigError(f"grid.axes: cell {describe(raw)} gives run ids of {len(longest)} characters "
-                              f"(at most {MAX_RUN_ID_LENGTH}); use fewer or shorter axis values")
+        _check_distinct(config, raw, typed, seen, ids)
         cells.append(Cell(typed, cell_config))
     return cells
+
+
+def _check_distinct(config: StudyConfig, raw: dict, typed: dict, seen: dict, ids: dict) -> None:
+    """Two cells may not be the same settings, give the same run ids, or give run ids too long for a file name."""
+    label = json.dumps(typed, sort_keys=True)
+    if label in seen:
+        raise ConfigError(f"grid.axes: cells {describe(seen[label])} and {describe(raw)} are the same "
+                          "settings; list each axis value once")
+    seen[label] = raw
+    first = run_id(config.grid.strategies[0], config.grid.seeds[0], typed)
+    if first in ids:
+        raise ConfigError(f"grid.axes: cells {describe(ids[first])} and {describe(raw)} give the same run ids "
+                          f"({first}); list values that differ once written into a run id")
+    ids[first] = raw
+    longest = run_id(max(config.grid.strategies, key=len), max(config.grid.seeds), typed)
+    if len(longest) > MAX_RUN_ID_LENGTH:
+        raise ConfigError(f"grid.axes: cell {describe(raw)} gives run ids of {len(longest)} characters "
+                          f"(at most {MAX_RUN_ID_LENGTH}); use fewer or shorter axis values")

@@ -1,7 +1,8 @@
-"""The ``adalora`` strategy in the worker: PEFT's AdaLoRA config, its audit, the per-step re-allocation, and the
-orthogonality regulariser GRPO's loss would otherwise lack (orchestrator/strategies/adalora.py says why).
+"""The ``adalora`` adapter: PEFT's AdaLoRA config, its audit, the per-step re-allocation, and the orthogonality
+regulariser GRPO's loss would otherwise lack (orchestrator/core/strategies/adalora.py says how it maps onto the
+study's budget).
 
-- :func:`build_adalora_config`: AdaLoRA on the same full-path target modules as LoRA (workers/lora.py), with
+- :func:`build_adalora_config`: AdaLoRA on the same full-path target modules as LoRA (workers/adapters/lora.py), with
   the schedule of ``config.adalora`` and ``lora_alpha`` chosen so the scale equals a uniform run's.
 - :func:`audit_adalora`: every targeted module is an AdaLoRA layer at ``init_r``, nothing else has one, and the
   trainable-parameter count is ``init_r x (in + out + 1)`` per module.
@@ -21,9 +22,10 @@ from peft import AdaLoraConfig
 from peft.tuners.adalora import AdaLoraLayer
 from transformers import TrainerCallback
 
-from orchestrator.config import StudyConfig
-from orchestrator.errors import StudyError
-from workers.lora import LoraAudit
+from orchestrator.core.config import StudyConfig
+from orchestrator.core.errors import StudyError
+from workers.adapters.lora import LoraAudit
+from workers.adapters.registry import Adapter, register_adapter
 from workers.model import LayerLayout
 
 ADAPTER = "default"
@@ -118,3 +120,24 @@ class AdaLoraAllocation(TrainerCallback):
         peft_model.base_model.update_and_allocate(state.global_step + 1)
         self.calls += 1
         self.run.profiler.set_ranks(module_ranks(peft_model, self.run.layout))
+
+
+@register_adapter
+class AdaLoraAdapter(Adapter):
+    """PEFT's AdaLoRA: every module starts at ``init_r`` and is pruned while training."""
+
+    name = "adalora"
+    ranks_change = True
+    # peft 0.21 saves an AdaLoRA checkpoint at its pruned ranks, which transformers cannot load back into the
+    # training model (still at init_r), and keeps the sensitivity averages in memory only.
+    restart_reason = ("PEFT saves AdaLoRA checkpoints at the pruned ranks, which cannot be loaded back into the "
+                      "training model")
+
+    def peft_config(self, layout: LayerLayout, ranks: list[int], config: StudyConfig) -> AdaLoraConfig:
+        return build_adalora_config(layout, config)
+
+    def audit(self, peft_model, layout: LayerLayout, ranks: list[int], config: StudyConfig) -> LoraAudit:
+        return audit_adalora(peft_model, layout, ranks[0], config)
+
+    def callbacks(self, run) -> list:
+        return [AdaLoraAllocation(run)]

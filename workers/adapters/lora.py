@@ -13,7 +13,7 @@ matches against names of the *base* model (LoraModel.model.named_modules()), wit
 (PEFT condenses a long list into the shortest suffixes that select the same modules of this model, so a saved
 adapter_config.json may show ``q_proj`` etc.; the rank_pattern keys stay anchored and reload exactly).
 
-Each module's scale follows ``lora.scaling`` (:mod:`orchestrator.lora_scaling`): ``constant`` sets
+Each module's scale follows ``lora.scaling`` (:mod:`orchestrator.core.lora_scaling`): ``constant`` sets
 ``alpha_pattern`` to ``alpha * r_m / rank`` so every module's scale is ``alpha / rank``; ``fixed_alpha`` leaves
 ``lora_alpha`` at ``alpha`` (scale ``alpha / r_m``, PEFT's behaviour with rank_pattern alone); ``rslora`` uses
 PEFT's ``use_rslora`` with ``lora_alpha = alpha`` (scale ``alpha / sqrt(r_m)``).
@@ -21,6 +21,8 @@ PEFT's ``use_rslora`` with ``lora_alpha = alpha`` (scale ``alpha / sqrt(r_m)``).
 ``audit_lora`` then checks the wrapped model itself: every targeted module's ``lora_A`` rank, no LoRA module
 elsewhere, every module's scale against the convention, and the trainable-parameter count against
 ``r * (in + out)`` per module.
+
+The ``lora`` adapter (:class:`LoraAdapter`) is these two steps for a run whose ranks are fixed before training.
 
 Use (the GRPO worker passes the config to TRL, which calls ``get_peft_model``)::
 
@@ -41,9 +43,10 @@ from dataclasses import dataclass
 from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
 
-from orchestrator.config import LoraSettings
-from orchestrator.errors import StudyError
-from orchestrator.lora_scaling import module_scale
+from orchestrator.core.config import LoraSettings
+from orchestrator.core.errors import StudyError
+from orchestrator.core.lora_scaling import module_scale
+from workers.adapters.registry import Adapter, register_adapter
 from workers.model import LayerLayout
 
 MAX_LISTED_MISMATCHES = 5
@@ -108,7 +111,7 @@ class LoraAudit:
     layer_ranks: tuple[int, ...]
     module_params: dict[tuple[int, str], int]
     trainable_params: int
-    scaling: str  # the convention (orchestrator.lora_scaling)
+    scaling: str  # the convention (orchestrator.core.lora_scaling)
     layer_scales: tuple[float, ...]  # each layer's scale (the same for every module of a layer)
 
     def layer_params(self) -> list[int]:
@@ -141,7 +144,7 @@ def audit_lora(
 
     Checks: each (layer, module) of ``settings.target_modules`` is a LoRA layer whose ``lora_A``/``lora_B`` rank
     equals ``ranks[layer]``; no other module has LoRA; its scale is the convention's
-    (:func:`orchestrator.lora_scaling.module_scale`); the trainable-parameter count equals the sum of
+    (:func:`orchestrator.core.lora_scaling.module_scale`); the trainable-parameter count equals the sum of
     ``r * (in + out)``.
     """
     ranks = _check_ranks(layout, ranks)
@@ -182,9 +185,22 @@ def audit_lora(
         more = f" (+{len(mismatches) - MAX_LISTED_MISMATCHES} more)" if len(mismatches) > MAX_LISTED_MISMATCHES else ""
         raise StudyError(
             f"LoRA audit failed for {len(mismatches)} modules: {shown}{more}; build the config with "
-            "workers.lora.build_lora_config (anchored full-path rank_pattern keys)"
+            "workers.adapters.lora.build_lora_config (anchored full-path rank_pattern keys)"
         )
     layer_scales = tuple(float(base.get_submodule(layout.path(layer, target_modules[0])).scaling[adapter])
                          for layer in range(layout.num_layers))
     return LoraAudit(layer_ranks=ranks, module_params=module_params, trainable_params=trainable,
                      scaling=settings.scaling, layer_scales=layer_scales)
+
+
+@register_adapter
+class LoraAdapter(Adapter):
+    """Plain LoRA at ranks fixed before training (every strategy but adalora)."""
+
+    name = "lora"
+
+    def peft_config(self, layout: LayerLayout, ranks: list[int], config) -> LoraConfig:
+        return build_lora_config(layout, ranks, config.lora)
+
+    def audit(self, peft_model: PeftModel, layout: LayerLayout, ranks: list[int], config) -> LoraAudit:
+        return audit_lora(peft_model, layout, ranks, config.lora)

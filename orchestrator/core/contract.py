@@ -47,10 +47,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestrator.errors import StudyError
+from orchestrator.core.errors import StudyError
 
 TABLES = ("profiles", "metrics", "eval", "geometry")  # every table of the contract
 TRAINED_TABLES = ("profiles", "metrics", "eval")  # what every trained run writes (geometry is optional)
+EVALUATED_TABLES = ("eval",)  # what an evaluation-only run writes (the base model)
 TOTAL = "total"  # the profile component of the ordinary gradient
 KL_COMPONENT = "kl"  # the profile component of the KL term's gradient
 COMPLETED, RUNNING, FAILED = "completed", "running", "failed"
@@ -79,6 +80,18 @@ STEP_METRICS = ("reward_std", "kl", "loss", "grad_norm", "frac_reward_zero_std",
                 "completion_clipped_ratio", "entropy", "learning_rate", "sampling_logp_diff_mean",
                 "sampling_logp_diff_max", "is_ratio_min", "is_ratio_mean", "is_ratio_max", "clip_ratio_low",
                 "clip_ratio_high", "clip_ratio_region", "step_time_s", "profile_time_s")
+
+
+def run_tables(trains: bool, geometry: bool) -> list[str]:
+    """The tables one run writes: profiles, metrics and eval when it trains (plus geometry when it is measured),
+    eval alone when it only evaluates (run.json ``tables``; the run is complete when they all exist).
+
+    >>> run_tables(True, False), run_tables(True, True), run_tables(False, True)
+    (['profiles', 'metrics', 'eval'], ['profiles', 'metrics', 'eval', 'geometry'], ['eval'])
+    """
+    if not trains:
+        return list(EVALUATED_TABLES)
+    return [*TRAINED_TABLES, *(["geometry"] if geometry else [])]
 
 
 def total_rows(table: pa.Table) -> pa.Table:

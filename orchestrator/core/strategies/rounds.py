@@ -8,18 +8,17 @@ round is a strategy of the grid, so the plan chains them (round k waits for roun
 per round, the profile's max/min S(l) ratio and the allocation. A round whose predecessor is not in the grid is
 an error at plan time (``grid.strategies``).
 
->>> from orchestrator.strategies import get_strategy
+>>> from orchestrator.core.strategies import get_strategy
 >>> [get_strategy(f"proportional_r{k}").allocation_round for k in (2, 3)]
 [2, 3]
 >>> get_strategy("proportional_r3").previous_round
 'proportional_r2'
 """
 
-from orchestrator.strategies.proportional import Proportional
-from orchestrator.strategies.registry import register_strategy
+from orchestrator.core.strategies.proportional import Proportional
+from orchestrator.core.strategies.registry import register_strategy
 
 MAX_ROUND = 3
-_COLORS = {2: "#ff7f0e", 3: "#8c564b"}
 
 
 def round_name(k: int) -> str:
@@ -31,7 +30,6 @@ class ProportionalRound(Proportional):
     """Proportional's ranks from the previous round's profile instead of ``allocation.profile_from``."""
 
     previous_round: str
-    in_default_grid = False
 
     def profile_source(self, config) -> str:
         return self.previous_round
@@ -41,8 +39,6 @@ for _k in range(2, MAX_ROUND + 1):
     register_strategy(type(f"ProportionalRound{_k}", (ProportionalRound,), {
         "name": round_name(_k),
         "description": f"re-profiling round {_k}: Eq. 3 from the {round_name(_k - 1)} run's profile, same budget",
-        "order": 20 + _k,
-        "color": _COLORS[_k],
         "allocation_round": _k,
         "previous_round": round_name(_k - 1),
     }))

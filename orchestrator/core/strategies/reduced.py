@@ -1,15 +1,14 @@
 """``reduced``: proportional allocation (Eq. 3) at ``reduced_fraction`` of the uniform budget (the paper's 70%).
 
->>> from orchestrator.strategies import AllocationRequest, get_strategy
->>> get_strategy("reduced").ranks(AllocationRequest(num_layers=4, rank=32, r_min=4, r_max=64, multiple=4,
-...                                                 importance=(1, 1, 2, 4)))
+>>> from orchestrator.core.strategies import allocate
+>>> allocate("reduced", importance=(1, 1, 2, 4), rank=32, r_min=4, r_max=64, multiple=4)
 [12, 12, 20, 44]
 """
 
-from orchestrator.allocation import reduced_budget
-from orchestrator.errors import ConfigError
-from orchestrator.strategies.proportional import Proportional
-from orchestrator.strategies.registry import AllocationRequest, register_strategy
+from orchestrator.core.allocation import reduced_budget
+from orchestrator.core.errors import ConfigError
+from orchestrator.core.strategies.proportional import Proportional
+from orchestrator.core.strategies.registry import AllocationRequest, register_strategy
 
 
 @register_strategy
@@ -18,8 +17,6 @@ class Reduced(Proportional):
 
     name = "reduced"
     description = "Eq. 3 at allocation.reduced_fraction of the uniform budget"
-    order = 40
-    color = "#9467bd"
     allocation_round = None  # a smaller budget, not a re-profiling round
 
     def check(self, config) -> None:

@@ -14,24 +14,21 @@ run without it), so each has an off switch:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from orchestrator.errors import ConfigError
-
-
-def _help(text: str, **kw):
-    return field(metadata={"help": text}, **kw)
+from orchestrator.core.errors import ConfigError
+from orchestrator.core.typed_yaml import documented
 
 
 @dataclass(frozen=True)
 class ProfileSettings:
-    decompose_every: int = _help(
+    decompose_every: int = documented(
         "Every N optimizer steps, split the LoRA gradient into one component per reward and one for the KL term "
         "(extra backward passes on the same batch; training is unchanged); 0 = off.", default=0)
-    geometry: bool = _help(
+    geometry: bool = documented(
         "At each checkpoint and at the end, measure each module's update dW = s*B*A: norm, effective rank and "
         "its share in the frozen W0's top-k singular subspace (DIR/geometry).", default=False)
-    geometry_top_k: int = _help("k of the principal subspace of W0 the geometry measures the update against.",
+    geometry_top_k: int = documented("k of the principal subspace of W0 the geometry measures the update against.",
                                 default=16)
 
     def __post_init__(self):

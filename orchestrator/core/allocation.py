@@ -7,13 +7,11 @@ multiples, and the remaining units go to the layers with the largest fractional 
 layer index). The result is always within bounds, always multiples, sums exactly to the budget, and is
 monotone in importance.
 
-The strategies themselves (which budget, which weights) live in :mod:`orchestrator.strategies`, one module
-each; :func:`allocate` is the keyword-argument entry point to any of them (the CLI and the tests use it).
+The strategies themselves (which budget, which weights) live in :mod:`orchestrator.core.strategies`, one module
+each; ``orchestrator.core.strategies.allocate`` is the keyword-argument entry point to any of them.
 
->>> allocate("proportional", importance=[1, 1, 1, 9], rank=32, r_min=4, r_max=64, multiple=4)
+>>> distribute([1, 1, 1, 9], budget=128, low=4, high=64, multiple=4)
 [24, 20, 20, 64]
->>> sum(allocate("random", num_layers=28, rank=32, r_min=4, r_max=64, multiple=4, random_range=(16, 48), seed=0))
-896
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from orchestrator.errors import StudyError
+from orchestrator.core.errors import StudyError
 
 
 def reduced_budget(num_layers: int, rank: int, fraction: float, multiple: int) -> int:
@@ -113,44 +111,3 @@ def _water_fill(w: np.ndarray, budget: int, low: int, high: int) -> np.ndarray:
     if free.any():
         x[free] += (budget - x.sum()) / free.sum()
     return x
-
-
-def allocate(
-    strategy: str,
-    *,
-    rank: int,
-    r_min: int,
-    r_max: int,
-    multiple: int,
-    importance: Sequence[float] | None = None,
-    num_layers: int | None = None,
-    reduced_fraction: float = 0.7,
-    random_range: tuple[int, int] = (16, 48),
-    seed: int = 0,
-) -> list[int]:
-    """Per-layer ranks of the registered ``strategy`` (see :mod:`orchestrator.strategies`).
-
-    ``importance`` (S(l) per layer) is required by strategies that need a profile; without it ``num_layers``
-    gives the layer count.
-
-    >>> allocate("uniform", num_layers=3, rank=32, r_min=4, r_max=64, multiple=4)
-    [32, 32, 32]
-    >>> allocate("reduced", importance=[1, 1, 2, 4], rank=32, r_min=4, r_max=64, multiple=4)
-    [12, 12, 20, 44]
-    """
-    from orchestrator.strategies import AllocationRequest, get_strategy  # the strategies import this module
-
-    chosen = get_strategy(strategy, where="allocation")
-    if importance is not None:
-        importance = [float(v) for v in importance]
-        if num_layers is not None and num_layers != len(importance):
-            raise StudyError(f"allocation: importance has {len(importance)} layers but the model has {num_layers}")
-        num_layers = len(importance)
-    if num_layers is None or num_layers < 1:
-        raise StudyError("allocation: need the number of layers (or an importance per layer)")
-    if rank % multiple or r_min % multiple or r_max % multiple:
-        raise StudyError(f"allocation: rank ({rank}), r_min ({r_min}) and r_max ({r_max}) must be multiples of {multiple}")
-    request = AllocationRequest(num_layers=num_layers, rank=rank, r_min=r_min, r_max=r_max, multiple=multiple,
-                                reduced_fraction=reduced_fraction, random_range=tuple(random_range), seed=seed,
-                                importance=None if importance is None else tuple(importance))
-    return chosen.ranks(request)

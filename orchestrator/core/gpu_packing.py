@@ -9,7 +9,7 @@ each engine's own share of the *whole card*, so a run's engine gets
 of the card unless ``grpo.vllm_gpu_memory_utilization`` sets it (a full GPU with the default training share
 0.7 gives TRL's 0.3). The rest of the run's share is for training. :func:`memory_plan` estimates what training
 needs, per run, in GiB, from the model's shape (a local build, a local directory's config.json, the HF cache,
-or :data:`KNOWN_SHAPES`):
+or :data:`KNOWN_SHAPES`; the driver also looks in the HF cache):
 
 - weights: parameters x bytes of ``model.dtype`` (the training copy; the engine holds its own in its share);
 - LoRA: uniform's LoRA parameters x 16 bytes (the weight and its gradient in bf16/fp32 and AdamW's two fp32
@@ -30,8 +30,8 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from orchestrator.errors import ConfigError
-from orchestrator.projections import PROJECTION_MODULES
+from orchestrator.core.errors import ConfigError
+from orchestrator.core.projections import PROJECTION_MODULES
 
 GIB = 2**30
 PROMPT_TOKENS = 256  # assumed prompt length for the activation estimate (GSM8K prompts with the system prompt)
@@ -91,25 +91,19 @@ def vllm_share_record(config) -> dict:
 
 
 def model_shape(model) -> dict | None:
-    """The model's shape from its build, local config.json, the HF cache or :data:`KNOWN_SHAPES`; None if unknown."""
+    """The model's shape from its build, a local directory's config.json or :data:`KNOWN_SHAPES`; None if unknown.
+
+    The driver's planning also looks in the HF cache (``orchestrator/resolve.py``); this core step reads no hub.
+    """
     if model.build is not None:
         b = model.build
         return dict(num_hidden_layers=b.num_layers, hidden_size=b.hidden_size, intermediate_size=b.intermediate_size,
                     num_attention_heads=b.num_heads, num_key_value_heads=b.num_kv_heads, vocab_size=b.vocab_size,
                     tie_word_embeddings=True)
-    name = model.name_or_path
-    path = Path(name).expanduser() / "config.json"
-    if not path.is_file():
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(name, "config.json", revision=model.revision)
-            path = Path(cached) if isinstance(cached, str) else None
-        except Exception:  # noqa: BLE001 - not a hub id, no cache: fall back to the known shapes
-            path = None
-    if path is not None and path.is_file():
+    path = Path(model.name_or_path).expanduser() / "config.json"
+    if path.is_file():
         return json.loads(path.read_text())
-    return KNOWN_SHAPES.get(name)
+    return KNOWN_SHAPES.get(model.name_or_path)
 
 
 def parameter_counts(shape: dict, rank: int, target_modules=PROJECTION_MODULES) -> tuple[int, int]:
@@ -129,26 +123,14 @@ def parameter_counts(shape: dict, rank: int, target_modules=PROJECTION_MODULES) 
     return layers * per_layer + embeddings + h, lora
 
 
-def detected_card_gib() -> float | None:
-    """Memory of the planning machine's first CUDA device, if it has one (torch only when CUDA is there)."""
-    import importlib.util
-
-    # No NVIDIA device node: no CUDA, and no need to import torch (plan stays fast on CPU machines).
-    if not Path("/dev/nvidia0").exists() or importlib.util.find_spec("torch") is None:
-        return None
-    import torch
-
-    return torch.cuda.get_device_properties(0).total_memory / GIB if torch.cuda.is_available() else None
-
-
-def memory_plan(config, card_gib: float | None = None) -> MemoryPlan:
-    """The memory plan of one run of ``config`` and of the runs sharing its GPU (see the module docstring)."""
+def memory_plan(config, card_gib: float | None = None, shape: dict | None = None) -> MemoryPlan:
+    """The memory plan of one run of ``config`` and of the runs sharing its GPU (see the module docstring);
+    ``shape``: the model's (:func:`model_shape`), None when unknown."""
     res, g = config.resources, config.grpo
     source = "config" if res.gpu_memory_gib is not None else ("detected" if card_gib is not None else "unknown")
     card = res.gpu_memory_gib if res.gpu_memory_gib is not None else card_gib
     share = vllm_share(config) if g.use_vllm else None
     vllm_gib = share * card if share is not None and card is not None else (0.0 if share is None else None)
-    shape = model_shape(config.model)
     weights = lora = acts = training = per_run = None
     if shape is not None:
         total, lora_params = parameter_counts(shape, config.lora.rank, config.lora.target_modules)
@@ -166,9 +148,9 @@ def memory_plan(config, card_gib: float | None = None) -> MemoryPlan:
                       fits)
 
 
-def check_packing(config, card_gib: float | None = None) -> MemoryPlan:
+def check_packing(config, card_gib: float | None = None, shape: dict | None = None) -> MemoryPlan:
     """The plan, or a one-line :class:`ConfigError` when the runs packed on one GPU cannot fit the card."""
-    plan = memory_plan(config, card_gib)
+    plan = memory_plan(config, card_gib, shape)
     if plan.fits is False:
         raise ConfigError(
             f"resources.gpus_per_run: {plan.runs_per_gpu} runs per GPU need {plan.runs_per_gpu} x {plan.per_run_gib} "

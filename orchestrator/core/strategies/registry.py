@@ -1,22 +1,22 @@
 """The strategy registry: every rank-allocation strategy is one small class, registered by its name.
 
-A strategy declares what the rest of rankstudy asks of it, so nothing else lists strategies:
+A strategy is a pure definition of what a run of it is; nothing here loads a model or knows how it is drawn:
 
-- ``name``, ``description`` (one line, shown by ``rankstudy plan`` and in errors), ``order`` (where it
-  appears in tables and figures) and ``color`` (figures);
+- ``name`` and ``description`` (one line, shown by ``rankstudy plan`` and in errors);
 - ``needs_profile``: its ranks need the layer importance S(l) (Eq. 2) of a profiled run. By default that is
   the run named by ``allocation.profile_from`` (the uniform run of the same seed and cell), see
   :meth:`Strategy.profile_source`;
-- ``in_default_grid``: part of ``grid.strategies`` when a config does not list them;
 - ``trains`` and ``per_seed``: a strategy that does not train (``base``) is only evaluated, and one whose result
-  does not depend on the seed runs once per cell, with seed :data:`SEED_FREE` (0);
+  does not depend on the seed runs once per cell, with seed :data:`~orchestrator.core.roles.SEED_FREE` (0);
 - :meth:`Strategy.budget` (the total rank), :meth:`Strategy.ranks` (the per-layer allocation, a pure
   function of an :class:`AllocationRequest`) and :meth:`Strategy.check` (config feasibility, before any
   run starts);
 - ``allocation_round``: its place in a chain of re-profiling rounds (strategies/rounds.py), if any;
-- :meth:`Strategy.callbacks`: training-time hooks (transformers ``TrainerCallback`` s) for strategies whose
-  ranks change while training; such a hook reports the current ranks to the profiler
-  (``GradientProfiler.set_ranks``), so the profile's ``rank`` column is the rank at each step.
+- ``adapter``: the name of the PEFT adapter the worker builds for it (``lora``: ranks fixed before training;
+  ``adalora``: ranks that change while training), looked up in the worker's adapter registry
+  (``workers/adapters/``), which owns everything that happens to the model.
+
+How a strategy is drawn (its colour and its place in tables) is the dashboards' (``dashboards/style.py``).
 
 A new strategy is one new module in this package (it is imported automatically) or, for a plugin or a test,
 a class decorated with :func:`register_strategy` anywhere::
@@ -30,29 +30,29 @@ a class decorated with :func:`register_strategy` anywhere::
             return [request.r_max if layer % 2 == 0 else request.r_min for layer in range(request.num_layers)]
 
 Unknown names are errors that list the registered ones (:func:`get_strategy`).
+
+>>> allocate("proportional", importance=[1, 1, 1, 9], rank=32, r_min=4, r_max=64, multiple=4)
+[24, 20, 20, 64]
+>>> sum(allocate("random", num_layers=28, rank=32, r_min=4, r_max=64, multiple=4, random_range=(16, 48), seed=0))
+896
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from orchestrator.contract import TRAINED_TABLES
-from orchestrator.errors import ConfigError, StudyError
+from orchestrator.core.config import AllocationConfig
+from orchestrator.core.errors import ConfigError, StudyError
+from orchestrator.core.roles import SFT
 
 if TYPE_CHECKING:
-    from orchestrator.config import StudyConfig
+    from orchestrator.core.config import StudyConfig
 
-# Every other strategy is compared with this one (McNemar pairs, amplification, profile source by default).
-REFERENCE = "uniform"
-# The SFT warm start's profile rows carry this strategy label (full weights, no LoRA); it is not allocatable.
-SFT = "sft"
-# The untrained base model (strategies/base.py): Table 1's first row, and a second comparison for every strategy.
-BASE = "base"
-# The seed of a run whose result does not depend on the seed (``per_seed = False``): one run per cell, whatever
-# seeds the grid lists now or later, so growing a study never repeats it.
-SEED_FREE = 0
+# The allocation settings a strategy's ranks may depend on; their defaults are AllocationConfig's.
+BOUNDS = ("r_min", "r_max", "multiple", "reduced_fraction", "random_range")
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,8 @@ class AllocationRequest:
     """Everything a strategy's :meth:`Strategy.ranks` may use: the budget's terms, bounds, seed, importance.
 
     ``rank`` is the uniform rank (the budget is ``num_layers x rank`` unless the strategy says otherwise);
-    ``importance`` is S(l) per layer when the strategy needs a profile, else None.
+    ``importance`` is S(l) per layer when the strategy needs a profile, else None. The bounds are
+    ``allocation.*`` of the config (:class:`~orchestrator.core.config.AllocationConfig`).
     """
 
     num_layers: int
@@ -68,18 +69,22 @@ class AllocationRequest:
     r_min: int
     r_max: int
     multiple: int
-    reduced_fraction: float = 0.7
-    random_range: tuple[int, int] = (16, 48)
+    reduced_fraction: float
+    random_range: tuple[int, int]
     seed: int = 0
     importance: tuple[float, ...] | None = None
 
     @classmethod
+    def from_allocation(cls, allocation: AllocationConfig, num_layers: int, rank: int, seed: int = 0,
+                        importance: Iterable[float] | None = None) -> AllocationRequest:
+        bounds = {key: getattr(allocation, key) for key in BOUNDS}
+        return cls(num_layers=num_layers, rank=rank, **{**bounds, "random_range": tuple(bounds["random_range"])},
+                   seed=seed, importance=None if importance is None else tuple(float(v) for v in importance))
+
+    @classmethod
     def from_config(cls, config: StudyConfig, num_layers: int, seed: int,
                     importance: Iterable[float] | None = None) -> AllocationRequest:
-        a = config.allocation
-        return cls(num_layers=num_layers, rank=config.lora.rank, r_min=a.r_min, r_max=a.r_max,
-                   multiple=a.multiple, reduced_fraction=a.reduced_fraction, random_range=tuple(a.random_range),
-                   seed=seed, importance=None if importance is None else tuple(float(v) for v in importance))
+        return cls.from_allocation(config.allocation, num_layers, config.lora.rank, seed, importance)
 
 
 class Strategy:
@@ -87,27 +92,14 @@ class Strategy:
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
-    order: ClassVar[int] = 100
-    color: ClassVar[str | None] = None
     needs_profile: ClassVar[bool] = False
-    in_default_grid: ClassVar[bool] = False
     trains: ClassVar[bool] = True
     per_seed: ClassVar[bool] = True
     # Re-profiling round (strategies/rounds.py): 1 for an allocation from the profile_from run, k for one from
     # round k-1's run; None for a strategy outside the rounds.
     allocation_round: ClassVar[int | None] = None
-    # The PEFT adapter the worker builds: "lora" (ranks fixed before training) or "adalora" (workers/adalora.py).
+    # The worker's adapter (workers/adapters/) by name: "lora" (ranks fixed before training) or "adalora".
     adapter: ClassVar[str] = "lora"
-    # Why a failed run of this strategy restarts from step 0 instead of resuming from its checkpoint (None: it
-    # resumes).
-    restart_reason: ClassVar[str | None] = None
-
-    def tables(self) -> tuple[str, ...]:
-        """The contract tables a run of this strategy writes (an evaluation-only run writes eval).
-
-        A trained run adds ``geometry`` when ``profile.geometry`` is on (the worker decides that).
-        """
-        return TRAINED_TABLES if self.trains else ("eval",)
 
     def budget(self, request: AllocationRequest) -> int:
         """Total rank over all layers (the same-budget comparison of the paper: ``num_layers x rank``)."""
@@ -126,10 +118,6 @@ class Strategy:
     def profile_source(self, config: StudyConfig) -> str | None:
         """Strategy name (same seed and cell) or profile file that supplies the importance; None if unneeded."""
         return config.allocation.profile_from if self.needs_profile else None
-
-    def callbacks(self, run: Any) -> list:
-        """Training-time hooks (``TrainerCallback`` s) the worker adds to this strategy's runs."""
-        return []
 
 
 _REGISTRY: dict[str, Strategy] = {}
@@ -152,13 +140,13 @@ def unregister_strategy(name: str) -> None:
 
 
 def registered_names() -> list[str]:
-    """Every registered strategy, in display order."""
-    return sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].order, n))
+    """Every registered strategy, alphabetically."""
+    return sorted(_REGISTRY)
 
 
-def default_strategies() -> tuple[str, ...]:
-    """The grid when a config lists no strategies: the paper's (``in_default_grid``), in display order."""
-    return tuple(n for n in registered_names() if _REGISTRY[n].in_default_grid)
+def is_strategy(name: str) -> bool:
+    """True when ``name`` is a registered strategy (``allocation.profile_from`` is a strategy or a file)."""
+    return name in _REGISTRY
 
 
 def get_strategy(name: str, where: str = "strategy") -> Strategy:
@@ -169,24 +157,6 @@ def get_strategy(name: str, where: str = "strategy") -> Strategy:
         raise ConfigError(
             f"{where}: unknown strategy {name!r}; registered strategies: {', '.join(registered_names())}"
         ) from None
-
-
-def order_strategies(names: Iterable[str]) -> list[str]:
-    """Registered strategies in display order, then unknown ones alphabetically, the SFT profile last.
-
-    >>> order_strategies({"random", "zeta", "uniform", "sft"})
-    ['uniform', 'random', 'zeta', 'sft']
-    """
-    names = set(names)
-    known = [n for n in registered_names() if n in names]
-    rest = sorted(names - set(known) - {SFT})
-    return known + rest + ([SFT] if SFT in names else [])
-
-
-def color_of(name: str) -> str | None:
-    """The registered strategy's colour, or None (figures then pick a palette colour)."""
-    strategy = _REGISTRY.get(name)
-    return strategy.color if strategy is not None else None
 
 
 def check_rank_within_bounds(config: StudyConfig) -> None:
@@ -204,3 +174,42 @@ def require_importance(strategy: Strategy, request: AllocationRequest) -> tuple[
     if request.importance is None:
         raise StudyError(f"allocation: strategy {strategy.name!r} needs the layer importance S(l) from a profile")
     return request.importance
+
+
+def allocate(strategy: str, *, rank: int, importance: Sequence[float] | None = None, num_layers: int | None = None,
+             seed: int = 0, **bounds) -> list[int]:
+    """Per-layer ranks of the registered ``strategy``, by keyword (the CLI's ``allocate`` and the tests).
+
+    ``importance`` (S(l) per layer) is required by strategies that need a profile; without it ``num_layers``
+    gives the layer count. ``bounds``: any of ``r_min``, ``r_max``, ``multiple``, ``reduced_fraction``,
+    ``random_range``; each defaults to ``allocation.*``'s default.
+
+    >>> allocate("uniform", num_layers=3, rank=32, r_min=4, r_max=64, multiple=4)
+    [32, 32, 32]
+    >>> allocate("reduced", importance=[1, 1, 2, 4], rank=32, r_min=4, r_max=64, multiple=4)
+    [12, 12, 20, 44]
+    """
+    unknown = sorted(set(bounds) - set(BOUNDS))
+    if unknown:
+        raise TypeError(f"allocate() got unexpected keyword arguments {unknown}; bounds are {list(BOUNDS)}")
+    chosen = get_strategy(strategy, where="allocation")
+    if importance is not None:
+        importance = [float(v) for v in importance]
+        if num_layers is not None and num_layers != len(importance):
+            raise StudyError(f"allocation: importance has {len(importance)} layers but the model has {num_layers}")
+        num_layers = len(importance)
+    if num_layers is None or num_layers < 1:
+        raise StudyError("allocation: need the number of layers (or an importance per layer)")
+    values = default_bounds() | bounds
+    if rank % values["multiple"] or values["r_min"] % values["multiple"] or values["r_max"] % values["multiple"]:
+        raise StudyError(f"allocation: rank ({rank}), r_min ({values['r_min']}) and r_max ({values['r_max']}) must be "
+                         f"multiples of {values['multiple']}")
+    request = AllocationRequest(num_layers=num_layers, rank=rank, **{**values, "random_range": tuple(
+        values["random_range"])}, seed=seed, importance=None if importance is None else tuple(importance))
+    return chosen.ranks(request)
+
+
+def default_bounds() -> dict:
+    """``allocation.*``'s defaults for the bounds (what ``rankstudy allocate`` takes without flags)."""
+    defaults = AllocationConfig()
+    return {f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults) if f.name in BOUNDS}

@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-from orchestrator.errors import ConfigError
+from orchestrator.core.errors import ConfigError
 
 T = TypeVar("T")
 _YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -46,7 +46,7 @@ def _type_name(tp: Any) -> str:
 
 
 def _convert(value: Any, tp: Any, key: str) -> Any:
-    if tp is Any:  # e.g. study axis values: checked where they are applied (orchestrator.axes)
+    if tp is Any:  # e.g. study axis values: checked where they are applied (orchestrator.core.axes)
         return value
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -143,6 +143,11 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
+
+
+def documented(text: str, **kwargs) -> Any:
+    """A dataclass field with help text (``metadata={"help": text}``); ``kwargs`` as for ``dataclasses.field``."""
+    return dataclasses.field(metadata={"help": text}, **kwargs)
 
 
 def help_of(cls: type, name: str) -> str:

@@ -2,26 +2,27 @@
 
 A seeded draw in ``allocation.random_range`` (multiples of ``multiple``), rescaled to total ``L x rank``.
 
->>> from orchestrator.strategies import AllocationRequest, get_strategy
->>> request = AllocationRequest(num_layers=28, rank=32, r_min=4, r_max=64, multiple=4, random_range=(16, 48))
->>> sum(get_strategy("random").ranks(request))
+>>> from orchestrator.core.strategies import allocate
+>>> sum(allocate("random", num_layers=28, rank=32, r_min=4, r_max=64, multiple=4, random_range=(16, 48)))
 896
 """
 
 import numpy as np
 
-from orchestrator.allocation import distribute
-from orchestrator.errors import ConfigError
-from orchestrator.strategies.registry import AllocationRequest, Strategy, check_rank_within_bounds, register_strategy
+from orchestrator.core.allocation import distribute
+from orchestrator.core.errors import ConfigError
+from orchestrator.core.strategies.registry import (
+    AllocationRequest,
+    Strategy,
+    check_rank_within_bounds,
+    register_strategy,
+)
 
 
 @register_strategy
 class Random(Strategy):
     name = "random"
     description = "seeded random ranks in allocation.random_range, same budget as uniform"
-    order = 30
-    color = "#2ca02c"
-    in_default_grid = True
 
     def check(self, config) -> None:
         check_rank_within_bounds(config)
