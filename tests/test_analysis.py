@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from scipy import stats
 
 from dashboards.analysis import analyze, summarize
 from dashboards.analysis import stats as st
@@ -485,12 +486,24 @@ def test_item_level_intervals_paired_tests_and_the_base_row(tmp_path):
     # Paired difference to uniform: per item, (proportional mean) - (uniform mean); items 20-29 lose 1 or 0.5.
     test = prop["vs_uniform"]
     assert test["delta"] == pytest.approx(-(8 * 1.0 + 2 * 0.5) / n) and test["n_items"] == n
-    assert test["ci_low"] < test["delta"] < test["ci_high"] < 0 and test["p_permutation"] < 0.01
+    assert test["item_ci_low"] < test["delta"] < test["item_ci_high"] < 0 and test["p_permutation"] < 0.01
+    # The verdict is over seeds: runs 0.75, 0.75 (uniform) and 0.50, 0.55 (proportional), pooled variance
+    # (0 + 0.025^2 * 2) / 2 on 2 df, so the standard error is 0.025 and the 95% interval delta +- t(2) x 0.025.
+    half = stats.t.ppf(0.975, 2) * 0.025
+    assert (test["ci_low"], test["ci_high"]) == (pytest.approx(test["delta"] - half), pytest.approx(test["delta"] + half))
+    assert test["p_unadjusted"] == pytest.approx(2 * stats.t.sf(0.225 / 0.025, 2)) and test["df"] == 2
+    assert test["p_value"] >= test["p_unadjusted"] and test["significant"] and test["n_seeds"] == 2
     assert set(prop["mcnemar_per_seed"]) == {"0", "1"} and prop["mcnemar_per_seed"]["0"] == pytest.approx(
         st.mcnemar_exact(0, 10))
-    # Against the base model, which answered each item once: proportional is above it.
-    assert prop["vs_base"]["delta"] == pytest.approx((20 - 15 + 1) / n) and prop["vs_base"]["p_mcnemar"] < 0.05
+    # Against the base model, which answered each item once: proportional is above it; McNemar per seed (its
+    # seed-0 run is right on 5 items the base got wrong, its seed-1 run on 7), not pooled over seeds.
+    assert prop["vs_base"]["delta"] == pytest.approx((20 - 15 + 1) / n)
+    assert prop["vs_base"]["p_mcnemar_per_seed"] == {"0": pytest.approx(st.mcnemar_exact(5, 0)),
+                                                     "1": pytest.approx(st.mcnemar_exact(7, 0))}
     assert uniform["vs_base"]["delta"] == pytest.approx(15 / n) and base["vs_base"] is None
+    # The base row against uniform is the same comparison as uniform against the base, mirrored.
+    assert base["vs_uniform"]["delta"] == pytest.approx(-uniform["vs_base"]["delta"])
+    assert base["vs_uniform"]["p_value"] == uniform["vs_base"]["p_value"]
     assert base["trainable_params"] == 0 and base["n_eval"] == n and base["seeds"] == [0]
     found = summary["findings"]
     assert any(f.startswith("proportional: 52.5% (95% CI over items") and "sign-flip p" in f for f in found)
@@ -531,8 +544,13 @@ def test_adding_a_strategy_leaves_the_other_strategies_resampled_numbers_unchang
 
     two = study(tmp_path / "two", ["uniform", "random"])
     three = study(tmp_path / "three", ["uniform", "proportional", "random"])
-    for key in ("item_ci_low", "item_ci_high", "vs_uniform"):
+    for key in ("item_ci_low", "item_ci_high"):
         assert two["random"][key] == three["random"][key], key
+    # The item-level (resampled) figures of a comparison too; its verdict pools the run variance over the cell's
+    # strategies and is corrected over the cell's comparisons, so it is the cell's, by design.
+    for key in ("delta", "item_ci_low", "item_ci_high", "p_permutation", "n_items"):
+        assert two["random"]["vs_uniform"][key] == three["random"]["vs_uniform"][key], key
+    assert two["random"]["vs_uniform"]["df"] == 2 and three["random"]["vs_uniform"]["df"] == 3
 
 
 def test_the_paper_comparison_says_what_the_numbers_say_either_way():
@@ -552,16 +570,20 @@ def test_the_paper_comparison_says_what_the_numbers_say_either_way():
         StrategyResult,
     )
 
+    def verdict(kind, delta, low, high, p):
+        return kind(delta, low, high, p_value=p, p_unadjusted=p / 2, significant=p < 0.05, test="t over seeds",
+                    n_seeds=2, df=4, n_items=500)
+
     def summary(grpo_ratio, sft_ratio, r_control, p_uniform, p_base=0.001):
         strategies = {
             "base": StrategyResult(accuracy=0.2, item_ci_low=0.15, item_ci_high=0.25, n_items=500, seeds=[0],
-                                   vs_uniform=PairedDifference(-0.1, -0.15, -0.05, p_base, n_items=500)),
+                                   vs_uniform=verdict(PairedDifference, -0.1, -0.15, -0.05, p_base)),
             "uniform": StrategyResult(accuracy=0.3, item_ci_low=0.26, item_ci_high=0.34, n_items=500, seeds=[0, 1],
                                       max_min_ratio=grpo_ratio,
-                                      vs_base=BaseDifference(0.1, 0.05, 0.15, 0.001, n_items=500)),
+                                      vs_base=verdict(BaseDifference, 0.1, 0.05, 0.15, 0.001)),
             "proportional": StrategyResult(accuracy=0.28, item_ci_low=0.24, item_ci_high=0.32, max_min_ratio=3.0,
                                            rank_shift_corr=0.9,
-                                           vs_uniform=PairedDifference(-0.02, -0.05, 0.01, p_uniform, n_items=500)),
+                                           vs_uniform=verdict(PairedDifference, -0.02, -0.05, 0.01, p_uniform)),
         }
         shifted = {"proportional": ControlStrategy(rank_shift_corr=r_control)}
         control = NormalizedControl(per_parameter=PerParameterControl(ProfileLandscape(), shifted),
@@ -574,14 +596,15 @@ def test_the_paper_comparison_says_what_the_numbers_say_either_way():
     flat = paper_comparison(summary(2.0, 12.0, 0.8, 0.01), context)
     assert "the GRPO landscape is flatter than the SFT one." in flat[0]
     assert "the effect survives both controls, as in the paper." in flat[1]
-    assert ("Significantly different from uniform by the paired item-level test: base (-10.0 points, p = 0.001), "
-            "proportional (-2.0 points, p = 0.010)") in flat[2]
+    assert ("Significantly different from uniform by the test over seeds: base (-10.0 points, adjusted p = 0.001), "
+            "proportional (-2.0 points, adjusted p = 0.010)") in flat[2]
     assert "significantly different from the untrained base model: uniform" in flat[2]
-    assert flat[3].startswith("This is a miniature: a tiny model, on the arith task, with 24 GRPO steps")
+    assert flat[3].startswith("What this study can detect: no strategy has two seeds")  # (no detectability part)
+    assert flat[4].startswith("This is a miniature: a tiny model, on the arith task, with 24 GRPO steps")
     steep = paper_comparison(summary(20.0, 5.0, -0.3, 0.4), context)
     assert "more concentrated than the SFT one, the opposite of the paper's contrast" in steep[0]
     assert "does not survive the controls, unlike in the paper" in steep[1]
-    assert "paired item-level test: base (-10.0 points, p = 0.001);" in steep[2]  # proportional (p 0.4) is not
+    assert "test over seeds: base (-10.0 points, adjusted p = 0.001);" in steep[2]  # proportional (p 0.4) is not
     assert "No strategy differs significantly from uniform" in paper_comparison(summary(2, 12, 0.8, 0.4, 0.3),
                                                                                  context)[2]
-    assert len(paper_comparison(summary(2.0, 12.0, 0.8, 0.01), {"task": "gsm8k", "model": "Qwen/Qwen2.5-1.5B"})) == 3
+    assert len(paper_comparison(summary(2.0, 12.0, 0.8, 0.01), {"task": "gsm8k", "model": "Qwen/Qwen2.5-1.5B"})) == 4

@@ -122,7 +122,9 @@ def _table_analysis(study_dir: Path, eval_df: pd.DataFrame | None, metrics_df: p
                     runs: dict[str, RunMeta], result: CellResult) -> dict[str, dict]:
     """Accuracy, McNemar, reward curves, final rewards and examples: everything that needs no profile."""
     grpo_runs = {rid: m for rid, m in runs.items() if m.strategy != SFT}
-    eval_stats = strategy_eval(eval_df, grpo_runs, result.table_warnings) if eval_df is not None else {}
+    eval_stats = {}
+    if eval_df is not None:
+        eval_stats, result.summary.detectability = strategy_eval(eval_df, grpo_runs, result.table_warnings)
     if metrics_df is not None:
         result.frames["rewards"] = reward_curves(metrics_df, grpo_runs)
         training = training_summary(metrics_df, grpo_runs)

@@ -1,17 +1,21 @@
 """The report's findings in words, generated from a cell's summary alone (pure, no I/O).
 
 ``findings(summary) -> list[str]``: one sentence per result, with the numbers behind it. Accuracy is quoted
-with its item-level 95% interval and compared by the paired item-level test (items are shared by every seed
-and strategy; :mod:`dashboards.analysis.items`), with the paper's pooled McNemar test beside it. Statements
-that a number does not support are not made: a difference is called significant only when the item-level
-test gives p < 0.05, and the amplification only "persists" under a control when r >= 0.5.
+with its item-level 95% interval; a difference between strategies, or to the base model, is judged by the
+seed-aware verdict (:mod:`dashboards.analysis.verdicts`: a t-test over seeds with the run-to-run variance,
+Holm-adjusted over the cell's comparisons), with the item-level and pooled McNemar figures beside it as
+descriptive. Statements that a number does not support are not made: a difference is called significant only
+when its adjusted p is below 0.05, a comparison with one seed says it is not testable, and the amplification
+only "persists" under a control when r >= 0.5.
 
 >>> from dashboards.analysis.schema import CellSummary, PairedDifference, StrategyResult
->>> findings(CellSummary(strategies={"uniform": StrategyResult(accuracy=0.745, n_eval=200, seeds=[0]),
-...     "random": StrategyResult(accuracy=0.675, n_eval=200, seeds=[0], p_value_vs_uniform=0.01, n_paired=200,
+>>> findings(CellSummary(strategies={"uniform": StrategyResult(accuracy=0.745, n_eval=200, seeds=[0, 1, 2]),
+...     "random": StrategyResult(accuracy=0.675, n_eval=200, seeds=[0, 1, 2], p_value_vs_uniform=0.01, n_paired=600,
 ...                              item_ci_low=0.61, item_ci_high=0.74, vs_uniform=PairedDifference(
-...                                  delta=-0.07, ci_low=-0.12, ci_high=-0.02, p_permutation=0.004, n_items=200))}))
-['random: 67.5% (95% CI over items 61.0-74.0) vs uniform 74.5%: -7.0 points (paired 95% CI -12.0 to -2.0, sign-flip p = 0.004 over 200 items; pooled McNemar p = 0.010 over 200 paired items, 1 seed): significant at 0.05.']
+...                                  delta=-0.07, ci_low=-0.12, ci_high=-0.02, p_value=0.03, p_unadjusted=0.01,
+...                                  significant=True, test="t over seeds", n_seeds=3, df=4, p_permutation=0.004,
+...                                  n_items=200))}))[0]
+'random: 67.5% (95% CI over items 61.0-74.0) vs uniform 74.5%: -7.0 points (95% CI over seeds -12.0 to -2.0; t over seeds, 3 seeds, 4 df: p = 0.010, adjusted 0.030): significant at 0.05. Descriptive, with the runs held fixed: sign-flip p = 0.004 over 200 items, pooled McNemar p = 0.010 over 600 paired items.'
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 from dashboards.analysis.beyond_findings import beyond_findings
 from dashboards.analysis.schema import (
     CellSummary,
+    Detectability,
     Landscape,
     NormalizedControl,
     PairedDifference,
@@ -80,13 +85,21 @@ def _item_ci(entry: StrategyResult) -> str:
 
 
 def _paired(test: PairedDifference) -> str:
-    return (f"{100 * test.delta:+.1f} points (paired 95% CI {percent(test.ci_low, sign='')} to "
-            f"{percent(test.ci_high, sign='')}, sign-flip p = {p_value(test.p_permutation)} over "
-            f"{test.n_items} items")
+    """The difference and its seed-aware verdict, e.g. ``-7.0 points (95% CI over seeds ...): significant at
+    0.05``, or ``-7.0 points: not testable with 1 seed``."""
+    delta = f"{100 * test.delta:+.1f} points"
+    if test.p_value is None:
+        return f"{delta}: {test.test or 'not testable'}"
+    name = test.test.split(",")[0] if test.test else "test"
+    verdict = "significant at 0.05" if test.significant else "not significant at 0.05"
+    return (f"{delta} (95% CI over seeds {percent(test.ci_low, sign='')} to {percent(test.ci_high, sign='')}; "
+            f"{name}, {test.n_seeds} seeds, {test.df} df: p = {p_value(test.p_unadjusted)}, adjusted "
+            f"{p_value(test.p_value)}): {verdict}")
 
 
-def _verdict(p: float | None) -> str:
-    return "significant at 0.05" if p is not None and p < 0.05 else "not significant at 0.05"
+def _descriptive(test: PairedDifference, mcnemar: str = "") -> str:
+    return (f" Descriptive, with the runs held fixed: sign-flip p = {p_value(test.p_permutation)} over "
+            f"{test.n_items} items{mcnemar}.")
 
 
 def strategy_findings(strategies: dict[str, StrategyResult]) -> list[str]:
@@ -103,15 +116,15 @@ def strategy_findings(strategies: dict[str, StrategyResult]) -> list[str]:
                        f"({_seeds(entry)}); no paired uniform evaluation to test against.")
         else:
             mcnemar = entry.p_value_vs_uniform
-            pooled = (f"; pooled McNemar p = {p_value(mcnemar)} over {entry.n_paired or 0} paired items, "
-                      f"{_seeds(entry)}" if mcnemar is not None else "")
+            pooled = (f", pooled McNemar p = {p_value(mcnemar)} over {entry.n_paired or 0} paired items"
+                      if mcnemar is not None else "")
             out.append(f"{name}: {percent(entry.accuracy)}{_item_ci(entry)} vs uniform {percent(uniform.accuracy)}: "
-                       f"{_paired(test)}{pooled}): {_verdict(test.p_permutation)}.")
+                       f"{_paired(test)}.{_descriptive(test, pooled)}")
         versus_base = entry.vs_base
         if name != BASE and versus_base is not None and versus_base.delta is not None:
             side = "above" if versus_base.delta > 0 else "below" if versus_base.delta < 0 else "level with"
             out.append(f"{name} vs the untrained base model ({percent(base_entry.accuracy)}): {side} it, "
-                       f"{_paired(versus_base)}): {_verdict(versus_base.p_permutation)}.")
+                       f"{_paired(versus_base)}.{_descriptive(versus_base)}")
     base = uniform.max_min_ratio
     for name, entry in strategies.items():
         r = entry.rank_shift_corr
@@ -248,16 +261,41 @@ def _accuracy(strategies: dict[str, StrategyResult]) -> str:
         ci = _item_ci(entry).removeprefix(" (95% CI over items ").removesuffix(")")
         rows.append(f"{name} {percent(entry.accuracy)} [{ci}]")
         test = entry.vs_uniform
-        if name != REFERENCE and test is not None and test.p_permutation is not None and test.p_permutation < 0.05:
-            different.append(f"{name} ({100 * test.delta:+.1f} points, p = {p_value(test.p_permutation)})")
-    verdict = ("significantly different from uniform by the paired item-level test: " + ", ".join(different)
-               if different else "no strategy differs significantly from uniform by the paired item-level test")
+        if name != REFERENCE and test is not None and test.significant:
+            different.append(f"{name} ({100 * test.delta:+.1f} points, adjusted p = {p_value(test.p_value)})")
+    verdict = ("significantly different from uniform by the test over seeds: " + ", ".join(different)
+               if different else "no strategy differs significantly from uniform by the test over seeds")
     base = [name for name, entry in strategies.items() if name != BASE and entry.vs_base is not None
-            and entry.vs_base.p_permutation is not None and entry.vs_base.p_permutation < 0.05]
+            and entry.vs_base.significant]
     base_text = (f"; significantly different from the untrained base model: {', '.join(base)}" if base else
                  "; none differs significantly from the untrained base model" if BASE in strategies else "")
     return (f"Accuracy. The paper (200 items, one seed): {paper}. Here ({uniform.n_items or '?'} items, "
             f"{_seeds(uniform)}): " + ", ".join(rows) + f". {verdict[0].upper() + verdict[1:]}{base_text}.")
+
+
+def detectable(found: Detectability | None) -> str:
+    """What the study can detect, from its own run-to-run variance, in words.
+
+    >>> from dashboards.analysis.schema import Detectability
+    >>> detectable(Detectability(run_sd=0.03, df=4, n_seeds=2, n_items=512, n_pooled_strategies=4, family_size=7,
+    ...                          alpha=0.05 / 7, minimum_detectable_difference=0.19, paper_gap=0.045,
+    ...                          seeds_for_paper_gap=14))[:120]
+    "What this study can detect. With 2 seeds per strategy, a run's accuracy on these 512 items varies by 3.0 points from see"
+    """
+    if found is None:
+        return ("What this study can detect: no strategy has two seeds, so there is no run-to-run variance to test "
+                "a difference against; run at least two seeds per strategy.")
+    needed = (f"{found.seeds_for_paper_gap} seeds per strategy" if found.seeds_for_paper_gap is not None
+              else "more than 200 seeds per strategy")
+    mde = found.minimum_detectable_difference
+    return (f"What this study can detect. With {found.n_seeds} seeds per strategy, a run's accuracy on these "
+            f"{found.n_items} items varies by {percent(found.run_sd, sign=' points')} from seed to seed (the SD "
+            f"pooled over {found.n_pooled_strategies} strategies, {found.df} degrees of freedom). At the strictest "
+            f"Holm threshold of its {found.family_size} comparisons (p < {found.alpha:.4f}) a difference from "
+            f"uniform is found with 80% power only if it is at least "
+            f"{percent(mde, sign=' points') if mde is not None else 'beyond any accuracy'}. The paper's "
+            f"{percent(found.paper_gap, sign='-point')} gap (uniform 74.5% vs proportional 70.0%) would need "
+            f"{needed} at this variance.")
 
 
 def paper_comparison(summary: CellSummary, context: dict) -> list[str]:
@@ -270,6 +308,7 @@ def paper_comparison(summary: CellSummary, context: dict) -> list[str]:
         out.append(_flatness(summary.landscape, summary.sft))
     out.append(_amplification(summary.strategies, summary.normalized_control))
     out.append(_accuracy(summary.strategies))
+    out.append(detectable(summary.detectability))
     paper_like = context.get("task") == "gsm8k" and "1.5B" in str(context.get("model"))
     if not paper_like:
         out.append(f"This is a miniature: {context.get('model', 'the model')}, on {context.get('task', 'the task')}, "

@@ -7,8 +7,12 @@ narrow. Here the unit is the item: each item's correctness is averaged over the 
 - the strategy's accuracy has a 95% percentile bootstrap interval over items (``item_ci_low``/``item_ci_high``);
 - its difference to the reference (uniform) and to the base model is the mean over shared items of the paired
   per-item difference, with a bootstrap interval over items and a two-sided paired sign-flip permutation test
-  (``vs_uniform`` / ``vs_base``: ``delta``, ``ci_low``, ``ci_high``, ``p_permutation``, ``n_items``);
-- McNemar is also run per seed against the reference run of the same seed (``mcnemar_per_seed``).
+  (``vs_uniform`` / ``vs_base``: ``delta``, ``item_ci_low``, ``item_ci_high``, ``p_permutation``, ``n_items``);
+- McNemar is run per seed against the reference run of the same seed (``mcnemar_per_seed``) and against the base
+  model (``vs_base.p_mcnemar_per_seed``: one base answer per item, each seed's run against it).
+
+These treat the runs as fixed, so they are descriptive: the verdicts (does a strategy differ?) are made over
+seeds (:mod:`dashboards.analysis.verdicts`).
 
 Resampling uses one generator per (strategy, comparison), seeded from the names, so the same study gives the
 same numbers, and adding a strategy changes none of the others'.
@@ -23,7 +27,6 @@ import numpy as np
 import pandas as pd
 
 from dashboards.analysis import stats as st
-from dashboards.analysis.schema import BaseDifference, PairedDifference
 from orchestrator.core.roles import BASE, REFERENCE
 
 BOOTSTRAP = 4000
@@ -69,13 +72,13 @@ def item_means(df: pd.DataFrame) -> dict[str, pd.Series]:
     return {str(s): g.groupby("item")["correct"].mean() for s, g in df.groupby("strategy", sort=False)}
 
 
-def paired_difference(x: pd.Series, y: pd.Series, rng: np.random.Generator) -> PairedDifference:
+def paired_difference(x: pd.Series, y: pd.Series, rng: np.random.Generator) -> dict:
     """x - y over the items both have: mean, bootstrap interval, sign-flip p, item count."""
     shared = x.index.intersection(y.index)
     d = (x.loc[shared] - y.loc[shared]).to_numpy(dtype=float)
     low, high = bootstrap_mean_ci(d, rng)
-    return PairedDifference(delta=float(d.mean()) if d.size else math.nan, ci_low=low, ci_high=high,
-                            p_permutation=sign_flip_p(d, rng), n_items=int(d.size))
+    return {"delta": float(d.mean()) if d.size else math.nan, "item_ci_low": low, "item_ci_high": high,
+            "p_permutation": sign_flip_p(d, rng), "n_items": int(d.size)}
 
 
 def mcnemar_per_seed(df: pd.DataFrame, strategy: str) -> dict[str, float]:
@@ -91,14 +94,15 @@ def mcnemar_per_seed(df: pd.DataFrame, strategy: str) -> dict[str, float]:
     return {str(int(seed)): st.mcnemar_exact(int(b.get(seed, 0)), int(c.get(seed, 0))) for seed in shared}
 
 
-def mcnemar_vs_base(df: pd.DataFrame, strategy: str) -> float:
-    """Exact McNemar p of every (seed, item) of ``strategy`` against the base model's answer to that item (the
-    base model is evaluated once: greedy decoding does not depend on the seed)."""
+def mcnemar_vs_base(df: pd.DataFrame, strategy: str) -> dict[str, float]:
+    """Exact McNemar p of each seed's run of ``strategy`` against the base model's answers (the base model is
+    evaluated once: greedy decoding does not depend on the seed), per seed."""
     base = df[df["strategy"] == BASE][["item", "correct"]].drop_duplicates("item")
-    pairs = df[df["strategy"] == strategy][["item", "correct"]].merge(base, on="item", suffixes=("", "_base"))
-    b = int((pairs["correct"] & ~pairs["correct_base"]).sum())
-    c = int((~pairs["correct"] & pairs["correct_base"]).sum())
-    return st.mcnemar_exact(b, c) if len(pairs) else math.nan
+    pairs = df[df["strategy"] == strategy][["seed", "item", "correct"]].merge(base, on="item", suffixes=("", "_base"))
+    b = (pairs["correct"] & ~pairs["correct_base"]).groupby(pairs["seed"]).sum()
+    c = (~pairs["correct"] & pairs["correct_base"]).groupby(pairs["seed"]).sum()
+    return {str(int(seed)): st.mcnemar_exact(int(b.get(seed, 0)), int(c.get(seed, 0)))
+            for seed in sorted(pairs["seed"].unique())}
 
 
 def _rng(*names: str) -> np.random.Generator:
@@ -107,8 +111,8 @@ def _rng(*names: str) -> np.random.Generator:
 
 
 def item_statistics(df: pd.DataFrame) -> dict[str, dict]:
-    """Per strategy, the item-level numbers of the module doc as :class:`~dashboards.analysis.schema.StrategyResult`
-    fields. ``df``: strategy, seed, item, correct (bool)."""
+    """Per strategy, the item-level numbers of the module doc (``vs_uniform`` / ``vs_base`` as plain dicts, which
+    the verdicts complete). ``df``: strategy, seed, item, correct (bool)."""
     means = item_means(df)
     out: dict[str, dict] = {}
     for strategy, per_item in means.items():
@@ -119,7 +123,7 @@ def item_statistics(df: pd.DataFrame) -> dict[str, dict]:
             if strategy != name and name in means:
                 entry[key] = paired_difference(per_item, means[name], _rng(strategy, key))
         if "vs_base" in entry:
-            entry["vs_base"] = BaseDifference(**vars(entry["vs_base"]), p_mcnemar=mcnemar_vs_base(df, strategy))
+            entry["vs_base"]["p_mcnemar_per_seed"] = mcnemar_vs_base(df, strategy)
         if strategy != REFERENCE and REFERENCE in means:
             entry["mcnemar_per_seed"] = mcnemar_per_seed(df, strategy)
         out[strategy] = entry

@@ -33,20 +33,34 @@ Num = float | None
 # -- Table 1 ---------------------------------------------------------------------------------------------------
 @dataclass
 class PairedDifference:
-    """x - y over the items both strategies answered (items.py): mean, bootstrap interval, sign-flip p."""
+    """A strategy against a reference (uniform, or the base model).
+
+    The verdict is made over seeds (:mod:`dashboards.analysis.verdicts`): ``delta`` with its 95% interval over
+    seeds, the Holm-adjusted ``p_value`` it uses and ``significant``; ``test`` names the test, or says why none
+    could be made ("not testable with 1 seed"). The item-level figures (each item's correctness averaged over
+    seeds, bootstrap interval and sign-flip p over items) are descriptive: they treat the runs as fixed.
+    """
 
     delta: Num
     ci_low: Num
     ci_high: Num
-    p_permutation: Num
-    n_items: int
+    p_value: Num
+    p_unadjusted: Num
+    significant: bool = False
+    test: str = ""
+    n_seeds: int = 0
+    df: int | None = None
+    item_ci_low: Num = None
+    item_ci_high: Num = None
+    p_permutation: Num = None
+    n_items: int = 0
 
 
 @dataclass
 class BaseDifference(PairedDifference):
-    """The difference to the base model, with the exact McNemar test of (seed, item) pairs against it."""
+    """The difference to the base model, with the exact McNemar test against it for each seed (descriptive)."""
 
-    p_mcnemar: Num = None
+    p_mcnemar_per_seed: dict[str, Num] = field(default_factory=dict)
 
 
 @dataclass
@@ -166,6 +180,22 @@ class NormalizedControl:
 
 
 @dataclass
+class Detectability:
+    """What a cell can detect, from its own run-to-run variance (dashboards/analysis/verdicts.py)."""
+
+    run_sd: Num  # pooled run-to-run SD of a run's accuracy on the shared items
+    df: int
+    n_seeds: int  # seeds per trained strategy (the fewest)
+    n_items: int
+    n_pooled_strategies: int
+    family_size: int  # comparisons the verdicts are corrected over
+    alpha: float  # Holm's strictest threshold (0.05 / family_size): what a single real effect must pass
+    minimum_detectable_difference: Num  # vs uniform, two-sided, 80% power (None: beyond any)
+    paper_gap: float  # the paper's uniform - proportional gap, 0.045
+    seeds_for_paper_gap: int | None  # seeds per strategy to detect it at this variance (None: over 200)
+
+
+@dataclass
 class TrainingResult:
     """Mean training reward and correctness reward over the last 10% of steps, averaged over runs."""
 
@@ -282,6 +312,7 @@ class CellSummary:
     decomposition: Decomposition | None = None
     geometry: Geometry | None = None
     adalora: AdaLoraSummary | None = None
+    detectability: Detectability | None = None
     findings: list[str] = field(default_factory=list)
     paper_comparison: list[str] = field(default_factory=list)
 

@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 from dashboards.analysis import stats as st
 from dashboards.analysis.items import item_statistics
 from dashboards.analysis.profiles import RunMeta
-from dashboards.analysis.schema import TrainingResult
+from dashboards.analysis.schema import BaseDifference, Detectability, PairedDifference, TrainingResult
+from dashboards.analysis.verdicts import SeedVerdict, detectability, seed_verdicts
 from orchestrator.core.roles import REFERENCE
 
 NO_SEED = -1  # internal stand-in for a run whose seed is unknown (it then has no uniform partner)
@@ -50,9 +51,12 @@ def _as_bool(column: pd.Series) -> np.ndarray:
     return column.fillna(False).to_numpy(dtype=bool)
 
 
-def strategy_eval(eval_df: pd.DataFrame, runs: dict[str, RunMeta], warnings: list[str]) -> dict[str, dict]:
-    """Per strategy: pooled accuracy, Wilson 95% CI, Wald half-width, format rate, McNemar vs uniform, and the
-    item-level statistics (:mod:`.items`), as :class:`~dashboards.analysis.schema.StrategyResult` fields."""
+def strategy_eval(eval_df: pd.DataFrame, runs: dict[str, RunMeta],
+                  warnings: list[str]) -> tuple[dict[str, dict], Detectability | None]:
+    """Per strategy: pooled accuracy, Wilson 95% CI, Wald half-width, format rate, McNemar vs uniform, the
+    item-level statistics (:mod:`.items`) and the seed-aware verdicts against uniform and base
+    (:mod:`.verdicts`), as :class:`~dashboards.analysis.schema.StrategyResult` fields; and the cell's
+    detectability."""
     df = with_runs(eval_df, runs)
     dup = df.duplicated(["run_id", "item"], keep="last")
     if dup.any():
@@ -102,9 +106,21 @@ def strategy_eval(eval_df: pd.DataFrame, runs: dict[str, RunMeta], warnings: lis
                           "mcnemar_b": b, "mcnemar_c": c, "n_paired": paired, "paired_seeds": paired_seeds,
                           "accuracy_delta_vs_uniform": entry["accuracy"] - uniform_accuracy})
         out[str(strategy)] = entry
-    for strategy, extra in item_statistics(df[["strategy", "seed", "item", "correct"]]).items():
+    rows = df[["strategy", "seed", "item", "correct"]]
+    verdicts = seed_verdicts(rows)
+    for strategy, extra in item_statistics(rows).items():
+        for key, kind in (("vs_uniform", PairedDifference), ("vs_base", BaseDifference)):
+            if key in extra:
+                extra[key] = kind(**{**extra[key], **_verdict_fields(verdicts[strategy][key])})
         out[strategy].update(extra)
-    return out
+    return out, detectability(rows, verdicts)
+
+
+def _verdict_fields(verdict: SeedVerdict) -> dict:
+    """The seed-aware fields of a paired difference (its delta is the item-level one: the same number)."""
+    return {"ci_low": verdict.ci_low, "ci_high": verdict.ci_high, "p_value": verdict.p_value,
+            "p_unadjusted": verdict.p_unadjusted, "significant": verdict.significant, "test": verdict.test,
+            "n_seeds": verdict.n_seeds, "df": verdict.df}
 
 
 def _run_segments(df: pd.DataFrame) -> list[tuple[int, int]]:
