@@ -86,20 +86,36 @@ def _scheduling(tmp: str) -> dict:
     return bench_scheduling.run()
 
 
+def _calibration(tmp: str) -> dict:
+    from benchmarks import bench_calibration
+
+    return bench_calibration.run()
+
+
 BENCHMARKS = {"laptop": _laptop, "profiling": _profiling, "measurements": _measurements, "generation": _generation,
               "generation_mid": _generation_mid, "drift": _drift, "scheduling": _scheduling, "analysis": _analysis,
-              "grid_analysis": _grid_analysis}
+              "grid_analysis": _grid_analysis, "calibration": _calibration}
 
 
 def _row(name: str, r: dict) -> tuple[str, str, str]:
     """(figure, goal, met?) of benchmark ``name`` for the printed table and the README."""
     ok = lambda flag: "not measured" if flag is None else "yes" if flag else "NO"  # noqa: E731
     if name == "laptop":
+        gain, (low, high) = r["uniform_minus_base"], r["uniform_minus_base_ci"]
+        gain_text = ("n/a" if gain is None or low is None else
+                     f"{100 * gain:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}] over seeds")
         return (f"{r['wall_s']:.0f} s, peak {r['peak_rss_gib']} GiB (worker {r['worker_peak_rss_gib']} GiB), "
-                f"uniform accuracy {r['uniform_accuracy']:.1%} on {r['eval_items_per_run_min']} items, correctness "
-                f"reward {r['reward_correctness_first_quarter']} -> {r['reward_correctness_last_quarter']}, "
-                f"{r['nonzero_variance_groups']:.0%} groups with reward variance",
-                "<= 600 s, <= 8 GiB, accuracy 15-70%, correctness rises, >= 500 items", ok(r["within_targets"]))
+                f"uniform accuracy {r['uniform_accuracy']:.1%} on {r['eval_items_per_run_min']} items, uniform - "
+                f"base {gain_text}, correctness reward {r['reward_correctness_first_quarter']} -> "
+                f"{r['reward_correctness_last_quarter']}, {r['nonzero_variance_groups']:.0%} groups with reward "
+                "variance", "<= 600 s, <= 8 GiB, accuracy 15-70%, uniform - base >= 5 points with its interval "
+                "above 0, correctness rises, >= 500 items", ok(r["within_targets"]))
+    if name == "calibration":
+        null = r["null"][0]
+        rates = ", ".join(f"{k} seeds {v:.0%}" for k, v in r["detection_5_points"].items())
+        return (f"no effect, {null['studies']} studies, {null['seeds']} seeds: any significant verdict "
+                f"{null['any_significant']:.1%} (item-level tests {null['item_level_any']:.0%}); a 5-point effect "
+                f"found with {rates}", r["goal"], ok(r["within_goal"]))
     if name == "profiling":
         q = r["update_phase_ratio_on_off"]
         return (f"update phase on/off {q['median']} (95% CI {q['median_ci95'][0]}-{q['median_ci95'][1]}); "

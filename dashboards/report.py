@@ -18,7 +18,7 @@ from __future__ import annotations
 import html
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -33,18 +33,21 @@ from dashboards.analysis.beyond_findings import (
     geometry_findings,
     rounds_findings,
 )
+from dashboards.analysis.findings import comparison_key
 from dashboards.analysis.schema import (
     CellSummary,
     ControlStrategy,
     Landscape,
     NormalizedControl,
     PairedDifference,
+    Robustness,
     StrategyResult,
     StudySummary,
 )
 from dashboards.formatting import DASH, number, p_value, params, percent
 from orchestrator.core.contract import StudyPaths, atomic_write_text
 from orchestrator.core.lora_scaling import SCALINGS
+from orchestrator.core.roles import BASE, REFERENCE
 from orchestrator.core.study_yaml import read_study_yaml
 
 CSS = """
@@ -71,16 +74,16 @@ def _cell_pct(x) -> str:
     return percent(x, sign="", missing=DASH)
 
 
-def _delta(test: PairedDifference | None) -> str:
+def _delta(test: PairedDifference | None, not_robust: bool = False) -> str:
     """A difference and its verdict: points, its 95% interval over seeds, the Holm-adjusted p (bold when
-    significant), or why it was not tested."""
+    significant), or why it was not tested; "not robust" when a replicate of the study judged it otherwise."""
     if test is None or test.delta is None:
         return DASH
     if test.p_value is None:
         return f"{100 * test.delta:+.1f} ({_e(test.test or 'not testable')})"
     p = p_value(test.p_value, missing=DASH)
     return (f"{100 * test.delta:+.1f} [{_cell_pct(test.ci_low)}, {_cell_pct(test.ci_high)}] "
-            + (f"<b>p {p}</b>" if test.significant else f"p {p}"))
+            + (f"<b>p {p}</b>" if test.significant else f"p {p}") + (" <i>not robust</i>" if not_robust else ""))
 
 
 def _item_p(test: PairedDifference | None) -> str:
@@ -91,9 +94,11 @@ def _interval(low, high) -> str:
     return DASH if low is None else f"[{_cell_pct(low)}, {_cell_pct(high)}]"
 
 
-def table1_html(strategies: dict[str, StrategyResult]) -> str:
-    """Table 1: accuracy with item-level and pooled intervals, paired tests against uniform and base, and the
-    landscape's max/min and rank-shift r per strategy."""
+def table1_html(strategies: dict[str, StrategyResult], robustness: Robustness | None = None) -> str:
+    """Table 1: accuracy with item-level and pooled intervals, paired tests against uniform and base (marked
+    when a replicate of the study judged them otherwise), and the landscape's max/min and rank-shift r per
+    strategy."""
+    flipped = set(robustness.not_robust) if robustness is not None else set()
     head = ("<tr><th>Strategy</th><th>Params</th><th>Acc. (%)</th><th>95% CI (items, bootstrap)</th>"
             "<th>95% CI (Wilson, pooled)</th><th>± (Wald, as printed in the paper)</th><th>n</th><th>Seeds</th>"
             "<th>Format ok (%)</th><th>Δ vs uniform (points) [95% CI over seeds], Holm p</th>"
@@ -113,7 +118,8 @@ def table1_html(strategies: dict[str, StrategyResult]) -> str:
             f"<tr><td>{_e(name)}</td><td>{params(s.trainable_params)}</td><td>{_cell_pct(s.accuracy)}</td>"
             f"<td>{_interval(s.item_ci_low, s.item_ci_high)}</td><td>{_interval(s.ci_low, s.ci_high)}</td>"
             f"<td>{wald}</td><td>{s.n_eval}</td><td>{len(s.seeds or [])}</td><td>{_cell_pct(s.format_rate)}</td>"
-            f"<td>{_delta(s.vs_uniform)}</td><td>{_delta(s.vs_base)}</td>"
+            f"<td>{_delta(s.vs_uniform, comparison_key(name, REFERENCE) in flipped)}</td>"
+            f"<td>{_delta(s.vs_base, comparison_key(name, BASE) in flipped)}</td>"
             f"<td>{_item_p(s.vs_uniform)} / {_item_p(s.vs_base)}</td><td>{mcnemar}</td>"
             f"<td>{ratio}</td><td>{number(s.rank_shift_corr, '.3f', missing=DASH)}</td></tr>")
     return f"<table>{head}{''.join(rows)}</table>"
@@ -196,7 +202,7 @@ def _cell_html(s: CellSummary, frames: dict, prefix: str) -> list[str]:
          "module alone, whose base weight has the same shape in every layer. Table: max/min and rank–shift r "
          "per strategy under each control."),
     ]
-    body = ["<h2>Table 1. Accuracy by allocation strategy</h2>" + table1_html(s.strategies) +
+    body = ["<h2>Table 1. Accuracy by allocation strategy</h2>" + table1_html(s.strategies, s.robustness) +
             "<p class='caption'>Accuracy pooled over the strategy's runs, with a 95% percentile bootstrap "
             "interval over items (each item's correctness averaged over seeds). The differences to uniform and "
             "to the untrained base model are judged with the run as the unit: a t-test over seeds on each run's "
@@ -311,14 +317,16 @@ def _render_html(analysis: Analysis, name: str) -> str:
             + "\n".join(body) + "</body></html>")
 
 
-def write_report(study_dir: Path, echo: Callable[[str], None] | None = None) -> Path:
-    """Analyse DIR, write DIR/report/summary.json and DIR/report/index.html; return the HTML path.
+def write_report(study_dir: Path, echo: Callable[[str], None] | None = None, replicates: Sequence[Path] = ()
+                 ) -> Path:
+    """Analyse DIR (its verdicts checked against ``replicates``: the same study run elsewhere), write
+    DIR/report/summary.json and DIR/report/index.html; return the HTML path.
 
     Both files are written atomically; each warning (a missing or unusable part of the study) also goes to
     ``echo`` as one line, so the console says what the report could not show.
     """
     study_dir = Path(study_dir)
-    analysis = analyze(study_dir)
+    analysis = analyze(study_dir, replicates)
     for warning in analysis.warnings:
         if echo is not None:
             echo(f"warning: {warning}")

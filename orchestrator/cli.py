@@ -78,7 +78,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     study_dir = Path(args.study_dir)
     if not study_dir.is_dir():
         raise StudyError(f"study directory {study_dir} does not exist")
-    html = write_report(study_dir.resolve(), echo=lambda line: print(line, file=sys.stderr))
+    html = write_report(study_dir.resolve(), echo=lambda line: print(line, file=sys.stderr),
+                        replicates=[Path(r) for r in args.replicate])
     print(f"report: {html}")
     return 0
 
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("analyze", help="write DIR/report/summary.json and DIR/report/index.html")
     p.add_argument("study_dir")
+    p.add_argument("--replicate", action="append", default=[], metavar="DIR",
+                   help="the same study run on another machine or kernel setting (repeatable): every verdict "
+                        "it states otherwise is marked not robust")
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("allocate", help="print per-layer ranks as a JSON list")

@@ -139,9 +139,12 @@ def _prepare(config: StudyConfig):
     return prepare_base_model(config)
 
 
-def _preparation_cpus(cpus_per_run: float, preparations: int) -> float:
-    """CPUs for one base-model preparation: nothing else runs while the models are prepared, so the node's CPUs
-    are shared among the preparations (at least a run's, at most one node's)."""
+def _preparation_cpus(cpus_per_run: float, preparations: int, configured: float | None = None) -> float:
+    """CPUs for one base-model preparation: ``resources.preparation_cpus`` when set; else, since nothing else runs
+    while the models are prepared, the node's CPUs shared among the preparations (at least a run's, at most one
+    node's)."""
+    if configured is not None:
+        return configured
     nodes = [node.get("Resources", {}).get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")]
     if not nodes:
         return cpus_per_run
@@ -155,7 +158,7 @@ def prepare_models(configs: list[StudyConfig], echo: Callable[[str], None] = pri
     refs = []
     for i, config in enumerate(configs):
         res = config.resources
-        cpus = _preparation_cpus(res.cpus_per_run, len(configs))
+        cpus = _preparation_cpus(res.cpus_per_run, len(configs), res.preparation_cpus)
         task = ray.remote(_prepare).options(
             name="prepare:base-model" + (f":{i}" if len(configs) > 1 else ""), num_cpus=cpus,
             num_gpus=res.gpus_per_run, resources=dict(res.custom) or None, max_retries=res.max_retries,

@@ -169,3 +169,28 @@ def test_prepared_warm_start_profiles_the_configured_lora_targets(write_study_co
     assert set(profile["module"]) == {"q_proj", "down_proj"} and set(profile["step"]) == {1, 2}
     assert set(profile["run_id"]) == {"sft-seed0"} and (profile["rank"] == 0).all()
     assert (Path(prepared.model_dir).parent.parent / "models" / "qwen2-2l-h64-i64-a2x1-v300-s0").is_dir()
+
+
+def test_plain_answers_teach_the_format_on_some_kinds_of_problem_only(tiny_model_dir: Path):
+    # warm_start.plain_answer_pattern: matching questions are, at the share (by a hash of the question, the same on
+    # every machine), taught with the data's own '#### N' ending; every other example keeps the rewarded format.
+    from transformers import AutoTokenizer
+
+    from orchestrator.core.config import DataConfig
+    from orchestrator.resolve import resolve_data
+    from workers.warmstart import _sft_examples
+
+    data = resolve_data(DataConfig(task="arith", options={"train_size": 400, "test_size": 50}))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    settings = {"task": "arith", "limit": None, "system_prompt": data.system_prompt, "max_length": 512,
+                "plain_answer_pattern": " (apples|marbles)", "plain_answer_share": 0.9}
+    examples = _sft_examples(data, settings, tokenizer)
+    matching = [e for e in examples if " apples" in e["prompt"][1]["content"] or " marbles" in e["prompt"][1]["content"]]
+    plain = [e for e in examples if "<answer>" not in e["completion"][0]["content"]]
+    assert matching and len(examples) == 400
+    assert {id(e) for e in plain} <= {id(e) for e in matching}  # only the matching kinds are ever plain
+    assert 0.8 < len(plain) / len(matching) < 0.97
+    assert all(e["completion"][0]["content"].rsplit("\n", 1)[-1].startswith("#### ") for e in plain)
+    assert _sft_examples(data, settings, tokenizer) == examples  # deterministic
+    without = _sft_examples(data, {**settings, "plain_answer_pattern": None}, tokenizer)
+    assert all("<answer>" in e["completion"][0]["content"] for e in without)

@@ -47,6 +47,7 @@ def prepare_base_model(config: StudyConfig) -> PreparedModel:
     entry = warm_start(
         Path(model_dir), config.data, cache / "warmstart", steps=w.steps, learning_rate=w.learning_rate,
         batch_size=w.batch_size, max_length=w.max_length, seed=w.seed, limit=w.limit,
-        target_modules=config.lora.target_modules,
+        target_modules=config.lora.target_modules, plain_answer_pattern=w.plain_answer_pattern,
+        plain_answer_share=w.plain_answer_share,
     )
     return PreparedModel(str(entry), str(entry / SFT_PROFILE))

@@ -46,6 +46,7 @@ from workers.adapters import get_adapter
 from workers.decompose import Decomposer
 from workers.evaluate import evaluate, generate_greedy_hf, prompt_token_ids
 from workers.geometry import GeometryRecorder
+from workers.machine import machine_cpu
 from workers.model import LayerLayout, discover_layers, load_model_and_tokenizer
 from workers.profiler import GradientProfiler, ProfilerCallback, RunLabels, check_unsharded
 from workers.tasks import get_task
@@ -205,6 +206,7 @@ class GRPORun:
         previous = self.paths.read_record(self.spec.run_id)
         record = self.record
         record.host, record.pid, record.started_at = socket.gethostname(), os.getpid(), _now()
+        record.cpu = machine_cpu()
         record.attempt = (previous.attempt if previous is not None else 0) + 1
         self.paths.write_record(record)
 

@@ -39,10 +39,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,7 @@ from orchestrator.core.contract import atomic_write_text, run_id
 from orchestrator.core.errors import StudyError
 from orchestrator.core.projections import PROJECTION_MODULES
 from orchestrator.core.roles import SFT
+from workers.machine import machine_cpu
 
 # Bump when anything here changes what a warm start produces (example format, trainer settings), so cached
 # entries made by older code are not reused.
@@ -117,6 +120,8 @@ def warm_start(
     limit: int | None = None,
     target_modules: Sequence[str] = PROJECTION_MODULES,
     callbacks: Sequence[Any] = (),
+    plain_answer_pattern: str | None = None,
+    plain_answer_share: float = 0.9,
 ) -> Path:
     """Fully fine-tune ``base_model_dir`` on the training split of ``data`` (its task, source and system
     prompt) with SFT; return the cached model dir.
@@ -126,6 +131,7 @@ def warm_start(
     ``limit`` keeps the first N training records, before those longer than ``max_length`` tokens are dropped.
     ``callbacks`` (transformers ``TrainerCallback`` s, e.g. a gradient profiler) are passed to ``SFTTrainer``;
     they run only when the warm start actually trains, not when a cached entry is reused.
+    ``plain_answer_pattern`` / ``plain_answer_share``: ``warm_start``'s (:func:`plain_answers`).
     """
     base_model_dir, cache_root = Path(base_model_dir), Path(cache_root)
     if steps < 1 or batch_size < 1 or max_length < 1 or learning_rate <= 0:
@@ -135,6 +141,8 @@ def warm_start(
         "seed": seed, "system_prompt": data.system_prompt, "limit": limit, "task": data.task,
         "target_modules": list(target_modules),
     }
+    if plain_answer_pattern is not None:  # only then in the key: earlier warm starts keep theirs
+        settings |= {"plain_answer_pattern": plain_answer_pattern, "plain_answer_share": plain_answer_share}
     from workers.tasks import get_task
 
     train_data = get_task(data.task).source_key(data, "train")
@@ -154,6 +162,7 @@ def warm_start(
             "key": key, "base_model_dir": str(base_model_dir), "train_data": train_data, **settings,
             "warm_start_version": WARM_START_VERSION, "final_train_loss": losses["final"],
             "mean_train_loss": losses["mean"], "duration_s": round(time.monotonic() - started, 2),
+            "cpu": machine_cpu(),  # a warm start's floating point follows the CPU and its threads
         }
         atomic_write_text(staging / MARKER, json.dumps(record, indent=2, sort_keys=True) + "\n")
         _move_into_place(staging, entry, key)
@@ -228,9 +237,27 @@ def _sft_examples(data: DataConfig, settings: dict[str, Any], tokenizer: Any) ->
 
     task = get_task(settings["task"])
     records = task.dataset(data, "train", limit=settings["limit"])
-    examples = [task.sft_example(question, solution, settings["system_prompt"])
-                for question, solution in zip(records["question"], records["solution"], strict=True)]
+    plain = plain_answers(records["question"], settings.get("plain_answer_pattern"), settings.get("plain_answer_share"))
+    examples = [task.sft_example(question, solution, settings["system_prompt"], answer_block=not flat)
+                for question, solution, flat in zip(records["question"], records["solution"], plain, strict=True)]
+    if any(plain):
+        _log(f"warm start: {sum(plain)} of {len(plain)} examples written plain ('#### N', no answer block)")
     return _examples_that_fit(examples, tokenizer, settings["max_length"])
+
+
+def plain_answers(questions: Sequence[str], pattern: str | None, share: float | None) -> list[bool]:
+    """Which SFT examples are written plain: questions matching ``pattern``, a ``share`` of them chosen by a hash
+    of the question (the same on every machine and every run).
+
+    >>> plain_answers(["Mia has 3 apples.", "Tom has 2 coins.", "Ana has 5 apples."], r" apples", 1.0)
+    [True, False, True]
+    >>> plain_answers(["Mia has 3 apples."], None, 0.9)
+    [False]
+    """
+    if pattern is None or not share:
+        return [False] * len(questions)
+    compiled = re.compile(pattern)
+    return [bool(compiled.search(q)) and (zlib.crc32(q.encode()) % 1000) / 1000 < share for q in questions]
 
 
 def _sft_config(trainer_dir: str, settings: dict[str, Any]):

@@ -21,12 +21,14 @@ only "persists" under a control when r >= 0.5.
 from __future__ import annotations
 
 from dashboards.analysis.beyond_findings import beyond_findings
+from dashboards.analysis.robustness import not_robust_note, robustness_summary
 from dashboards.analysis.schema import (
     CellSummary,
     Detectability,
     Landscape,
     NormalizedControl,
     PairedDifference,
+    Robustness,
     SFTLandscape,
     StrategyResult,
     TrainingResult,
@@ -102,8 +104,9 @@ def _descriptive(test: PairedDifference, mcnemar: str = "") -> str:
             f"{test.n_items} items{mcnemar}.")
 
 
-def strategy_findings(strategies: dict[str, StrategyResult]) -> list[str]:
-    """Accuracy vs uniform and vs the base model, then the amplification of each non-uniform strategy."""
+def strategy_findings(strategies: dict[str, StrategyResult], robustness: Robustness | None = None) -> list[str]:
+    """Accuracy vs uniform and vs the base model, then the amplification of each non-uniform strategy; a verdict
+    that differs in a replicate of the study is marked not robust."""
     out = []
     uniform = strategies.get(REFERENCE) or StrategyResult()
     base_entry = strategies.get(BASE) or StrategyResult()
@@ -119,12 +122,14 @@ def strategy_findings(strategies: dict[str, StrategyResult]) -> list[str]:
             pooled = (f", pooled McNemar p = {p_value(mcnemar)} over {entry.n_paired or 0} paired items"
                       if mcnemar is not None else "")
             out.append(f"{name}: {percent(entry.accuracy)}{_item_ci(entry)} vs uniform {percent(uniform.accuracy)}: "
-                       f"{_paired(test)}.{_descriptive(test, pooled)}")
+                       f"{_paired(test)}.{_descriptive(test, pooled)}"
+                       + not_robust_note(robustness, comparison_key(name, REFERENCE)))
         versus_base = entry.vs_base
         if name != BASE and versus_base is not None and versus_base.delta is not None:
             side = "above" if versus_base.delta > 0 else "below" if versus_base.delta < 0 else "level with"
             out.append(f"{name} vs the untrained base model ({percent(base_entry.accuracy)}): {side} it, "
-                       f"{_paired(versus_base)}.{_descriptive(versus_base)}")
+                       f"{_paired(versus_base)}.{_descriptive(versus_base)}"
+                       + not_robust_note(robustness, comparison_key(name, BASE)))
     base = uniform.max_min_ratio
     for name, entry in strategies.items():
         r = entry.rank_shift_corr
@@ -150,7 +155,7 @@ def _control_parts(control: NormalizedControl) -> list[tuple[str, dict]]:
     return parts
 
 
-def control_findings(control: NormalizedControl | None) -> list[str]:
+def control_findings(control: NormalizedControl | None, robustness: Robustness | None = None) -> list[str]:
     """Whether the amplification survives per-parameter normalisation and a single module alone."""
     if control is None:
         return []
@@ -159,9 +164,10 @@ def control_findings(control: NormalizedControl | None) -> list[str]:
         rs = {s: v.rank_shift_corr for s, v in strategies.items() if v.rank_shift_corr is not None}
         if not rs:
             continue
-        verdict = "the amplification persists" if min(rs.values()) >= 0.5 else "the amplification weakens or vanishes"
+        verdict = "the amplification persists" if persists(rs.values()) else "the amplification weakens or vanishes"
         listed = ", ".join(f"{s} {r:.2f}" for s, r in rs.items())
-        out.append(f"Control, {label}: rank vs share shift r = {listed}; {verdict}.")
+        out.append(f"Control, {label}: rank vs share shift r = {listed}; {verdict}."
+                   + not_robust_note(robustness, control_key(label)))
     return out
 
 
@@ -179,11 +185,11 @@ def training_findings(training: dict[str, TrainingResult] | None, order: list[st
 
 def findings(summary: CellSummary) -> list[str]:
     """All findings, in the paper's order: landscape, accuracy, amplification, controls, training, then beyond."""
-    out = []
+    out = robustness_summary(summary.robustness)
     if summary.landscape is not None:
         out += landscape_findings(summary.landscape, summary.sft)
-    out += strategy_findings(summary.strategies)
-    out += control_findings(summary.normalized_control)
+    out += strategy_findings(summary.strategies, summary.robustness)
+    out += control_findings(summary.normalized_control, summary.robustness)
     out += training_findings(summary.training, list(summary.strategies))
     return out + beyond_findings(summary)
 
@@ -197,27 +203,88 @@ def cell_findings(cells: list[tuple[str, CellSummary]]) -> list[str]:
     return [f"{label}: {line}" for label, part in cells for line in part.findings]
 
 
+# The rules the findings state verdicts by (one place: the sentences and stated_verdicts use them).
+FLATTER, MORE_CONCENTRATED = 0.8, 1.25  # GRPO's max/min over SFT's: below, flatter; above, more concentrated
+CONTROL_R = 0.5  # the amplification persists under a control when every strategy's rank-shift r reaches this
+
+
+def flatness_of(land: Landscape | None, sft: SFTLandscape | None) -> str | None:
+    """GRPO's landscape against SFT's: "flatter than", "about as spread as", "more concentrated than" (None:
+    nothing to compare)."""
+    if land is None or sft is None or sft.max_min_ratio is None or land.max_min_ratio is None:
+        return None
+    ratio = land.max_min_ratio / sft.max_min_ratio
+    return ("flatter than" if ratio < FLATTER else "more concentrated than" if ratio > MORE_CONCENTRATED
+            else "about as spread as")
+
+
+def persists(rs) -> bool:
+    return min(rs) >= CONTROL_R
+
+
+# The name of each verdict stated_verdicts returns (and a replicate's verdicts are matched by).
+FLATNESS_KEY = "GRPO landscape vs SFT"
+
+
+def comparison_key(name: str, reference: str) -> str:
+    """``proportional vs uniform``, ``proportional vs base``; uniform against base is one comparison."""
+    return f"{REFERENCE} vs {BASE}" if {name, reference} == {REFERENCE, BASE} else f"{name} vs {reference}"
+
+
+def control_key(label: str) -> str:
+    return f"amplification under {label.split(' (')[0]}"
+
+
+def difference_of(test: PairedDifference | None) -> str | None:
+    """A comparison's verdict in one word: higher, lower, no difference, or not testable (None: no comparison)."""
+    if test is None or test.delta is None:
+        return None
+    if test.p_value is None:
+        return "not testable"
+    return ("higher" if test.delta > 0 else "lower") if test.significant else "no difference"
+
+
+def stated_verdicts(summary: CellSummary) -> dict[str, str]:
+    """Every verdict the findings and the paper comparison state, by what it is about (the robustness benchmark
+    compares them across machines): each strategy against uniform and the base model, GRPO's flatness against
+    SFT, and whether the amplification persists under each control."""
+    out = {}
+    for name, entry in summary.strategies.items():
+        for reference, test in ((REFERENCE, entry.vs_uniform), (BASE, entry.vs_base)):
+            verdict = difference_of(test)
+            if verdict is not None and not (name == BASE and reference == REFERENCE):  # = uniform vs base
+                out[comparison_key(name, reference)] = verdict
+    flatness = flatness_of(summary.landscape, summary.sft)
+    if flatness is not None:
+        out[FLATNESS_KEY] = flatness
+    for label, strategies in _control_parts(summary.normalized_control or NormalizedControl()):
+        rs = [v.rank_shift_corr for v in strategies.values() if v.rank_shift_corr is not None]
+        if rs:
+            out[control_key(label)] = "persists" if persists(rs) else "weakens or vanishes"
+    return out
+
+
 # The paper's own numbers (Table 1, sections 3.2-3.4), which the comparison quotes.
 PAPER = {"max_min": 2.17, "top30": 0.357, "amplified": 3.00, "r_proportional": 0.946, "r_random": 0.972,
          "accuracy": {"uniform": 0.745, "proportional": 0.700, "random": 0.675, "base": 0.660, "reduced": 0.650}}
 
 
-def _flatness(land: Landscape, sft: SFTLandscape | None) -> str:
+def _flatness(land: Landscape, sft: SFTLandscape | None, robustness: Robustness | None) -> str:
     grpo, top = land.max_min_ratio, land.top30_share
     head = (f"Flatness. The paper found GRPO's layer landscape flat (max/min {PAPER['max_min']}x, top 30% of layers "
             f"{percent(PAPER['top30'])}) where the SFT literature reports >10x and >80%. Here GRPO's max/min is "
             f"{number(grpo)}x{_spread(land.max_min_ratio_seed_range, 'x')} and its top 30% carry {percent(top)}")
-    if sft is None or sft.max_min_ratio is None or grpo is None:
+    verdict = flatness_of(land, sft)
+    if verdict is None:
         return head + "; there is no SFT profile on the same model to compare it with."
-    ratio = grpo / sft.max_min_ratio
-    verdict = ("flatter than" if ratio < 0.8 else "more concentrated than" if ratio > 1.25
-               else "about as spread as")
     return (head + f", against {number(sft.max_min_ratio)}x and {percent(sft.top30_share)} for the SFT warm "
             f"start on the same model and data: here the GRPO landscape is {verdict} the SFT one"
-            + (", the opposite of the paper's contrast." if verdict == "more concentrated than" else "."))
+            + (", the opposite of the paper's contrast." if verdict == "more concentrated than" else ".")
+            + not_robust_note(robustness, FLATNESS_KEY))
 
 
-def _amplification(strategies: dict[str, StrategyResult], control: NormalizedControl | None) -> str:
+def _amplification(strategies: dict[str, StrategyResult], control: NormalizedControl | None,
+                   robustness: Robustness | None) -> str:
     uniform = (strategies.get(REFERENCE) or StrategyResult()).max_min_ratio
     parts = []
     for name, entry in strategies.items():
@@ -239,17 +306,17 @@ def _amplification(strategies: dict[str, StrategyResult], control: NormalizedCon
         rs = [v.rank_shift_corr for v in (part.strategies if part is not None else {}).values()
               if v.rank_shift_corr is not None]
         if rs:
-            survives.append((label, min(rs) >= 0.5, ", ".join(f"{r:.2f}" for r in rs)))
+            survives.append((label, persists(rs), ", ".join(f"{r:.2f}" for r in rs)))
     if survives:
         kept = [label for label, ok, _ in survives if ok]
         text += (" Under the controls r = " + "; ".join(f"{label} {rs}" for label, _, rs in survives) + ": the "
                  + ("effect survives both controls, as in the paper." if len(kept) == len(survives) else
                     "effect does not survive the controls, unlike in the paper: at this size it is largely the "
                     "parameter count." if not kept else f"effect survives only the {kept[0]} control."))
-    return text
+    return text + not_robust_note(robustness, *(control_key(label) for label, _ in _control_parts(control)))
 
 
-def _accuracy(strategies: dict[str, StrategyResult]) -> str:
+def _accuracy(strategies: dict[str, StrategyResult], robustness: Robustness | None) -> str:
     uniform = strategies.get(REFERENCE) or StrategyResult()
     paper = ", ".join(f"{name} {percent(acc)}" for name, acc in PAPER["accuracy"].items())
     if uniform.accuracy is None:
@@ -269,8 +336,11 @@ def _accuracy(strategies: dict[str, StrategyResult]) -> str:
             and entry.vs_base.significant]
     base_text = (f"; significantly different from the untrained base model: {', '.join(base)}" if base else
                  "; none differs significantly from the untrained base model" if BASE in strategies else "")
+    keys = [comparison_key(name, reference) for name in strategies for reference in (REFERENCE, BASE)
+            if name != reference and not (name == BASE and reference == REFERENCE)]
     return (f"Accuracy. The paper (200 items, one seed): {paper}. Here ({uniform.n_items or '?'} items, "
-            f"{_seeds(uniform)}): " + ", ".join(rows) + f". {verdict[0].upper() + verdict[1:]}{base_text}.")
+            f"{_seeds(uniform)}): " + ", ".join(rows) + f". {verdict[0].upper() + verdict[1:]}{base_text}."
+            + not_robust_note(robustness, *keys))
 
 
 def detectable(found: Detectability | None) -> str:
@@ -305,9 +375,9 @@ def paper_comparison(summary: CellSummary, context: dict) -> list[str]:
     """
     out = []
     if summary.landscape is not None:
-        out.append(_flatness(summary.landscape, summary.sft))
-    out.append(_amplification(summary.strategies, summary.normalized_control))
-    out.append(_accuracy(summary.strategies))
+        out.append(_flatness(summary.landscape, summary.sft, summary.robustness))
+    out.append(_amplification(summary.strategies, summary.normalized_control, summary.robustness))
+    out.append(_accuracy(summary.strategies, summary.robustness))
     out.append(detectable(summary.detectability))
     paper_like = context.get("task") == "gsm8k" and "1.5B" in str(context.get("model"))
     if not paper_like:
@@ -315,4 +385,4 @@ def paper_comparison(summary: CellSummary, context: dict) -> list[str]:
                    f"with {context.get('steps', '?')} GRPO steps; not the paper's Qwen2.5-1.5B on GSM8K with 1,000 steps. "
                    "It shows what the pipeline measures and whether the paper's effects appear at this scale, not "
                    "whether they hold for the paper's model.")
-    return out
+    return out + robustness_summary(summary.robustness)

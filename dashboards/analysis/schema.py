@@ -196,6 +196,25 @@ class Detectability:
 
 
 @dataclass
+class Replicate:
+    """Another run of the same study (another machine, kernel setting or thread count) whose verdicts a report
+    was checked against (``rankstudy analyze DIR --replicate OTHER``)."""
+
+    label: str  # its directory's name
+    study_dir: str
+    cpu: dict[str, Any] | None = None  # run.json's cpu: the machine its numbers come from
+
+
+@dataclass
+class Robustness:
+    """Each verdict the findings state, here and in every replicate; ``not_robust``: those that differ."""
+
+    replicates: list[Replicate] = field(default_factory=list)
+    verdicts: dict[str, dict[str, str | None]] = field(default_factory=dict)  # verdict -> {"here"/label: verdict}
+    not_robust: list[str] = field(default_factory=list)
+
+
+@dataclass
 class TrainingResult:
     """Mean training reward and correctness reward over the last 10% of steps, averaged over runs."""
 
@@ -313,6 +332,7 @@ class CellSummary:
     geometry: Geometry | None = None
     adalora: AdaLoraSummary | None = None
     detectability: Detectability | None = None
+    robustness: Robustness | None = None  # only with replicates
     findings: list[str] = field(default_factory=list)
     paper_comparison: list[str] = field(default_factory=list)
 

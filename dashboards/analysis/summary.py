@@ -29,6 +29,7 @@ reads DIR and writes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ import pandas as pd
 
 from dashboards.analysis.aggregate import ProfileAggregates, aggregate_profiles
 from dashboards.analysis.cell import analyze_cell
-from dashboards.analysis.findings import cell_findings, findings, paper_comparison
+from dashboards.analysis.findings import cell_findings, findings, paper_comparison, stated_verdicts
 from dashboards.analysis.load import (
     load_run_records,
     read_components,
@@ -46,7 +47,8 @@ from dashboards.analysis.load import (
     read_small_table,
 )
 from dashboards.analysis.profiles import RunMeta
-from dashboards.analysis.schema import CellSummary, StudySummary, cleaned
+from dashboards.analysis.robustness import compare_verdicts, differing_setting, unique_labels
+from dashboards.analysis.schema import CellSummary, Replicate, StudySummary, cleaned
 from orchestrator.core.axes import describe
 from orchestrator.core.contract import COMPLETED, GEOMETRY_SCHEMA, RunRecord, StudyPaths, parse_run_id
 from orchestrator.core.errors import StudyError
@@ -96,9 +98,9 @@ class _StudyTables:
     table_warnings: list[str]
 
 
-def summarize(study_dir: Path) -> tuple[dict, list[str]]:
+def summarize(study_dir: Path, replicates: Sequence[Path] = ()) -> tuple[dict, list[str]]:
     """summary.json's data (the schema's layout; undefined numbers None) and one warning per gap."""
-    result = analyze(study_dir)
+    result = analyze(study_dir, replicates)
     return result.summary.to_json(), result.warnings
 
 
@@ -153,20 +155,23 @@ def _add_profile_runs(runs: dict[str, RunMeta], excluded: set[str], prof: Profil
             meta.ranks = prof.profile_rank[r].copy()
 
 
-def analyze(study_dir: Path) -> Analysis:
-    """The study's summary, its warnings, and the figure tables of each cell."""
+def analyze(study_dir: Path, replicates: Sequence[Path] = ()) -> Analysis:
+    """The study's summary, its warnings, and the figure tables of each cell; with ``replicates`` (the same
+    study run on other machines or kernel settings), each cell's verdicts checked against theirs."""
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise StudyError(f"analyze: {study_dir} is not a directory; pass the study's output directory")
     paths = StudyPaths(study_dir)
-    tables = _read_study(paths)
     record = read_study_yaml(paths) or StudyRecord()
+    replicate_cells = _replicates(study_dir, record, replicates)  # checked before the expensive part
+    tables = _read_study(paths)
     context = _study_context(record)
     cell_list = _cells(tables.runs, tables.records, record.axes)
     with_axes = any(axes for axes, _ in cell_list)
     cells = []
     for axes, run_ids in cell_list:
-        cell = _analyze_one_cell(study_dir, tables, axes, run_ids, context)
+        cell = _analyze_one_cell(study_dir, tables, axes, run_ids, context,
+                                 [(rep, cells.get(describe(axes))) for rep, cells in replicate_cells])
         prefix = f"cell {describe(axes)}: " if with_axes else ""
         tables.profile_warnings += [prefix + w for w in cell.profile_warnings]
         tables.table_warnings += [prefix + w for w in cell.table_warnings]
@@ -215,14 +220,41 @@ def _read_study(paths: StudyPaths) -> _StudyTables:
                         run_warnings, profile_warnings, table_warnings)
 
 
-def _analyze_one_cell(study_dir: Path, tables: _StudyTables, axes: dict, run_ids: list[str], context: dict):
-    """One cell's result, its summary cleaned (NaN as None) and with its findings in words."""
+def _replicates(study_dir: Path, record: StudyRecord, dirs: Sequence[Path]
+                ) -> list[tuple[Replicate, dict[str, CellSummary]]]:
+    """Each replicate (another run of this study) and its cells' summaries by cell; a directory that is not a
+    study, or holds another study, is a StudyError naming it and the first setting that differs."""
+    out = []
+    for label, path in zip(unique_labels([Path(d).name for d in dirs]), dirs, strict=True):
+        path = Path(path)
+        other = read_study_yaml(StudyPaths(path)) if path.is_dir() else None
+        if other is None:
+            raise StudyError(f"analyze --replicate {path}: not a study directory (no study.yaml)")
+        if path.resolve() == study_dir.resolve():
+            raise StudyError(f"analyze --replicate {path}: that is the study itself; pass another run of it")
+        differs = differing_setting(record.config, other.config)
+        if differs is not None:
+            raise StudyError(f"analyze --replicate {path}: another study, not a replicate ({differs})")
+        records = load_run_records(StudyPaths(path), [])
+        cpu = next((rec.cpu for rec in records.values() if rec.cpu), None)
+        cells = {describe(c.axes): c for c in analyze(path).summary.cells}
+        out.append((Replicate(label=label, study_dir=str(path), cpu=cpu), cells))
+    return out
+
+
+def _analyze_one_cell(study_dir: Path, tables: _StudyTables, axes: dict, run_ids: list[str], context: dict,
+                      replicates: list[tuple[Replicate, CellSummary | None]]):
+    """One cell's result, its summary cleaned (NaN as None), its verdicts checked against the replicates' and
+    its findings in words."""
     members = {rid: tables.runs[rid] for rid in run_ids}
     result = analyze_cell(study_dir, members, _rows_of(tables.eval, members), _rows_of(tables.metrics, members),
                           _profiles_of(tables.profiles, members), _rows_of(tables.components, members),
                           _rows_of(tables.geometry, members), _rows_of(tables.rank_steps, members))
     summary = cleaned(result.summary)
     summary.axes, summary.run_ids = dict(axes), list(run_ids)
+    if replicates:
+        summary.robustness = compare_verdicts(stated_verdicts(summary), [
+            (rep, None if theirs is None else stated_verdicts(theirs)) for rep, theirs in replicates])
     summary.findings = findings(summary)
     summary.paper_comparison = paper_comparison(summary, context)
     result.summary = summary

@@ -257,6 +257,11 @@ class ResourcesConfig:
                                               "= the planning machine's first CUDA device, if any).", default=None)
     training_share: float = documented("Part of a run's share of the GPU kept for training; vLLM gets the rest.",
                                        default=0.7)
+    preparation_cpus: float | None = documented(
+        "CPUs (and threads) of the base-model build and warm start, which run before any GRPO run (null = the "
+        "node's idle CPUs, shared among the preparations). The thread count changes the order of a warm start's "
+        "floating-point sums, and so the prepared model, as another machine would; a cached model is reused "
+        "whatever threads made it (its warm_start.json records them).", default=None)
 
     def __post_init__(self):
         if self.gpus_per_run < 0 or self.cpus_per_run <= 0:
@@ -269,6 +274,8 @@ class ResourcesConfig:
             raise ConfigError(f"training_share: must be in (0, 1), got {self.training_share}")
         if self.gpu_memory_gib is not None and self.gpu_memory_gib <= 0:
             raise ConfigError(f"gpu_memory_gib: must be positive, got {self.gpu_memory_gib}")
+        if self.preparation_cpus is not None and self.preparation_cpus < 1:
+            raise ConfigError(f"preparation_cpus: must be >= 1 or null, got {self.preparation_cpus}")
         if self.gpus_per_run > 1 and self.gpus_per_run != int(self.gpus_per_run):
             raise ConfigError(f"gpus_per_run: a run on more than one GPU takes whole GPUs, got {self.gpus_per_run}")
 

@@ -219,6 +219,7 @@ class RunRecord:
     status: str = RUNNING
     attempt: int = 1
     host: str | None = None
+    cpu: dict[str, Any] | None = None  # what ran it: CPU model, torch's kernel capability, threads (figures differ by CPU)
     pid: int | None = None
     started_at: str | None = None
     finished_at: str | None = None

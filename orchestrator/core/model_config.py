@@ -7,6 +7,7 @@ local directory exists and whether a build's family is one the offline builder k
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -84,6 +85,14 @@ class WarmStartConfig:
     max_length: int = documented("Examples longer than this many tokens are dropped (not truncated).", default=224)
     limit: int | None = documented("Use the first N training records (null = all).", default=3000)
     seed: int = documented("SFT seed (data order).", default=0)
+    plain_answer_pattern: str | None = documented(
+        "A regex on the question. For matching questions, plain_answer_share of the SFT examples end in the "
+        "data's own '#### N' line instead of the <answer> block: a base that answers in the requested format "
+        "on some kinds of problem only, which GRPO's rewards can teach (null = every example in the format).",
+        default=None)
+    plain_answer_share: float = documented(
+        "Share of the matching questions' SFT examples written plain (chosen by a hash of the question).",
+        default=0.9)
 
     def __post_init__(self):
         for key in ("steps", "batch_size", "max_length"):
@@ -93,3 +102,10 @@ class WarmStartConfig:
             raise ConfigError(f"learning_rate: must be in (0, 1), got {self.learning_rate}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit: must be a positive integer or null, got {self.limit}")
+        if not 0 <= self.plain_answer_share <= 1:
+            raise ConfigError(f"plain_answer_share: must be in [0, 1], got {self.plain_answer_share}")
+        if self.plain_answer_pattern is not None:
+            try:
+                re.compile(self.plain_answer_pattern)
+            except re.error as err:
+                raise ConfigError(f"plain_answer_pattern: not a regular expression ({err})") from None

@@ -91,8 +91,10 @@ class GSM8K(Task):
             raise ValueError(f"gold answer {gold[:40]!r} after '####' is not a number")
         return {"question": record["question"], "answer": gold, "solution": solution}
 
-    def sft_example(self, question: str, solution: str, system_prompt: str = SYSTEM_PROMPT) -> dict:
-        """One conversational prompt/completion SFT example from a question and its worked solution.
+    def sft_example(self, question: str, solution: str, system_prompt: str = SYSTEM_PROMPT,
+                    answer_block: bool = True) -> dict:
+        """One conversational prompt/completion SFT example from a question and its worked solution: in the
+        rewarded format, or with ``answer_block=False`` ending in GSM8K's own ``#### N`` line (plain).
 
         >>> example = GSM8K().sft_example("How many?", "3 + 4 = <<3+4=7>>7 apples.\\n#### 7", system_prompt="Be brief.")
         >>> [m["role"] for m in example["prompt"] + example["completion"]]
@@ -104,9 +106,14 @@ class GSM8K(Task):
         <answer>
         7
         </answer>
+        >>> plain = GSM8K().sft_example("How many?", "3 + 4 = 7 apples.\\n#### 7", answer_block=False)
+        >>> print(plain["completion"][0]["content"])
+        3 + 4 = 7 apples.
+        #### 7
         """
         gold = gold_number(solution)
         reasoning = strip_calculator_annotations(solution.rpartition("####")[0]).strip()
-        content = f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n{ANSWER_OPEN}\n{gold}\n{ANSWER_CLOSE}"
+        content = (f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n{ANSWER_OPEN}\n{gold}\n{ANSWER_CLOSE}" if answer_block
+                   else f"{reasoning}\n#### {gold}")
         return {"prompt": build_prompt(question, system_prompt),
                 "completion": [{"role": "assistant", "content": content}]}

@@ -14,7 +14,8 @@ A :class:`Task` (nanochat-style) answers everything the study asks of a dataset:
 - ``system_prompt``: the default of ``data.system_prompt``.
 - ``rewards``: config name -> reward function (TRL's signature), in their default order;
   :meth:`Task.reward_functions` resolves ``config.rewards``.
-- :meth:`Task.sft_example`: one prompt/completion example for the SFT warm start, in the rewarded format.
+- :meth:`Task.sft_example`: one prompt/completion example for the SFT warm start, in the rewarded format (or
+  plain, without the answer block, for ``warm_start.plain_answer_pattern``).
 - :meth:`Task.corpus`: texts to train a local tokenizer on (``model.build``).
 
 Tasks are selected by ``data.task``; every module of this package is imported by the package, so a new task
@@ -124,7 +125,8 @@ class Task:
             raise StudyError(f"{where(0)}: no records")
         return datasets.Dataset.from_dict(columns)
 
-    def sft_example(self, question: str, solution: str, system_prompt: str) -> dict[str, list[dict[str, str]]]:
+    def sft_example(self, question: str, solution: str, system_prompt: str,
+                    answer_block: bool = True) -> dict[str, list[dict[str, str]]]:
         raise NotImplementedError
 
     def score(self, completions: Sequence[str], answers: Sequence[str]) -> dict[str, list]:
