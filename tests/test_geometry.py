@@ -10,6 +10,7 @@ from peft import AdaLoraConfig, LoraConfig, get_peft_model
 from orchestrator.core.contract import GEOMETRY_SCHEMA, StudyPaths
 from orchestrator.core.plan import RunSpec
 from orchestrator.resolve import load_study
+from tests.fixtures import variance_task
 from workers import geometry
 from workers.geometry import effective_rank, principal_basis, update_factors, update_geometry
 from workers.run import execute_run
@@ -92,8 +93,10 @@ def test_update_factors_reproduce_peft_delta_weight(kind):
 
 
 def test_run_writes_the_geometry_table_at_checkpoints_and_at_the_end(write_study_config, tmp_path):
+    # The test task's length reward makes every group disagree, so every module trains on any CPU (issue 24).
     config = load_study(write_study_config(profile={"geometry": True, "geometry_top_k": 4},
-                                            grpo={"max_steps": 2, "checkpoint_every": 1})).config
+                                            grpo={"max_steps": 2, "checkpoint_every": 1},
+                                            data={"task": variance_task.NAME}, rewards=variance_task.REWARDS)).config
     record = execute_run(config, RunSpec("uniform", 0, num_gpus=0, num_cpus=1), tmp_path)
     assert "geometry" in record.tables
     table = pq.read_table(StudyPaths(tmp_path).table("geometry", record.run_id))

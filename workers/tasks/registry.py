@@ -19,11 +19,17 @@ A :class:`Task` (nanochat-style) answers everything the study asks of a dataset:
 - :meth:`Task.corpus`: texts to train a local tokenizer on (``model.build``).
 
 Tasks are selected by ``data.task``; every module of this package is imported by the package, so a new task
-is one new file there (plus its test).
+is one new file there (plus its test). A task kept outside the package (a module of your own, e.g. in the
+working directory ``ray job submit --working-dir`` uploads) is named in the environment variable
+``RANKSTUDY_TASK_MODULES`` (comma-separated module names): every process that looks a task up (the driver and
+each run's Ray worker, which inherit the variable) imports those modules first, and their ``@register_task``
+classes are tasks like the built-in ones.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -162,6 +168,8 @@ class Task:
 
 
 _REGISTRY: dict[str, Task] = {}
+TASK_MODULES_ENV = "RANKSTUDY_TASK_MODULES"
+_imported_task_modules: set[str] = set()
 
 
 def register_task(cls: type[Task]) -> type[Task]:
@@ -177,12 +185,28 @@ def unregister_task(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
+def import_task_modules() -> None:
+    """Import each module named in ``$RANKSTUDY_TASK_MODULES`` not imported yet (their tasks register on import);
+    a StudyError naming the variable and the module if one cannot be imported (the environment, not the config)."""
+    for module in filter(None, (m.strip() for m in os.environ.get(TASK_MODULES_ENV, "").split(","))):
+        if module in _imported_task_modules:
+            continue
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # noqa: BLE001 - any failure of the user's module is reported in one line
+            raise StudyError(f"{TASK_MODULES_ENV}: cannot import task module {module!r}: "
+                              f"{type(err).__name__}: {err}") from None
+        _imported_task_modules.add(module)
+
+
 def task_names() -> list[str]:
+    import_task_modules()
     return sorted(_REGISTRY)
 
 
 def get_task(name: str) -> Task:
     """The registered task ``name``; a ConfigError listing the registered ones otherwise."""
+    import_task_modules()
     try:
         return _REGISTRY[name]
     except KeyError:
