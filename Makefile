@@ -8,11 +8,10 @@ export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
-export RAY_AUTH_MODE ?= disabled
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install test lint run run-beyond bench gpu-check clean
+.PHONY: install test test-kernels lint run run-beyond bench gpu-check clean
 
 install:
 	python3 -m venv $(VENV)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -84,9 +85,23 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+_terminated: list[int] = []  # the SIGTERM that reached the driver, if one did
+
+
+def _raise_terminated(signum, frame) -> None:
+    """SIGTERM (what Kubernetes sends a pod before killing it, and `ray stop`) unwinds like Ctrl-C: Ray passes a
+    KeyboardInterrupt raised inside its calls (ray.wait) back up, and nothing else (another exception type there
+    becomes a SystemError); the flag tells the two apart."""
+    _terminated.append(signum)
+    raise KeyboardInterrupt
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.study import run_study
 
+    # By default SIGTERM ends Python at once, skipping every `finally`: the local Ray cluster and the study's
+    # lease would outlive the driver. As an exception it unwinds like Ctrl-C: Ray shut down, lease released.
+    signal.signal(signal.SIGTERM, _raise_terminated)
     return run_study(args.config, args.set, output=args.output, analyze=not args.no_analyze)
 
 
@@ -150,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print("interrupted; results written so far are kept, re-run the same command to resume", file=sys.stderr)
-        return 130
+        what, status = ("terminated (SIGTERM)", 143) if _terminated else ("interrupted", 130)
+        print(f"{what}; results written so far are kept, re-run the same command to resume", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

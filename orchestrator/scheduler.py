@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -108,16 +110,31 @@ class RunState:
 
 
 def connect(num_cpus: int | None = None, resources: dict[str, float] | None = None) -> None:
-    """Join the cluster at RAY_ADDRESS (as under `ray job submit`), else start a local one.
+    """Join the cluster at RAY_ADDRESS (as under `ray job submit`), else start a local one of our own.
 
     ``resources`` declares custom resources on a local cluster (e.g. ``{"slot": 4}``); a cluster you join
     declares its own with ``ray start --resources``.
+
+    Without RAY_ADDRESS, ``ray.init()`` would attach to any cluster it finds on the machine (one a crashed test
+    left, another user's); ``address="local"`` always starts a new one. That cluster uses Ray's token
+    authentication (Ray >= 2.59 turns it on for a new local cluster unless RAY_AUTH_MODE says otherwise, and
+    generates ``~/.ray/auth_token`` if missing). Setting RAY_AUTH_MODE=token here would not do: Ray reads its
+    config when imported, so this process would start the cluster's processes in token mode without a token.
     """
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
-    kwargs = {"address": address} if address else {"num_cpus": num_cpus, "resources": resources}
+    if address:
+        kwargs = {"address": address}
+    else:
+        kwargs = {"address": "local", "num_cpus": num_cpus, "resources": resources}
+    # ray.init installs its own SIGTERM handler (it logs "SIGTERM received" and exits 1, skipping every
+    # `finally`); the driver's own handler (orchestrator/cli.py) is put back so a stopped driver shuts down cleanly.
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
     ray.init(**kwargs, log_to_driver=True, configure_logging=False)
+    if main_thread and sigterm is not None:
+        signal.signal(signal.SIGTERM, sigterm)
 
 
 def check_resources(specs: list[RunSpec]) -> None:

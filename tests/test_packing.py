@@ -55,7 +55,7 @@ def test_four_runs_share_one_gpu_slot_and_start_their_engines_one_at_a_time(tmp_
         resources: {{gpus_per_run: 0, cpus_per_run: 0.25, max_retries: 0, custom: {{fake_gpu: 0.25}}}}
     """))
     (tmp_path / "driver.py").write_text(DRIVER)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     out = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(config), str(tmp_path / "study")],
                          capture_output=True, text=True, env=env, timeout=300)

@@ -54,7 +54,7 @@ def stub_grid(tmp_path_factory, gsm8k_dir):
         resources: {{gpus_per_run: 0, cpus_per_run: 0.5, max_retries: 0, custom: {{slot: 1}}}}
     """))
     (tmp / "driver.py").write_text(DRIVER)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     for key in ("RAY_ADDRESS", "TOKENIZERS_PARALLELISM", "PYTHONUNBUFFERED"):  # so only the scheduler sets them
         env.pop(key, None)
     out = subprocess.run([sys.executable, str(tmp / "driver.py"), str(config), str(tmp / "study")],
@@ -136,3 +136,26 @@ def test_an_hf_path_actor_never_imports_vllm(tmp_path, use_vllm):
         assert seen == {"vllm_found": True}  # a vLLM run's process keeps the engine available
     else:
         assert seen == {"vllm_found": False, "trl_sees_vllm": False, "vllm_imported": False}
+
+
+@pytest.mark.parametrize("address", [None, "127.0.0.1:6379"])
+def test_the_driver_starts_its_own_cluster_unless_given_one(monkeypatch, address):
+    # Without RAY_ADDRESS, ray.init() would attach to any cluster it finds on the machine (one a crashed test left
+    # running); the driver must start its own, and join only the cluster it was given (issue 22).
+    import ray
+
+    from orchestrator import scheduler
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    if address is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", address)
+    scheduler.connect(num_cpus=2, resources={"slot": 1})
+    [kwargs] = calls
+    if address is None:
+        assert kwargs["address"] == "local" and kwargs["num_cpus"] == 2 and kwargs["resources"] == {"slot": 1}
+    else:
+        assert kwargs["address"] == address and "num_cpus" not in kwargs
