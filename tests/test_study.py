@@ -14,6 +14,7 @@ import pytest
 
 from orchestrator.core.importance import importance_from_profile
 from orchestrator.core.strategies import allocate
+from orchestrator.lease import LEASE_NAME
 from tests.fixtures import variance_task
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -137,7 +138,7 @@ def test_a_second_driver_on_a_running_study_refuses_and_the_first_finishes(write
     config = write_study_config("second", grid={"strategies": ["uniform"], "seeds": [0]}, grpo={"max_steps": 2})
     out = tmp_path / "second"
     first = rankstudy_run(config, out, wait=False)
-    lease = out / ".driver.lease"
+    lease = out / LEASE_NAME
     deadline = time.monotonic() + 120
     while not lease.exists():
         assert first.poll() is None and time.monotonic() < deadline, "the first driver never took the lease"
@@ -169,7 +170,7 @@ def test_a_driver_told_to_stop_ends_promptly_and_the_study_resumes(write_study_c
     took = time.monotonic() - told
     assert proc.returncode == 143, stdout[-3000:]
     assert "terminated (SIGTERM); results written so far are kept" in stdout
-    assert not (out / ".driver.lease").exists() and checkpoint.exists()
+    assert not (out / LEASE_NAME).exists() and checkpoint.exists()
     print(f"\ndriver ended {took:.1f} s after SIGTERM")
     resumed = rankstudy_run(config, out)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
