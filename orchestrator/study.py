@@ -1,8 +1,9 @@
 """``rankstudy run``: config -> resolved study -> plan -> Ray grid -> Parquet results -> report.
 
 Everything that can be checked without a model is checked before Ray starts (config, data paths, resources,
-an output directory that holds a different study or that another live driver holds: orchestrator/lease.py), in the one resolve step (orchestrator/resolve.py) whose
-resolved study the plan, study.yaml, the base-model preparation and the runs all read. Re-running the same
+an output directory that holds a different study or that another live driver holds: orchestrator/lease.py), in
+the one resolve step (orchestrator/resolve.py) whose resolved study the plan, study.yaml, the base-model
+preparation and the runs all read. Re-running the same
 command on the same directory skips completed runs, resumes unfinished ones from their checkpoints, and
 rewrites nothing that is complete.
 """

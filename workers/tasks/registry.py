@@ -169,7 +169,6 @@ class Task:
 
 _REGISTRY: dict[str, Task] = {}
 TASK_MODULES_ENV = "RANKSTUDY_TASK_MODULES"
-_imported_task_modules: set[str] = set()
 
 
 def register_task(cls: type[Task]) -> type[Task]:
@@ -186,17 +185,15 @@ def unregister_task(name: str) -> None:
 
 
 def import_task_modules() -> None:
-    """Import each module named in ``$RANKSTUDY_TASK_MODULES`` not imported yet (their tasks register on import);
-    a StudyError naming the variable and the module if one cannot be imported (the environment, not the config)."""
+    """Import each module named in ``$RANKSTUDY_TASK_MODULES`` (their tasks register on import; a module imported
+    before is only looked up in ``sys.modules``); a StudyError naming the variable and the module if one cannot be
+    imported (the environment, not the config)."""
     for module in filter(None, (m.strip() for m in os.environ.get(TASK_MODULES_ENV, "").split(","))):
-        if module in _imported_task_modules:
-            continue
         try:
             importlib.import_module(module)
         except Exception as err:  # noqa: BLE001 - any failure of the user's module is reported in one line
             raise StudyError(f"{TASK_MODULES_ENV}: cannot import task module {module!r}: "
                               f"{type(err).__name__}: {err}") from None
-        _imported_task_modules.add(module)
 
 
 def task_names() -> list[str]:
