@@ -41,7 +41,7 @@ RUNS, SLOTS = 12, 4
 TARGETS = {"efficiency": 0.95, "dependency_latency_s": 2.0}
 
 
-def sleeping_run(config, spec, study_dir, report, seconds: float) -> dict:
+def sleeping_run(config, spec, study_dir, report, control=None, *, seconds: float) -> dict:
     """A stub with the runner signature: reports progress like a run, sleeps, returns its wall-clock span."""
     started = time.time()
     report({"step": 1, "max_steps": 1})

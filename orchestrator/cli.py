@@ -161,10 +161,23 @@ def main(argv: list[str] | None = None) -> int:
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        from orchestrator.core.attempts import is_disk_full
+
+        if not is_disk_full(err):
+            raise
+        print(f"error: no space left writing {err.filename or 'a result'}; results written so far are kept: free "
+              "space and re-run the same command", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # e.g. `rankstudy plan ... | head`: the reader left; not an error of ours
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
+        from orchestrator import head_watch  # no Ray import
+
+        if head_watch.lost():
+            print(f"error: {head_watch.lost()}", file=sys.stderr)
+            return head_watch.EXIT_STATUS
         what, status = ("terminated (SIGTERM)", 143) if _terminated else ("interrupted", 130)
         print(f"{what}; results written so far are kept, re-run the same command to resume", file=sys.stderr)
         return status

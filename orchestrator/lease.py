@@ -164,4 +164,8 @@ class StudyLease:
                 self.echo(f"warning: lost the lease on {self.path.parent} (another driver took it over)")
                 return
             self.record = LeaseRecord(**{**asdict(self.record), "heartbeat": time.time()})
-            os.replace(self._write_temp(), self.path)
+            try:
+                os.replace(self._write_temp(), self.path)
+            except OSError as err:  # e.g. a full disk: the old lease stays whole; try again at the next beat
+                self.path.with_name(f"{LEASE_NAME}.{self.record.token}.tmp").unlink(missing_ok=True)
+                self.echo(f"warning: could not renew the lease on {self.path.parent}: {err.strerror or err}")

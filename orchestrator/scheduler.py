@@ -6,10 +6,12 @@ dependencies are met are submitted at once and Ray starts them as resources free
 with ``ray.wait`` in completion order, never in submission order. A profile-dependent run (proportional,
 reduced) is submitted the moment its source run (the uniform run of its seed and cell) completes.
 
-Failure handling: an actor that dies (node loss, OOM kill, SIGKILL) is replaced by a new one, up to
-``resources.max_retries`` times, and the run resumes from its latest checkpoint. A StudyError (bad input) is
-not retried. A run that fails for good is reported with its error, its dependants are marked failed, and
-every other run goes on.
+Failure handling (orchestrator/core/attempts.py): a run whose node is lost, or whose process is told to stop
+(SIGTERM: it checkpoints at the next step boundary first), is *interrupted*: a new actor resumes it from its latest
+checkpoint, up to ``resources.max_interruptions`` times. A run whose own process dies (OOM kill, SIGKILL) or
+raises is *crashed*: retried the same way up to ``resources.max_retries`` times. A StudyError (bad input, a full
+output disk) is not retried. A run that fails for good is reported with its error, its dependants are marked
+failed, and every other run goes on. run.json records every attempt: node, host, start, end and why it ended.
 
 :class:`RunActor` is a plain class; ``ray.remote`` is applied only here at the boundary, so the worker code
 (``workers.run.execute_run``) never sees Ray.
@@ -24,17 +26,23 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
+from orchestrator import head_watch
+from orchestrator.core import attempts
+from orchestrator.core.attempts import RunControl
 from orchestrator.core.config import StudyConfig
-from orchestrator.core.contract import RunRecord, StudyPaths, parse_run_id
-from orchestrator.core.errors import StudyError
+from orchestrator.core.contract import FAILED, RunRecord, StudyPaths, parse_run_id
+from orchestrator.core.errors import RunStopped, StudyError
 from orchestrator.core.plan import RunSpec, StudyPlan
+from orchestrator.progress import RunState, progress_line
+from orchestrator.worker_env import worker_env
 
-Runner = Callable[..., object]  # runner(config, spec, study_dir, report=...) -> the run's RunRecord
+_head_watch: head_watch.HeadWatch | None = None  # the driver's watch on its cluster's head (orchestrator/head_watch.py)
+NODE_VERDICT_WAIT_S = 60.0  # the longest the driver waits for Ray to say whether an unreachable actor's node died
+Runner = Callable[..., object]  # runner(config, spec, study_dir, report=..., control=...) -> the run's RunRecord
 
 
 class RunActor:
@@ -53,7 +61,15 @@ class RunActor:
         # 1.3 s after submission instead of 3 s, and each later one ~1 s sooner; measured).
         os.environ.update(env or {})
         self.config, self.study_dir, self.runner = config, study_dir, runner
-        self.latest: dict = {"phase": "setup"}  # answered as soon as the actor process is up
+        context = ray.get_runtime_context()
+        self.control = RunControl(node_id=context.get_node_id(), node_ip=ray.util.get_node_ip_address())
+        # SIGTERM (a pod being evicted, `ray stop`): Ray's worker would exit at once; the run instead checkpoints
+        # at its next step boundary and returns RunStopped. Ray runs __init__ in the process's main thread, the
+        # one place a handler can be installed (measured: Ray 2.60, threaded actor).
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda signum, frame: self.control.request_stop("SIGTERM"))
+        # answered as soon as the actor process is up; the node tells the driver what a lost node took with it
+        self.latest: dict = {"phase": "setup", "node_id": self.control.node_id}
         self._gauges = None
         self._tags: dict[str, str] = {}
 
@@ -67,7 +83,7 @@ class RunActor:
             from workers.run import execute_run as runner  # heavy import (torch, TRL) inside the worker only
 
         self._tags = {"strategy": spec.strategy, "seed": str(spec.seed), "cell": parse_run_id(spec.run_id)[2] or "-"}
-        return runner(self.config, spec, self.study_dir, report=self._report)
+        return runner(self.config, spec, self.study_dir, report=self._report, control=self.control)
 
     def progress(self) -> dict:
         return dict(self.latest)
@@ -96,19 +112,6 @@ class RunActor:
                 gauge.set(float(value), tags=self._tags)
 
 
-@dataclass
-class RunState:
-    spec: RunSpec
-    attempts: int = 0
-    status: str = "pending"  # pending | running | completed | failed
-    error: str | None = None
-    actor: object = None
-    ref: object = None
-    progress: dict = field(default_factory=dict)
-    record: object = None  # what the runner returned (a RunRecord), once completed
-    progress_ref: object = None  # an unanswered progress query
-
-
 def connect(num_cpus: int | None = None, resources: dict[str, float] | None = None) -> None:
     """Join the cluster at RAY_ADDRESS (as under `ray job submit`), else start a local one of our own.
 
@@ -135,6 +138,8 @@ def connect(num_cpus: int | None = None, resources: dict[str, float] | None = No
     ray.init(**kwargs, log_to_driver=True, configure_logging=False)
     if main_thread and sigterm is not None:
         signal.signal(signal.SIGTERM, sigterm)
+    global _head_watch
+    _head_watch = head_watch.HeadWatch(ray.get_runtime_context().gcs_address).start()
 
 
 def check_resources(specs: list[RunSpec]) -> None:
@@ -178,10 +183,13 @@ def prepare_models(configs: list[StudyConfig], echo: Callable[[str], None] = pri
         cpus = _preparation_cpus(res.cpus_per_run, len(configs), res.preparation_cpus)
         task = ray.remote(_prepare).options(
             name="prepare:base-model" + (f":{i}" if len(configs) > 1 else ""), num_cpus=cpus,
-            num_gpus=res.gpus_per_run, resources=dict(res.custom) or None, max_retries=res.max_retries,
+            num_gpus=res.gpus_per_run, resources=dict(res.custom) or None,
+            # Ray retries a task whose worker or node died (not one that raised): both budgets, as Ray cannot
+            # tell a lost node from a crash here. The preparation is cached by content, so a retry redoes only it.
+            max_retries=res.max_retries + res.max_interruptions,
             # Alone on its CPUs, a warm start gains from threads (1 -> 2 threads: 80 SFT steps of the laptop
             # model took 12.9 s instead of 20.1 s here), unlike runs that share the cores.
-            runtime_env={"env_vars": {**_worker_env(config), "OMP_NUM_THREADS": str(int(cpus))}},
+            runtime_env={"env_vars": {**worker_env(config), "OMP_NUM_THREADS": str(int(cpus))}},
         )
         refs.append(task.remote(config))
     start = time.monotonic()
@@ -212,7 +220,8 @@ def run_grid(
     ``runner`` replaces :func:`workers.run.execute_run` inside each actor (see :class:`RunActor`).
     """
     paths = StudyPaths(study_dir)
-    states = {s.run_id: RunState(s) for s in plan.runs}
+    res = plan.config.resources
+    states = {s.run_id: RunState(s, budget=attempts.Budget(res.max_retries, res.max_interruptions)) for s in plan.runs}
     for state in states.values():
         if paths.is_complete(state.spec.run_id):
             state.status = "completed"
@@ -233,9 +242,9 @@ def run_grid(
         if finished:
             finished, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
         for ref in finished:
-            _collect(running[ref], ref, plan.config.resources.max_retries, echo)
+            _collect(running[ref], ref, StudyPaths(study_dir), echo)
         _poll_progress(states)
-        line = _progress_line(states)
+        line = progress_line(states)
         if line != last_line or time.monotonic() - last_print > 60:
             echo(line)
             last_line, last_print = line, time.monotonic()
@@ -268,12 +277,12 @@ def _start(state: RunState, actor_cls, config: StudyConfig, study_dir, runner) -
         resources=spec.custom_resources or None,
         max_concurrency=2,  # one thread runs the run, the other answers progress queries
         max_restarts=0,  # retries are ours: a new actor resumes from the checkpoint
-    ).remote(config, study_dir, runner, _worker_env(config))
+    ).remote(config, study_dir, runner, worker_env(config))
     state.ref = state.actor.run.remote(spec)
     state.status = "running"
 
 
-def _collect(state: RunState, ref, max_retries: int, echo) -> None:
+def _collect(state: RunState, ref, paths: StudyPaths, echo) -> None:
     run_id = state.spec.run_id
     try:
         record = ray.get(ref)
@@ -284,18 +293,71 @@ def _collect(state: RunState, ref, max_retries: int, echo) -> None:
         _release(state)
         return
     except (ActorDiedError, ActorUnavailableError, RayActorError) as err:
-        reason, retry = f"worker died ({type(err).__name__})", True
+        node = state.node_id or _recorded_node(paths, run_id)
+        if _node_lost(node, err):
+            ended = f"{attempts.NODE_LOST}: node {node} left the cluster ({type(err).__name__})"
+        else:
+            ended = f"{attempts.DIED}: the worker process died ({type(err).__name__})"
+        retry = True
     except RayTaskError as err:
         cause = err.cause if hasattr(err, "cause") else None
-        reason = f"{type(cause).__name__ if cause else 'error'}: {str(cause).splitlines()[0] if cause else err}"
-        retry = not isinstance(cause, StudyError)  # bad input fails the same way every time
+        if isinstance(cause, RunStopped):
+            ended, retry = str(cause), True  # the run recorded it in run.json itself
+        else:
+            line = f"{type(cause).__name__ if cause else 'error'}: {str(cause).splitlines()[0] if cause else err}"
+            ended, retry = f"{attempts.FAILED}: {line}", not isinstance(cause, StudyError)  # fails the same way again
     _release(state)
-    if retry and state.attempts <= max_retries:
-        echo(f"[{run_id}] {reason}; retrying from its latest checkpoint ({state.attempts}/{max_retries} retries)")
+    retry, used = state.budget.charge(ended, retryable=retry)
+    reason = ended.split(": ", 1)[1] if attempts.ended_kind(ended) == attempts.FAILED else ended
+    _close_attempt(paths, run_id, ended, final=None if retry else reason)
+    if retry:
+        echo(f"[{run_id}] {reason}; resuming from its latest checkpoint ({used})")
         state.status = "pending"
     else:
         state.status, state.error = "failed", reason
         echo(f"[{run_id}] FAILED: {reason}")
+
+
+def _recorded_node(paths: StudyPaths, run_id: str) -> str | None:
+    """The node the latest attempt wrote into run.json, for an actor that died before it answered the driver."""
+    record = paths.read_record(run_id)
+    if record is None or not record.attempts or record.attempts[-1].get("ended") is not None:
+        return None  # the attempt died before it wrote its entry (the last one is an earlier attempt's)
+    return record.attempts[-1].get("node_id")
+
+
+def _node_lost(node_id: str | None, err) -> bool:
+    """Whether the attempt's actor went with its node (not a crash of its own): Ray says the node was preempted,
+    or the node the actor ran on is no longer alive in the cluster."""
+    if getattr(err, "preempted", False):
+        return True
+    if node_id is None:
+        return False  # nowhere recorded: we cannot tell, so it counts as a crash (the safe side)
+    # "Unavailable" comes as soon as the actor's connection drops, before the GCS has declared its node dead
+    # (Ray's health checks: ~15 s by default): wait for the verdict rather than call a lost node a crash.
+    deadline = time.monotonic() + (NODE_VERDICT_WAIT_S if isinstance(err, ActorUnavailableError) else 0)
+    while True:
+        if node_id not in {node["NodeID"] for node in ray.nodes() if node.get("Alive")}:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(1.0)
+
+
+def _close_attempt(paths: StudyPaths, run_id: str, ended: str, final: str | None) -> None:
+    """Write in run.json how the attempt ended when its process could not (it died); ``final``: the run failed
+    for good with this error. The actor has been killed, so nothing else writes run.json now."""
+    record = paths.read_record(run_id)
+    if record is None:
+        return  # the attempt died before it wrote anything
+    changed = attempts.end_attempt(record.attempts, ended)
+    if final is not None and record.status != FAILED:
+        record.status, record.error, changed = FAILED, final, True
+    if changed:
+        try:
+            paths.write_record(record)
+        except OSError:  # a full disk: the previous run.json stays, whole
+            pass
 
 
 def _release(state: RunState) -> None:
@@ -304,7 +366,7 @@ def _release(state: RunState) -> None:
             ray.kill(state.actor, no_restart=True)
         except Exception:  # noqa: BLE001 - the actor may already be gone, which is what we want
             pass
-    state.actor = state.ref = state.progress_ref = None
+    state.actor = state.ref = state.progress_ref = state.node_id = None
     state.progress = {}
 
 
@@ -321,6 +383,7 @@ def _poll_progress(states: dict[str, RunState]) -> None:
             state.progress_ref = None
             try:
                 state.progress = ray.get(ref)
+                state.node_id = state.progress.get("node_id", state.node_id)
             except Exception:  # noqa: BLE001 - a dying actor; its run is collected (and retried) on its own
                 pass
     for state in states.values():
@@ -328,43 +391,12 @@ def _poll_progress(states: dict[str, RunState]) -> None:
             state.progress_ref = state.actor.progress.remote()
 
 
-def _progress_line(states: dict[str, RunState]) -> str:
-    counts = {k: sum(s.status == k for s in states.values()) for k in ("completed", "running", "pending", "failed")}
-    parts = [f"{s.spec.run_id} {_describe(s.progress)}" for s in states.values() if s.status == "running"]
-    head = (f"runs: {counts['completed']} done, {counts['running']} running, {counts['pending']} pending"
-            + (f", {counts['failed']} failed" if counts["failed"] else ""))
-    return head + (" | " + ", ".join(parts) if parts else "")
-
-
-def _describe(progress: dict) -> str:
-    if not progress:
-        return "queued"  # the actor has not answered yet: waiting for resources, or starting its process
-    if progress.get("phase") == "eval":
-        return f"eval {progress.get('eval_done', 0)}/{progress.get('eval_total', '?')}"
-    if "step" in progress:
-        return f"step {progress['step']}/{progress.get('max_steps', '?')}"
-    return "setting up"
-
-
-def _worker_env(config: StudyConfig) -> dict[str, str]:
-    threads = max(1, int(config.resources.cpus_per_run))
-    env = {
-        # Threads = the CPUs Ray gave the run; more only oversubscribes (2.75x slower with 2 on 2 shared cores).
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
-        "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONUNBUFFERED": "1",
-    }
-    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "VLLM_CPU_KVCACHE_SPACE"):
-        if key in os.environ:
-            env[key] = os.environ[key]
-    if config.grpo.use_vllm:
-        from workers.generation import vllm_environment
-
-        env = {**vllm_environment(on_cpu=config.resources.gpus_per_run == 0), **env}
-    return env
-
-
 def shutdown() -> None:
+    if head_watch.lost() is not None:
+        sys.stdout.flush()
+        return  # nothing to shut down; the watch ends the process should Ray's exit hooks hang on the lost head
+    if _head_watch is not None:
+        _head_watch.stop()
     if ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
         ray.shutdown()
     sys.stdout.flush()

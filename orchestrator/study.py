@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator import resolve
+from orchestrator import head_watch, resolve
 from orchestrator.core import contract
 from orchestrator.core.config import StudyConfig
 from orchestrator.core.contract import StudyPaths, atomic_write_bytes, atomic_write_table
@@ -127,8 +127,12 @@ def run_study(config_path: str, overrides: list[str], output: str | None = None,
         print(line, flush=True)
 
     # One driver per directory (orchestrator/lease.py): a second one refuses here, before it writes anything.
-    with StudyLease(study_dir, echo=echo):
-        return _run_held(study, plan, paths, echo, analyze)
+    with StudyLease(study_dir, echo=echo) as lease:
+        forget = head_watch.on_forced_exit(lease.release)  # released even if a lost head leaves us stuck in Ray
+        try:
+            return _run_held(study, plan, paths, echo, analyze)
+        finally:
+            forget()
 
 
 def _run_held(study: ResolvedStudy, plan, paths: StudyPaths, echo, analyze: bool) -> int:

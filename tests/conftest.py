@@ -99,3 +99,14 @@ def write_study_config(tmp_path_factory, warm_model_dir: Path, gsm8k_dir: Path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def fault_reference(tmp_path_factory, write_study_config) -> Path:
+    """The fault tests' study run once without a fault: what an interrupted run must end up equal to."""
+    from tests.fixtures.studies import FAULT_STUDY, rankstudy_run
+
+    out = tmp_path_factory.mktemp("reference") / "faults"
+    result = rankstudy_run(write_study_config("faults", **FAULT_STUDY), out)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out

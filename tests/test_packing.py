@@ -23,7 +23,7 @@ DRIVER = textwrap.dedent("""
     from orchestrator.core.plan import make_plan
     from orchestrator.resolve import load_study
 
-    def engine_starting_runner(config, spec, study_dir, report):
+    def engine_starting_runner(config, spec, study_dir, report, control=None):
         from workers.engine_lock import engine_start_lock, lock_path
 
         began, starting = time.time(), {}

@@ -1,6 +1,6 @@
 """The scheduler on its own, with a stub runner: dependency order, slot limits, the worker environment.
 
-The stub (any picklable ``runner(config, spec, study_dir, report)``) replaces the GRPO worker inside each real
+The stub (any picklable ``runner(config, spec, study_dir, report, control)``) replaces the GRPO worker inside each real
 Ray actor, so this checks what the driver does in seconds; tests/test_study.py checks it with real runs.
 """
 
@@ -21,7 +21,7 @@ DRIVER = textwrap.dedent("""
     from orchestrator.core.plan import make_plan
     from orchestrator.resolve import load_study
 
-    def sleeping_runner(config, spec, study_dir, report):
+    def sleeping_runner(config, spec, study_dir, report, control=None):
         started = time.time()
         report({"step": 1, "max_steps": 1})
         time.sleep(2.0)
@@ -106,7 +106,7 @@ ACTOR_PROCESS = textwrap.dedent("""
     from orchestrator.resolve import load_study
     from orchestrator.scheduler import RunActor
 
-    def runner(config, spec, study_dir, report):
+    def runner(config, spec, study_dir, report, control=None):
         if config.grpo.use_vllm:
             return {"vllm_found": importlib.util.find_spec("vllm") is not None}
         import trl.generation  # what importing GRPOTrainer reaches; it imports vLLM whenever vLLM is found
@@ -136,26 +136,3 @@ def test_an_hf_path_actor_never_imports_vllm(tmp_path, use_vllm):
         assert seen == {"vllm_found": True}  # a vLLM run's process keeps the engine available
     else:
         assert seen == {"vllm_found": False, "trl_sees_vllm": False, "vllm_imported": False}
-
-
-@pytest.mark.parametrize("address", [None, "127.0.0.1:6379"])
-def test_the_driver_starts_its_own_cluster_unless_given_one(monkeypatch, address):
-    # Without RAY_ADDRESS, ray.init() would attach to any cluster it finds on the machine (one a crashed test left
-    # running); the driver must start its own, and join only the cluster it was given (issue 22).
-    import ray
-
-    from orchestrator import scheduler
-
-    calls = []
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
-    if address is None:
-        monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    else:
-        monkeypatch.setenv("RAY_ADDRESS", address)
-    scheduler.connect(num_cpus=2, resources={"slot": 1})
-    [kwargs] = calls
-    if address is None:
-        assert kwargs["address"] == "local" and kwargs["num_cpus"] == 2 and kwargs["resources"] == {"slot": 1}
-    else:
-        assert kwargs["address"] == address and "num_cpus" not in kwargs

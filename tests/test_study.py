@@ -1,6 +1,5 @@
 """The whole grid through Ray (issue 3): contract, dependencies, seeds, resume after SIGKILL, idempotent re-run."""
 
-import hashlib
 import json
 import os
 import signal
@@ -15,37 +14,16 @@ import pytest
 from orchestrator.core.importance import importance_from_profile
 from orchestrator.core.strategies import allocate
 from orchestrator.lease import LEASE_NAME
-from tests.fixtures import variance_task
+from tests.fixtures.studies import TRAINS, file_digests, rankstudy_run
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
-# Studies whose runs must train (a proportional run needs its uniform run's gradient profile) use the test task
-# whose groups always disagree: with the binary rewards alone that depends on the CPU's kernels (issue 24).
-TRAINS = {"data": {"task": variance_task.NAME}, "rewards": variance_task.REWARDS}
 CONTRACT = {
     "profiles": {"run_id", "strategy", "seed", "step", "layer", "module", "rank", "grad_norm"},
     "metrics": {"run_id", "strategy", "seed", "step", "reward", "reward_format", "reward_correctness",
                 "reward_std", "kl", "loss", "step_time_s"},
     "eval": {"run_id", "strategy", "seed", "item", "correct", "format_ok", "prediction", "target", "completion"},
 }
-
-
-def rankstudy_run(config: Path, out: Path, *extra: str, wait: bool = True):
-    cmd = [sys.executable, "-m", "orchestrator", "run", str(config), "--output", str(out), "--no-analyze", *extra]
-    # The driver and its Ray workers import the test task that gives every GRPO group unequal rewards.
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **variance_task.ENV,
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    env.pop("RAY_ADDRESS", None)
-    if not wait:
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-
-
-def file_digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
 
 @pytest.fixture(scope="module")
 def finished_study(tmp_path_factory, write_study_config):
@@ -123,9 +101,12 @@ def test_sigkilled_worker_resumes_from_checkpoint_with_each_step_once(write_stud
     os.kill(pid, signal.SIGKILL)
     stdout, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, stdout[-3000:]
-    assert "worker died" in stdout and "retrying from its latest checkpoint" in stdout
+    assert "died: the worker process died" in stdout and "resuming from its latest checkpoint (retry 1/2)" in stdout
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "completed" and record["attempt"] == 2 and record["resumed_from_step"] >= 2
+    # The driver closed the attempt its process could not (SIGKILL), as a crash: against max_retries.
+    assert [a["ended"].split(":")[0] for a in record["attempts"]] == ["died", "completed"]
+    assert record["attempts"][0]["pid"] == pid and record["attempts"][0]["ended_at"] is not None
     profile = pd.read_parquet(out / "profiles" / "uniform-seed0.parquet")
     per_step = profile.groupby("step").size()
     assert list(per_step.index) == [1, 2, 3, 4, 5, 6]
@@ -236,7 +217,7 @@ def test_a_run_that_fails_for_good_is_reported_and_the_others_go_on(write_study_
     assert result.returncode == 1, result.stdout[-3000:]
     assert "FAILED proportional-seed0: StudyError: proportional-seed0: profile has 3 layers but the model has 4" \
         in result.stdout
-    assert "retrying" not in result.stdout
+    assert "resuming from" not in result.stdout
     assert json.loads((out / "runs" / "uniform-seed0" / "run.json").read_text())["status"] == "completed"
     failed = json.loads((out / "runs" / "proportional-seed0" / "run.json").read_text())
     assert failed["status"] == "failed" and "3 layers" in failed["error"]

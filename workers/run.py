@@ -18,7 +18,8 @@ three; the eval table alone for a strategy that does not train, the base model) 
 The run's seed controls data order and LoRA init (TRL calls ``set_seed(args.seed)`` before
 ``get_peft_model``), rollout sampling (torch RNG for HF generate; vLLM's sampling seed is set explicitly in
 workers/generation.py because TRL seeds it from the process index) and the random allocation.
-Every GRPO setting the paper fixes is passed to GRPOConfig explicitly, because TRL's defaults differ.
+Every GRPO setting the paper fixes is passed to GRPOConfig explicitly (workers/grpo_args.py), because TRL's defaults
+differ.
 """
 
 from __future__ import annotations
@@ -35,10 +36,19 @@ from collections.abc import Callable
 import torch
 from transformers.trainer_callback import PrinterCallback
 
-from orchestrator.core import strategies
+from orchestrator.core import attempts, strategies
+from orchestrator.core.attempts import RunControl
 from orchestrator.core.config import StudyConfig
-from orchestrator.core.contract import COMPLETED, FAILED, RunRecord, StudyPaths, atomic_write_table, run_tables
-from orchestrator.core.errors import StudyError
+from orchestrator.core.contract import (
+    COMPLETED,
+    FAILED,
+    RunRecord,
+    StudyPaths,
+    atomic_write_json,
+    atomic_write_table,
+    run_tables,
+)
+from orchestrator.core.errors import RunStopped, StudyError
 from orchestrator.core.importance import importance_from_profile
 from orchestrator.core.plan import RunSpec
 from workers import compat
@@ -46,26 +56,32 @@ from workers.adapters import get_adapter
 from workers.decompose import Decomposer
 from workers.evaluate import evaluate, generate_greedy_hf, prompt_token_ids
 from workers.geometry import GeometryRecorder
+from workers.grpo_args import grpo_args
 from workers.machine import machine_cpu
 from workers.model import LayerLayout, discover_layers, load_model_and_tokenizer
 from workers.profiler import GradientProfiler, ProfilerCallback, RunLabels, check_unsharded
 from workers.tasks import get_task
-from workers.trainer import CheckpointTables, ProfiledGRPOTrainer, StepRecorder, checkpoint_step, latest_checkpoint
+from workers.trainer import (
+    CheckpointTables,
+    ProfiledGRPOTrainer,
+    StepRecorder,
+    StopAtStepBoundary,
+    checkpoint_step,
+    latest_checkpoint,
+)
 from workers.weights import frozen_digest
 
 Report = Callable[[dict], None]
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
 class GRPORun:
-    def __init__(self, config: StudyConfig, spec: RunSpec, study_dir: str | os.PathLike, report: Report | None = None):
+    def __init__(self, config: StudyConfig, spec: RunSpec, study_dir: str | os.PathLike, report: Report | None = None,
+                 control: RunControl | None = None):
         self.config, self.spec = config, spec
+        self.control = control or RunControl()  # where this attempt runs; its stop request (SIGTERM)
         self.paths = StudyPaths(study_dir)
         self.labels = RunLabels(spec.run_id, spec.strategy, spec.seed)
-        self.report = report or (lambda progress: None)
+        self._report_to = report or (lambda progress: None)
         self.strategy = strategies.get_strategy(spec.strategy)
         self.adapter = get_adapter(self.strategy.adapter)
         self.task = get_task(config.data.task)
@@ -82,6 +98,16 @@ class GRPORun:
         self.decomposer: Decomposer | None = None
         self.geometry: GeometryRecorder | None = None
         self.trainer: ProfiledGRPOTrainer | None = None
+
+    def report(self, progress: dict) -> None:
+        """Progress to the caller (the actor, then the driver's line) and to progress.json, for anyone watching the
+        directory: a test waiting for a step, `tail`, a status command. A failed write (full disk) is not fatal."""
+        self._report_to(progress)
+        try:
+            atomic_write_json(self.paths.progress(self.spec.run_id), {**progress, "attempt": self.record.attempt,
+                                                                      "pid": os.getpid(), "time": attempts.now()})
+        except OSError:
+            pass
 
     # -- protocol -------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -120,8 +146,14 @@ class GRPORun:
             self.checkpoint_tables.restore(resume)
             self.record.resumed_from_step = resume_step
             self.paths.write_record(self.record)
+        self._stop_if_requested("before training")
+        stopper = StopAtStepBoundary(self.control.stop)
+        self.trainer.add_callback(stopper)
         self.trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         self.timings["train_s"] = time.perf_counter() - start
+        if stopper.stopped_at is not None:
+            # The trainer saved checkpoint-<step> (tables and marker included) before it returned.
+            self._stop_if_requested(f"at step {stopper.stopped_at}; checkpoint-{stopper.stopped_at} saved")
 
     def evaluate(self):
         start = time.perf_counter()
@@ -141,6 +173,7 @@ class GRPORun:
                                           batch_size=len(batch))
 
         def progress(done, total):
+            self._stop_if_requested(f"during evaluation ({done}/{total} items); resumes from the latest checkpoint")
             self.report({"phase": "eval", "eval_done": done, "eval_total": total})
 
         table = evaluate(generate, prompts, test["item"], test["answer"], self.labels,
@@ -176,13 +209,14 @@ class GRPORun:
                                       ("decompose_s", "geometry_s"))
         record = self.record
         record.status, record.timings = COMPLETED, self.timings
+        attempts.end_attempt(record.attempts, attempts.COMPLETED)
         record.steps = len(self.profiler.steps) if self.profiler is not None else 0
         if self.profiler is not None and self.profiler.missing_rows:
             rows = len(self.profiler.steps) * len(self.profiler.keys)
             record.warnings.append(f"{self.profiler.missing_rows} of {rows} profile rows had a parameter without a "
                                    "gradient; recorded as NaN (nonfinite), not 0")
         record.eval = {"n": eval_table.num_rows, "correct": correct, "accuracy": correct / max(eval_table.num_rows, 1)}
-        record.finished_at = _now()
+        record.finished_at = attempts.now()
         self.paths.write_record(record)  # last: the run is complete only once its tables are all in place
         return record
 
@@ -197,17 +231,35 @@ class GRPORun:
         """Record the failure in run.json (results already written stay as they are)."""
         if self.record.started_at is None:
             return  # failed before the run started (e.g. bad library versions): nothing of this run exists yet
-        self.record.status, self.record.error = FAILED, _one_line(err)
-        self.record.traceback = traceback.format_exc(limit=20)
+        if not isinstance(err, RunStopped):  # a stopped run already recorded why, and is not failed
+            self.record.status, self.record.error = FAILED, _one_line(err)
+            self.record.traceback = traceback.format_exc(limit=20)
+            attempts.end_attempt(self.record.attempts, f"{attempts.FAILED}: {_one_line(err)}")
+        try:
+            self.paths.write_record(self.record)
+        except OSError as write_err:  # e.g. the disk is full: the previous run.json stays, whole (atomic writes)
+            print(f"[{self.spec.run_id}] run.json not updated: {_one_line(write_err)}", flush=True)
+
+    def _stop_if_requested(self, where: str) -> None:
+        """Told to stop (SIGTERM): record why in run.json and end this attempt (the scheduler resumes the run)."""
+        control = self.control
+        if not control.stop.is_set():
+            return
+        took = time.monotonic() - control.stop_time if control.stop_time is not None else float("nan")
+        reason = f"{attempts.STOPPED}: {control.stop_reason or 'stop requested'} {where} ({took:.1f} s after the request)"
+        attempts.end_attempt(self.record.attempts, reason)
         self.paths.write_record(self.record)
+        raise RunStopped(reason)
 
     # -- setup steps ----------------------------------------------------------------------------------------
     def _start_record(self) -> None:
         previous = self.paths.read_record(self.spec.run_id)
         record = self.record
-        record.host, record.pid, record.started_at = socket.gethostname(), os.getpid(), _now()
+        record.host, record.pid, record.started_at = socket.gethostname(), os.getpid(), attempts.now()
         record.cpu = machine_cpu()
         record.attempt = (previous.attempt if previous is not None else 0) + 1
+        record.attempts = attempts.start_attempt(previous.attempts if previous is not None else [], record.attempt,
+                                                 self.control, record.host, record.pid)
         self.paths.write_record(record)
 
     def _setup_model(self) -> None:
@@ -313,6 +365,12 @@ class GRPORun:
         record.allocation = [round(sum(ranks[(layer, m)] for m in layout.modules) / len(layout.modules))
                              for layer in range(layout.num_layers)]
 
+    def _grpo_args(self):
+        args, memory_plan = grpo_args(self.config, self.spec, self.paths.checkpoints(self.spec.run_id),
+                                      on_gpu=torch.cuda.is_available())
+        self.record.memory_plan = memory_plan
+        return args
+
     def _check_frozen_base(self) -> None:
         """The base weights must be bitwise what they were before training (LoRA trains only the adapter)."""
         digests = self.record.frozen_base
@@ -324,65 +382,19 @@ class GRPORun:
                 "by an in-place merge; the run's results are not written"
             )
 
-    def _grpo_args(self):
-        from trl import GRPOConfig
-
-        g, spec = self.config.grpo, self.spec
-        on_gpu = torch.cuda.is_available()
-        kwargs = dict(
-            output_dir=str(self.paths.checkpoints(spec.run_id)),
-            seed=spec.seed,
-            data_seed=spec.seed,
-            # The paper's settings, passed explicitly because TRL's defaults differ (dapo, beta 0, lr 1e-6).
-            loss_type=g.loss_type,
-            beta=g.beta,
-            learning_rate=g.learning_rate,
-            num_generations=g.num_generations,
-            max_completion_length=g.max_completion_length,
-            max_steps=g.max_steps,
-            temperature=g.temperature,
-            max_grad_norm=g.max_grad_norm,
-            # Settings TRL would otherwise apply silently (orchestrator/core/config.py says what each does).
-            disable_dropout=g.disable_dropout,
-            top_p=g.top_p,
-            top_k=g.top_k,
-            mask_truncated_completions=g.mask_truncated_completions,
-            lr_scheduler_type=g.lr_scheduler_type,
-            warmup_steps=g.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of max_steps
-            scale_rewards="group",  # Eq. 1: advantages normalised by the group's std
-            # One generation batch per optimizer step, so a profiled step is one GRPO update.
-            per_device_train_batch_size=g.prompts_per_step * g.num_generations,
-            gradient_accumulation_steps=1,
-            steps_per_generation=1,
-            logging_steps=1,
-            save_strategy="steps",
-            save_steps=g.checkpoint_every,
-            save_total_limit=2,
-            report_to=[],
-            disable_tqdm=True,
-            use_cpu=not on_gpu,
-            # bf16 autocast and checkpointing pay off on GPU; on CPU they made a step 1.8x slower (measured).
-            bf16=on_gpu and self.config.model.dtype == "bfloat16",
-            gradient_checkpointing=on_gpu,
-            dataloader_num_workers=0,
-        )
-        if g.use_vllm:
-            from orchestrator.core.gpu_packing import vllm_share_record
-            from workers.generation import vllm_grpo_args
-
-            self.record.memory_plan = vllm_share_record(self.config)  # several runs may share one GPU
-            share = self.record.memory_plan["vllm_gpu_memory_utilization"]
-            kwargs.update(vllm_grpo_args(g, spec.seed, on_cpu=not on_gpu, memory_share=share))
-        return GRPOConfig(**kwargs)
-
 
 def execute_run(config: StudyConfig, spec: RunSpec, study_dir: str | os.PathLike,
-                report: Report | None = None) -> RunRecord:
-    """Run one spec to completion (or return its record if it already completed); failures are recorded."""
+                report: Report | None = None, control: RunControl | None = None) -> RunRecord:
+    """Run one spec to completion (or return its record if it already completed); failures are recorded.
+
+    ``control`` (from the scheduler) says where the attempt runs and carries its stop request: a stopped run
+    raises :class:`RunStopped` after saving a checkpoint. A full output disk raises one
+    :class:`OutputSpaceError` line naming the directory and the space left.
+    """
     paths = StudyPaths(study_dir)
     if paths.is_complete(spec.run_id):
         return paths.read_record(spec.run_id)
-    run = GRPORun(config, spec, study_dir, report)
+    run = GRPORun(config, spec, study_dir, report, control)
     try:
         run.setup()
         if run.strategy.trains:
@@ -391,6 +403,10 @@ def execute_run(config: StudyConfig, spec: RunSpec, study_dir: str | os.PathLike
         run.cleanup()
         return record
     except BaseException as err:
+        if attempts.is_disk_full(err):
+            err = attempts.disk_full_error(err, paths.root)
+            run.fail(err)
+            raise err from None
         run.fail(err)
         raise
 

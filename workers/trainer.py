@@ -5,6 +5,8 @@
 - :class:`StepRecorder` keeps one metrics row per optimizer step from TRL's logs (logging_steps=1), the step's
   wall time, and a digest of the step's rollouts (so tests and users can see that two seeds sampled
   differently), and reports progress to the caller.
+- :class:`StopAtStepBoundary` ends training at the next step boundary once the run is told to stop (SIGTERM),
+  saving a checkpoint there.
 - :class:`CheckpointTables` writes the profile and metrics rows into each checkpoint directory, last of all a
   marker; a resumed run reloads them from the checkpoint it resumes from, so every step appears exactly once
   even if the process died between two checkpoints.
@@ -126,6 +128,25 @@ class StepRecorder(TrainerCallback):
 
     def restore(self, table: pa.Table) -> None:
         self.rows = {row["step"]: row for row in table.to_pylist()}
+
+
+class StopAtStepBoundary(TrainerCallback):
+    """Ends training at the first step boundary after a stop request, saving a checkpoint there.
+
+    transformers saves when a callback sets ``should_save`` at ``on_step_end`` (the step's optimizer update is
+    done, its tables rows recorded), then leaves the loop on ``should_training_stop``; the resumed attempt starts
+    at the next step, not at the last periodic checkpoint.
+    """
+
+    def __init__(self, stop):
+        self.stop = stop  # a threading.Event, set by the actor's SIGTERM handler
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stop.is_set():
+            control.should_save = control.should_training_stop = True
+            self.stopped_at = state.global_step
+        return control
 
 
 class CheckpointTables(TrainerCallback):

@@ -251,7 +251,12 @@ class ResourcesConfig:
     gpus_per_run: float = documented("GPUs per run actor (0 on CPU-only machines; a fraction such as 0.25 packs "
                                      "floor(1 / it) runs on one GPU, orchestrator/core/gpu_packing.py).", default=1.0)
     cpus_per_run: float = documented("CPUs per run actor.", default=8.0)
-    max_retries: int = documented("Restarts of a run whose actor died; each resumes from its checkpoint.", default=2)
+    max_retries: int = documented("Restarts of a run whose own process crashed (died or raised); each resumes from its "
+                                  "latest checkpoint.", default=2)
+    max_interruptions: int = documented(
+        "Restarts of a run interrupted by the cluster: its node was lost, or its process was told to stop (SIGTERM; "
+        "it checkpoints at the next step first). Kept apart from max_retries, as Ray Train's "
+        "max_preemption_failures, so that preemptions do not use up the budget for crashes.", default=10)
     custom: dict[str, float] = documented("Extra Ray custom resources each run needs.", default_factory=dict)
     gpu_memory_gib: float | None = documented("Memory of one GPU, to check a packing of several runs per GPU (null "
                                               "= the planning machine's first CUDA device, if any).", default=None)
@@ -268,8 +273,9 @@ class ResourcesConfig:
             raise ConfigError(
                 f"gpus_per_run/cpus_per_run: must be >= 0 and > 0, got {self.gpus_per_run}/{self.cpus_per_run}"
             )
-        if self.max_retries < 0:
-            raise ConfigError(f"max_retries: must be >= 0, got {self.max_retries}")
+        if self.max_retries < 0 or self.max_interruptions < 0:
+            raise ConfigError(f"max_retries/max_interruptions: must be >= 0, got {self.max_retries}/"
+                              f"{self.max_interruptions}")
         if not 0 < self.training_share < 1:
             raise ConfigError(f"training_share: must be in (0, 1), got {self.training_share}")
         if self.gpu_memory_gib is not None and self.gpu_memory_gib <= 0:

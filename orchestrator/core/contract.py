@@ -218,6 +218,8 @@ class RunRecord:
     spec: dict[str, Any] = field(default_factory=dict)  # depends_on (run id) / profile_path (a fixed profile)
     status: str = RUNNING
     attempt: int = 1
+    # one entry per attempt: node_id, node_ip, host, pid, started_at, ended_at, ended (orchestrator/core/attempts.py)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
     host: str | None = None
     cpu: dict[str, Any] | None = None  # what ran it: CPU model, torch's kernel capability, threads (figures differ by CPU)
     pid: int | None = None
@@ -271,6 +273,7 @@ class RunRecord:
         for key in ("axes", "spec", "timings"):
             known[key] = dict(known.get(key) or {})
         known["warnings"] = [str(w) for w in known.get("warnings") or []]
+        known["attempts"] = [dict(a) for a in known.get("attempts") or [] if isinstance(a, Mapping)]
         known["tables"] = [str(t) for t in known.get("tables") or TRAINED_TABLES]
         return cls(**known, extra={k: v for k, v in data.items() if k not in names})
 
@@ -299,6 +302,10 @@ class StudyPaths:
 
     def run_json(self, run_id: str) -> Path:
         return self.run_dir(run_id) / "run.json"
+
+    def progress(self, run_id: str) -> Path:
+        """The running attempt's latest progress (phase, step, eval items, time), rewritten as it goes."""
+        return self.run_dir(run_id) / "progress.json"
 
     def adapter(self, run_id: str) -> Path:
         return self.run_dir(run_id) / "adapter"

@@ -1,0 +1,41 @@
+"""What the driver knows of each run while the grid runs, and the one progress line it prints from that."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from orchestrator.core.attempts import Budget
+from orchestrator.core.plan import RunSpec
+
+
+@dataclass
+class RunState:
+    spec: RunSpec
+    attempts: int = 0
+    budget: Budget | None = None  # what its attempts have used of the two failure budgets
+    node_id: str | None = None  # the node of the running attempt, once its actor answered
+    status: str = "pending"  # pending | running | completed | failed
+    error: str | None = None
+    actor: object = None
+    ref: object = None
+    progress: dict = field(default_factory=dict)
+    record: object = None  # what the runner returned (a RunRecord), once completed
+    progress_ref: object = None  # an unanswered progress query
+
+
+def progress_line(states: dict[str, RunState]) -> str:
+    counts = {k: sum(s.status == k for s in states.values()) for k in ("completed", "running", "pending", "failed")}
+    parts = [f"{s.spec.run_id} {describe(s.progress)}" for s in states.values() if s.status == "running"]
+    head = (f"runs: {counts['completed']} done, {counts['running']} running, {counts['pending']} pending"
+            + (f", {counts['failed']} failed" if counts["failed"] else ""))
+    return head + (" | " + ", ".join(parts) if parts else "")
+
+
+def describe(progress: dict) -> str:
+    if not progress:
+        return "queued"  # the actor has not answered yet: waiting for resources, or starting its process
+    if progress.get("phase") == "eval":
+        return f"eval {progress.get('eval_done', 0)}/{progress.get('eval_total', '?')}"
+    if "step" in progress:
+        return f"step {progress['step']}/{progress.get('max_steps', '?')}"
+    return "setting up"
