@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -68,6 +69,7 @@ def test_a_lost_node_costs_its_run_no_step_and_no_failure_budget(cluster, write_
     lost = _node_of_pid(head, record["pid"])
     assert lost.node_id == record["attempts"][-1]["node_id"]
     head.remove_node(lost, allow_graceful=False)
+    removed = time.time()
     stdout = driver.finish()
     assert driver.proc.returncode == 0, stdout[-3000:]
     assert "(interruption 1/10)" in stdout and "FAILED" not in stdout
@@ -83,6 +85,9 @@ def test_a_lost_node_costs_its_run_no_step_and_no_failure_budget(cluster, write_
     assert list(pd.read_parquet(out / "metrics" / "uniform-seed0.parquet")["step"]) == [1, 2, 3, 4, 5, 6]
     for run_id in ("uniform-seed0", "uniform-seed1"):
         assert_same_tables(out, fault_reference, run_id)  # resuming on CPU is exact
+    restarted = datetime.strptime(second["started_at"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    print(f"\nnode lost at step >= 2: the run's next attempt started {restarted - removed:.0f} s later (1 s "
+          f"resolution) and resumed from step {lost_run['resumed_from_step']}")
 
 
 def test_a_node_lost_while_preparing_the_base_model_is_retried_elsewhere(cluster, tmp_path):
