@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install test test-kernels lint run run-beyond bench gpu-check clean
+.PHONY: install test test-kernels lint run run-beyond run-ranks bench gpu-check clean
 
 install:
 	python3 -m venv $(VENV)
@@ -51,6 +51,11 @@ run-beyond:
 	  --set 'grid.strategies=[uniform, proportional, proportional_r2, adalora]' \
 	  --set profile.decompose_every=4 --set profile.geometry=true --set profile.geometry_top_k=4 \
 	  --set adalora.delta_t=2
+
+# The rank sweep (configs/laptop-ranks.yaml): uniform at ranks 1-16 under two scale rules, on `make run`'s cached
+# model; the report says first whether accuracy moves with rank.
+run-ranks:
+	$(VENV)/bin/rankstudy run configs/laptop-ranks.yaml --output runs/laptop-ranks
 
 bench:
 	$(PY) -m benchmarks

@@ -34,6 +34,7 @@ from dashboards.analysis.beyond_findings import (
     rounds_findings,
 )
 from dashboards.analysis.findings import comparison_key
+from dashboards.analysis.rank_sweep import rank_sweep_findings
 from dashboards.analysis.schema import (
     CellSummary,
     ControlStrategy,
@@ -232,7 +233,8 @@ def _beyond_html(s: CellSummary, frames: dict, prefix: str) -> list[str]:
          "PEFT's AdaLoRA, update_and_allocate after every optimizer step; the final total rank equals uniform's "
          "budget. Its accuracy and paired tests are in Table 1."),
         ("rounds", s.rounds, lambda: figures_beyond.rounds_figure(s.rounds), rounds_findings,
-         "Round 0 is the uniform run; round k allocates by Eq. 3 from round k-1's profile, same budget, same seed."),
+         "Round 0 is where the first allocation's profile came from (allocation.profile_from, named in the table); "
+         "round k allocates by Eq. 3 from round k-1's profile, same budget, same seed."),
         ("decomposition", s.decomposition,
          lambda: figures_beyond.component_share_figure(frames.get("component_shares")), decomposition_findings,
          "Each component's S_c(l) (Eq. 2 over the decomposed steps) as a share of its total. The components sum "
@@ -305,6 +307,7 @@ def _render_html(analysis: Analysis, name: str) -> str:
                     "Each point is one strategy in one cell: accuracy with its 95% interval over items, the max/min "
                     "ratio of its layer shares, and the correlation between allocated rank and share shift "
                     "against uniform (the amplification).</p>")
+        body += [f"<p><b>{_e(line)}</b></p>" for line in rank_sweep_findings(s.rank_sweeps)]
         for i, cell in enumerate(analysis.cells):
             body.append(f"<h2 class='cell'>Cell {i}: {_e(cell.label())}</h2>")
             body.append(_comparison_html(cell.summary.paper_comparison))

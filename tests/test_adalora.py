@@ -33,6 +33,29 @@ def test_adalora_ranks_change_during_training_to_uniforms_budget(write_study_con
     assert per_step.loc[6, "max"] > per_step.loc[6, "min"]  # ...distributed unevenly: re-allocated, not shrunk
     assert sum(sum(v) for v in record.module_ranks.values()) == rank * modules
     assert record.trainable_params == sum(init_r * (sum(shape) + 1) for shape in _shapes(record, config))
+    # What run.json says of it: the scale rule PEFT applies (alpha / init_r, for every module whatever its rank),
+    # and uniform LoRA's parameter count beside AdaLoRA's (every triplet stays trainable).
+    assert record.lora["scaling"] == "constant"
+    assert record.lora["uniform_trainable_params"] == sum(rank * sum(shape) for shape in _shapes(record, config))
+    ratio = record.lora["orthogonality_to_policy_grad"]
+    assert ratio["steps"] == 6 and ratio["first"] > 0 and ratio["weight"] == config.adalora.orth_reg_weight
+
+
+def test_the_profiles_total_rows_leave_the_orthogonality_regulariser_out(write_study_config, tmp_path):
+    # At step 1 both runs have the same weights and batch, so the same policy gradient: their total rows agree
+    # whatever the regulariser's weight, which they would not if its gradient were in them (it is its own
+    # component on decomposed steps). Six steps: with two, PEFT's rank allocator fails at its first allocation
+    # (KeyError on lora_A's sensitivity).
+    profiles = {}
+    for weight in (0.25, 0.5):
+        config = load_study(write_study_config(name=f"orth{weight}", grid={"strategies": ["adalora"], "seeds": [0]},
+                                               adalora={**SCHEDULE, "orth_reg_weight": weight},
+                                               grpo={"max_steps": 6, "checkpoint_every": 10})).config
+        record = execute_run(config, RunSpec("adalora", 0, num_gpus=0, num_cpus=1), tmp_path / str(weight))
+        profile = pq.read_table(StudyPaths(tmp_path / str(weight)).table("profiles", record.run_id)).to_pandas()
+        profiles[weight] = profile[profile["step"] == 1]["grad_norm"].to_numpy()
+        assert record.lora["orthogonality_to_policy_grad"]["first"] > 0.01  # a regulariser that was there
+    assert profiles[0.5] == pytest.approx(profiles[0.25], rel=1e-4)
 
 
 def _shapes(record, config):

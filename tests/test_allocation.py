@@ -113,18 +113,27 @@ def test_layer_importance_is_eq2_and_reads_profile_parquet(tmp_path):
 
 
 def test_one_rule_for_non_finite_norms_and_missing_steps(tmp_path):
-    # Eq. 2's one rule (orchestrator/core/importance.py): a non-finite norm is left out and counted, each
-    # (layer, module) term is the mean over its own finite steps; a layer whose module has none is undefined.
+    # Eq. 2's one rule (orchestrator/core/importance.py): a step with a non-finite norm in any module is left out
+    # whole and counted, so every module's mean is over the same steps; each (layer, module) term is the mean over
+    # the steps it has rows for; a layer whose module has none is undefined.
     rows = [("uniform-seed0", "uniform", 0, step, layer, "q_proj", 8, float(step + layer))
             for step in (1, 2, 3) for layer in range(2)]
     df = _profile(rows)
-    df.loc[(df.step == 2) & (df.layer == 1), "grad_norm"] = float("inf")  # layer 1: norms 2, inf, 4
+    df.loc[(df.step == 2) & (df.layer == 1), "grad_norm"] = float("inf")  # step 2 goes: layer 0 by 1, 3; layer 1 by 2, 4
     path = tmp_path / "p.parquet"
     df.to_parquet(path)
     found = importance_from_profile(str(path))
-    assert found.values == [2.0, 3.0] and found.nonfinite == 1 and "1 non-finite" in found.note()
-    missing_step = df[~((df.step == 3) & (df.layer == 0))]  # layer 0 has steps 1, 2 only: mean 1.5, not 1.0
-    assert importance_from_frame(missing_step).values == [1.5, 3.0]
+    assert found.values == [2.0, 3.0] and found.nonfinite == 2 and found.diverged_at is None
+    assert "2 row(s) of steps with a non-finite grad_norm" in found.note()
+    missing_step = df[~((df.step == 3) & (df.layer == 0))]  # layer 0 has step 1 only now: mean 1.0, not 2.0
+    assert importance_from_frame(missing_step).values == [1.0, 3.0]
+    # Per-module means over their own finite steps would mix step sets: v_proj non-finite at step 3 (where every
+    # norm is small) would be averaged over steps 1-2 only, and outweigh q_proj.
+    two = _profile([("u-seed0", "uniform", 0, step, 0, module, 8, norm) for step, q, v in
+                    ((1, 4.0, 4.0), (2, 2.0, 2.0), (3, 0.0, float("nan"))) for module, norm in (("q_proj", q),
+                                                                                             ("v_proj", v))])
+    assert importance_from_frame(two).values == [6.0]  # q: (4 + 2) / 2, v: (4 + 2) / 2; not 2 + 3
+    assert importance_from_frame(two).diverged_at == 3  # non-finite from step 3 to the end
     df.loc[df.layer == 1, "grad_norm"] = float("nan")
-    with pytest.raises(StudyError, match=r"layer\(s\) \[1\] have no finite gradient norm"):
+    with pytest.raises(StudyError, match=r"have no finite gradient norm"):
         importance_from_frame(df)

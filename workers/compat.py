@@ -155,6 +155,11 @@ class DecomposedGRPO:
 
                 raise StudyError("profile.decompose_every: TRL's entropy bonus or a router (MoE) auxiliary loss is "
                                  "on, a loss term the decomposition does not split; set profile.decompose_every: 0")
+            if getattr(self, "off_policy_mask_threshold", None) is not None:
+                from orchestrator.core.errors import StudyError
+
+                raise StudyError("profile.decompose_every: TRL's off-policy sequence mask depends on the sign of the "
+                                 "advantage, which the parts do not share; set profile.decompose_every: 0")
             beta = self.beta
             import torch
 
@@ -183,13 +188,51 @@ class DecomposedGRPO:
                             del logged[key][kept.get(mode, {}).get(key, 0):]
 
             terms = {name: (lambda fn=fn: fn(model)) for name, fn in (self.loss_terms or {}).items()}
-            self.decomposer.decompose(self.state.global_step + 1, loss_at, parts, has_kl=beta != 0.0, terms=terms)
+            # The step's own per-token log-probabilities (TRL's first forward inside loss_at), for the clip check.
+            captured = []
+            trl_logps = self._get_per_token_logps_and_entropies
+
+            def capture(*args, **kwargs):
+                out = trl_logps(*args, **kwargs)
+                if not captured:
+                    captured.append(out[0].detach())
+                return out
+
+            self._get_per_token_logps_and_entropies = capture
+            try:
+                step = self.state.global_step + 1
+                self.decomposer.decompose(step, loss_at, parts, has_kl=beta != 0.0, terms=terms)
+            finally:
+                del self._get_per_token_logps_and_entropies  # the class's method again
             restore_rng()
+            self.decomposer.note_clip(step, *self._clipped_tokens(inputs, captured[0] if captured else None))
         loss = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
-        for term in (self.loss_terms or {}).values():
-            loss = loss + term(model)
+        profiler = getattr(self, "gradient_profiler", None)
+        for name, term in (self.loss_terms or {}).items():
+            value = term(model)
+            if profiler is not None and model.training:
+                # The profile's total rows are the policy gradient's (Eq. 2 measures the GRPO objective): the
+                # term's own gradient is taken out of them, and the optimizer still sees the whole loss.
+                import torch
+
+                grads = torch.autograd.grad(value, profiler.params, retain_graph=True, allow_unused=True)
+                profiler.exclude_from_total(self.state.global_step + 1, name, list(grads))
+            loss = loss + value
         return loss
+
+    def _clipped_tokens(self, inputs, logps) -> tuple[int, int]:
+        """Tokens of the step outside the clip range, and tokens in its loss mask (TRL 1.16's ratio: the step's
+        log-probabilities against ``old_per_token_logps``, which TRL leaves out when they equal the current ones)."""
+        from workers.decompose import clipped_tokens
+
+        mask = inputs["completion_mask"]
+        if "tool_mask" in inputs:
+            mask = mask * inputs["tool_mask"]
+        old = inputs.get("old_per_token_logps")
+        if old is None or logps is None:
+            return 0, int(mask.sum())  # the ratio is exactly 1
+        return clipped_tokens(logps, old, mask, self.epsilon_low, self.epsilon_high, self.importance_sampling_level)
 
 
 # -- torch -------------------------------------------------------------------------------------------------

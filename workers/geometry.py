@@ -18,7 +18,8 @@ dW is never formed: with ``B = Q_B R_B`` and ``A^T = Q_A R_A`` (thin QR), ``dW =
 singular values are those of the ``r x r`` core and the overlap is ``||s (U_k^T B)(A V_k)||_F^2``. W0's top-k
 subspace is computed once per run (it is frozen): an exact SVD for matrices up to
 :data:`EXACT_SVD_MAX_DIM` on their short side, a randomised one with power iterations above
-(``torch.svd_lowrank``; Halko et al., 2011), which is exact to float precision on the top of a decaying spectrum.
+(``torch.svd_lowrank``; Halko et al., 2011): an approximation, not exact, whose error on the top-k subspace
+shrinks with the gap after the k-th singular value and with each power iteration.
 """
 
 from __future__ import annotations

@@ -75,6 +75,8 @@ class GradientProfiler:
         self._components: dict[int, dict[str, list[float]]] = {}  # step -> component -> norms (decomposed steps)
         self.capture_seconds: dict[int, float] = {}
         self.checks: list = []  # fn(step, grads) called on every captured step's gradients, before the norms
+        self._excluded: dict[int, dict[str, list]] = {}  # step -> loss term -> its gradient, out of the total rows
+        self.excluded_ratio: dict[str, dict[int, float]] = {}  # loss term -> step -> |its grad| / |the rest|
 
     @classmethod
     def for_lora(cls, model: torch.nn.Module, layout: LayerLayout, ranks: list[int], labels: RunLabels):
@@ -108,6 +110,7 @@ class GradientProfiler:
         grads = [p.grad for p in self._params]
         for check in self.checks:  # e.g. the decomposition's sum identity, on the gradient itself
             check(step, grads)
+        grads = self._without_excluded(step, grads)
         self.missing_rows += len({self._group_list[i] for i, g in enumerate(grads) if g is None})
         values = self._group_norms(grads)
         self._steps.append(step)
@@ -115,6 +118,24 @@ class GradientProfiler:
         self._step_ranks.append(self._ranks)
         # The profiler's own cost, including the device->host sync: the metrics table reports it per step.
         self.capture_seconds[step] = time.perf_counter() - started
+
+    def exclude_from_total(self, step: int, name: str, grads: list[torch.Tensor | None]) -> None:
+        """A loss term's gradient (e.g. AdaLoRA's orthogonality regulariser), left out of step ``step``'s total
+        rows; its size against the rest is kept in :attr:`excluded_ratio` (global L2 norms)."""
+        self._excluded.setdefault(step, {})[name] = grads
+
+    def _without_excluded(self, step: int, grads: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        excluded = self._excluded.pop(step, {})
+        for name, term in excluded.items():
+            with torch.no_grad():
+                rest = [g if e is None or g is None else g - e for g, e in zip(grads, term, strict=True)]
+                term_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(e) for e in term
+                                                                  if e is not None] or [torch.zeros(())]))
+                rest_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in rest
+                                                                  if g is not None] or [torch.zeros(())]))
+            self.excluded_ratio.setdefault(name, {})[step] = float(term_norm / rest_norm) if rest_norm > 0 else math.nan
+            grads = rest
+        return grads
 
     @property
     def params(self) -> list[torch.nn.Parameter]:

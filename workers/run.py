@@ -49,7 +49,7 @@ from orchestrator.core.contract import (
     run_tables,
 )
 from orchestrator.core.errors import RunStopped, StudyError
-from orchestrator.core.importance import importance_from_profile
+from orchestrator.core.importance import importance_from_profile, profile_divergence
 from orchestrator.core.plan import RunSpec
 from workers import compat
 from workers.adapters import get_adapter
@@ -186,7 +186,9 @@ class GRPORun:
         self._check_frozen_base()
         if self.strategy.trains:
             self.trainer.model.save_pretrained(str(self.paths.adapter(run_id)))
-            atomic_write_table(self.paths.table("profiles", run_id), self.profiler.table())
+            profile = self.profiler.table()
+            atomic_write_table(self.paths.table("profiles", run_id), profile)
+            self._record_divergence(profile)
             atomic_write_table(self.paths.table("metrics", run_id), self.recorder.table())
         if self.adapter.ranks_change and self.profiler is not None:
             self._record_final_ranks()
@@ -197,11 +199,12 @@ class GRPORun:
         # The optional measurements' own cost (inside train_s): make bench reports it as a ratio.
         if self.decomposer is not None:
             self.timings["decompose_s"] = sum(self.decomposer.seconds.values())
-            if self.decomposer.inexact_steps:
+            dropped = self.decomposer.dropped
+            if dropped:
+                first = min(dropped)
                 self.record.warnings.append(
-                    f"profile.decompose_every: the per-reward parts of steps {self.decomposer.inexact_steps[:5]} "
-                    f"({len(self.decomposer.inexact_steps)} in all) did not sum to the gradient (the PPO clip was "
-                    "active, e.g. dropout in the old-logprob pass); their component rows were left out")
+                    f"profile.decompose_every: the component rows of {len(dropped)} decomposed step(s) "
+                    f"{sorted(dropped)[:5]} were left out; step {first}: {dropped[first]}")
         if self.geometry is not None:
             self.timings["geometry_s"] = self.geometry.seconds
         correct = sum(1 for verdict in eval_table.column("correct").to_pylist() if verdict)  # None: no such reward
@@ -303,7 +306,8 @@ class GRPORun:
         self.recorder = StepRecorder(self.labels, rewards, report=self.report)
         reward_funcs = [self.recorder.watch_rollouts(fn) for fn in rewards.values()]
         if cfg.profile.decompose_every and self.strategy.trains:
-            self.decomposer = Decomposer(cfg.profile.decompose_every, list(rewards), None, cfg.grpo.num_generations)
+            self.decomposer = Decomposer(cfg.profile.decompose_every, list(rewards), None, cfg.grpo.num_generations,
+                                         compute_dtype=self.model.dtype)
             reward_funcs = [self.decomposer.tap(name, fn) for name, fn in zip(rewards, reward_funcs, strict=True)]
         engine = lock = contextlib.nullcontext()
         starting: dict = {}
@@ -370,6 +374,13 @@ class GRPORun:
                                       on_gpu=torch.cuda.is_available())
         self.record.memory_plan = memory_plan
         return args
+
+    def _record_divergence(self, profile) -> None:
+        """A run whose gradient norms are non-finite from some step to its end diverged: run.json says from when."""
+        self.record.diverged_at_step, last = profile_divergence(profile)
+        if self.record.diverged_at_step is not None:
+            self.record.warnings.append(f"diverged: the gradient norms are non-finite from step "
+                                        f"{self.record.diverged_at_step} to the last step {last}")
 
     def _check_frozen_base(self) -> None:
         """The base weights must be bitwise what they were before training (LoRA trains only the adapter)."""

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from dashboards.analysis.load import PROFILE_OPTIONAL, PROFILE_REQUIRED, usable_parquet_files
 from orchestrator.core.contract import TOTAL
+from orchestrator.core.importance import diverged_at
 
 
 @dataclass
@@ -48,9 +49,10 @@ class ProfileAggregates:
     step_layer_sum: np.ndarray  # (R, S, L) sum over modules of finite grad_norm
     step_present: np.ndarray  # (R, S) the run has rows at that step
     profile_rank: np.ndarray  # (R, L) the rank column (-1 where it was not read)
-    nonfinite: np.ndarray  # (R,) rows with a non-finite grad_norm
+    nonfinite: np.ndarray  # (R,) rows with a non-finite grad_norm (their steps are left out whole)
     rows: np.ndarray  # (R,) rows read
     files: list[str] = field(default_factory=list)
+    diverged_at: dict[str, int] = field(default_factory=dict)  # run id -> the step its norms stayed non-finite from
 
     def select(self, rows: list[int]) -> ProfileAggregates:
         """The aggregates of some runs only (rows of the run axis, in the given order)."""
@@ -143,10 +145,15 @@ def aggregate_profiles(profile_dir: Path, warnings: list[str], known_runs: set[s
     dense, counts, pair_rows, pair_nonfinite = _bincount_cells(key, table["grad_norm"].to_numpy(), pair_keys.size,
                                                                n_layers, n_mod)
     del key  # the largest array (one int64 per row): freed before the per-run sums
+    # Eq. 2's rule (orchestrator/core/importance.py): a step with a non-finite norm in any module is left out whole.
+    bad_pair = pair_nonfinite > 0
+    dense[bad_pair], counts[bad_pair] = 0.0, 0
+    diverged = {int(r): diverged_at(pair_step[pair_run == r], bad_pair[pair_run == r])
+                for r in np.unique(pair_run[bad_pair])}
     step_layer_sum = np.zeros((n_runs, n_step_values, n_layers))
     step_layer_sum[pair_run, pair_step] = dense.sum(axis=2)
     step_present = np.zeros((n_runs, n_step_values), dtype=bool)
-    step_present[pair_run, pair_step] = pair_rows > 0
+    step_present[pair_run, pair_step] = (pair_rows > 0) & ~bad_pair
     half_sum, half_count, rows, nonfinite = _per_run_halves(dense, counts, pair_rows, pair_nonfinite, pair_run, n_runs)
     # Heatmap columns: only steps some run has.
     used = step_present.any(axis=0)
@@ -158,6 +165,7 @@ def aggregate_profiles(profile_dir: Path, warnings: list[str], known_runs: set[s
         sum_lm=half_sum.sum(axis=1), count_lm=half_count.sum(axis=1), half_sum=half_sum, half_count=half_count,
         step_layer_sum=step_layer_sum[:, used], step_present=step_present[:, used], profile_rank=profile_rank,
         nonfinite=nonfinite, rows=rows, files=[p.name for p, _ in files],
+        diverged_at={str(run_index[r]): step for r, step in diverged.items() if step is not None},
     )
 
 

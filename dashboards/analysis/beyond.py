@@ -3,9 +3,10 @@
 Pure functions of one cell's tables, each returning (summary part, figure table); None when the study did not
 measure it (no round beyond the first, no decomposed step, no geometry table).
 
-- :func:`rounds_summary`: per round k (0: the uniform run the first allocation came from; k: the strategy of
-  ``allocation_round`` k, strategies/rounds.py), the max/min ratio of the round's own profile per seed and
-  its allocation: does re-allocating from the new profile keep steepening it (the feedback loop)?
+- :func:`rounds_summary`: per round k (0: where the first allocation's profile came from, e.g. the uniform or the
+  SFT run; k: the strategy of ``allocation_round`` k, strategies/rounds.py), the max/min ratio of the round's own
+  profile per seed and its allocation: does re-allocating from the new profile keep steepening it (the feedback
+  loop)?
 - :func:`decomposition_summary`: each layer's share of each component's gradient, S_c(l) / sum S_c with
   S_c(l) = sum over modules of the mean over decomposed steps of the component's norm (Eq. 2 per component),
   and the paper's hypothesis as a statistic: in the coldest 30% of layers by the total S(l) (floor(0.3 L),
@@ -42,6 +43,7 @@ from dashboards.analysis.schema import (
     StrategyResult,
 )
 from dashboards.style import order_strategies
+from orchestrator.core.contract import parse_run_id
 from orchestrator.core.roles import REFERENCE
 from orchestrator.core.strategies import get_strategy, registered_names
 
@@ -82,6 +84,25 @@ def _by_seed(ids: list[str], runs: dict[str, RunMeta]) -> list[str]:
     return sorted(ids, key=lambda r: (runs[r].seed is None, runs[r].seed or 0, r))
 
 
+def round_zero_source(first_round: str | None, runs: dict[str, RunMeta]) -> str:
+    """What round 0 really is: the strategy whose runs the first round's allocations were profiled from
+    (``allocation.profile_from``: the uniform run, the SFT warm start, ...), or the profile file they read.
+
+    >>> runs = {"proportional-seed0": RunMeta("proportional-seed0", "proportional", 0, profile_source="sft-seed0")}
+    >>> round_zero_source("proportional", runs)
+    'sft'
+    >>> runs["proportional-seed0"].profile_source = "/data/base.parquet"
+    >>> round_zero_source("proportional", runs)
+    'profile /data/base.parquet'
+    """
+    sources = {runs[r].profile_source for r in runs if runs[r].strategy == first_round and runs[r].profile_source}
+    if len(sources) != 1:
+        return REFERENCE  # no record of it (older run.json) or several: the default source
+    source = sources.pop()
+    strategy, seed, _ = parse_run_id(source)
+    return strategy if seed is not None else f"profile {source}"
+
+
 def rounds_summary(strategy_entries: dict[str, StrategyResult], runs: dict[str, RunMeta]) -> Rounds | None:
     """Max/min ratio and allocation per re-profiling round; None unless the cell has a round beyond the first."""
     chain = {0: REFERENCE}
@@ -91,6 +112,7 @@ def rounds_summary(strategy_entries: dict[str, StrategyResult], runs: dict[str, 
             chain[k] = name
     if max(chain) < 2:
         return None
+    chain[0] = round_zero_source(chain.get(1), runs)
     rounds = []
     for k in sorted(chain):
         name = chain[k]

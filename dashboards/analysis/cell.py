@@ -146,7 +146,10 @@ def _profile_analysis(prof: ProfileAggregates, runs: dict[str, RunMeta],
     for r in keep:
         if prof.nonfinite[r]:
             warnings.append(f"profiles: {prof.run_ids[r]} has {int(prof.nonfinite[r])} non-finite grad_norm "
-                            f"value(s) of {int(prof.rows[r])}; left out of its means")
+                            f"value(s) of {int(prof.rows[r])}; their steps are left out of its means whole")
+        if prof.run_ids[r] in prof.diverged_at:
+            warnings.append(f"profiles: {prof.run_ids[r]} diverged: its gradient norms are non-finite from step "
+                            f"{prof.diverged_at[prof.run_ids[r]]} to its last step; S(l) uses the steps before")
     importance_all = layer_importance(prof.sum_lm, prof.count_lm)
     grpo = [r for r in keep if runs[prof.run_ids[r]].strategy != SFT]
     sft = [r for r in keep if runs[prof.run_ids[r]].strategy == SFT]

@@ -37,6 +37,7 @@ class RunMeta:
     cell: str = ""  # the cell part of the run id ('' without axes)
     lora_scaling: str | None = None  # run.json's LoRA scaling convention (orchestrator.core.lora_scaling)
     ranks_change: bool = False  # its ranks changed while training (run.json records an initial_allocation)
+    profile_source: str | None = None  # where its allocation's profile came from: a run id, or a profile file
 
 
 @dataclass

@@ -81,6 +81,7 @@ class StrategyResult:
     paired_seeds: list[int] | None = None
     accuracy_delta_vs_uniform: Num = None
     item_accuracy: Num = None  # each item's correctness averaged over seeds, then over items
+    accuracy_per_seed: dict[str, Num] = field(default_factory=dict)  # each run's accuracy on the shared items
     item_ci_low: Num = None
     item_ci_high: Num = None
     n_items: int | None = None
@@ -341,6 +342,24 @@ CELL_ONLY = ("axes", "run_ids")  # a study without axes does not write these at 
 
 
 @dataclass
+class RankSweep:
+    """Accuracy against the uniform rank (a ``lora.rank`` axis) at one combination of the other axes' values."""
+
+    strategy: str
+    other_axes: dict[str, Any]
+    ranks: list[int]
+    mean: list[Num]  # over seeds, per rank
+    ci_low: list[Num]
+    ci_high: list[Num]
+    n_seeds: list[int]
+    f_statistic: Num  # one-way ANOVA over seeds across the ranks
+    p_value: Num
+    df_between: int | None
+    df_within: int | None
+    flat: bool | None  # no rank differs at alpha 0.05 (None: not testable)
+
+
+@dataclass
 class StudySummary:
     """summary.json: the study's cells (one without axes), its findings in words and its warnings."""
 
@@ -349,6 +368,7 @@ class StudySummary:
     axes: list[str] = field(default_factory=list)  # the dotted axis keys ([] without axes)
     findings: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    rank_sweeps: list[RankSweep] = field(default_factory=list)  # with a lora.rank axis (analysis/rank_sweep.py)
 
     @property
     def single(self) -> CellSummary | None:
@@ -362,13 +382,14 @@ class StudySummary:
             return {**body, "study_dir": self.study_dir, "paper_comparison": cell["paper_comparison"],
                     "findings": list(self.findings), "warnings": list(self.warnings)}
         return {"axes": list(self.axes), "cells": [to_json(c) for c in self.cells], "study_dir": self.study_dir,
-                "findings": list(self.findings), "warnings": list(self.warnings)}
+                "findings": list(self.findings), "warnings": list(self.warnings),
+                "rank_sweeps": [to_json(r) for r in self.rank_sweeps]}
 
     @classmethod
     def from_json(cls, data: dict) -> StudySummary:
         """summary.json back into the schema; a key the schema does not know is a ValueError naming it."""
         if "cells" in data:
-            study = {k: data[k] for k in ("study_dir", "axes", "findings", "warnings") if k in data}
+            study = {k: data[k] for k in ("study_dir", "axes", "findings", "warnings", "rank_sweeps") if k in data}
             no_unknown_keys(data, {*study, "cells"}, "summary")
             return cls(cells=[load(CellSummary, c, f"cells[{i}]") for i, c in enumerate(data["cells"])],
                        **{k: load(typing.get_type_hints(cls)[k], v, k) for k, v in study.items()})

@@ -47,6 +47,7 @@ from dashboards.analysis.load import (
     read_small_table,
 )
 from dashboards.analysis.profiles import RunMeta
+from dashboards.analysis.rank_sweep import rank_sweep_findings, rank_sweeps
 from dashboards.analysis.robustness import compare_verdicts, differing_setting, unique_labels
 from dashboards.analysis.schema import CellSummary, Replicate, StudySummary, cleaned
 from orchestrator.core.axes import describe
@@ -112,7 +113,8 @@ def _collect_runs(records: dict[str, RunRecord], warnings: list[str], tables: li
         runs[rec.run_id] = RunMeta(rec.run_id, rec.strategy, rec.seed,
                                    np.array(rec.allocation) if rec.allocation else None,
                                    rec.trainable_params, rec.lora_params, cell=parse_run_id(rec.run_id)[2],
-                                   lora_scaling=_scaling_of(rec), ranks_change=rec.initial_allocation is not None)
+                                   lora_scaling=_scaling_of(rec), ranks_change=rec.initial_allocation is not None,
+                                   profile_source=rec.spec.get("depends_on") or rec.spec.get("profile_path"))
     for table in tables:
         if table is None:
             continue
@@ -180,8 +182,12 @@ def analyze(study_dir: Path, replicates: Sequence[Path] = ()) -> Analysis:
     summaries = [c.summary for c in cells]
     if with_axes:
         keys = list(record.axes) or next(list(c.axes) for c in summaries if c.axes)
+        # A rank sweep is answered first: whether accuracy moves with rank frames every allocation verdict.
+        sweeps = rank_sweeps([(c.axes, c) for c in summaries])
         summary = StudySummary(study_dir=str(study_dir), cells=summaries, axes=keys, warnings=list(warnings),
-                               findings=cell_findings([(c.label(), c.summary) for c in cells]))
+                               findings=rank_sweep_findings(sweeps) + cell_findings([(c.label(), c.summary)
+                                                                                     for c in cells]),
+                               rank_sweeps=sweeps)
     else:
         summary = StudySummary(study_dir=str(study_dir), cells=summaries, findings=list(summaries[0].findings),
                                warnings=list(warnings))

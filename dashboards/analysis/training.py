@@ -22,7 +22,7 @@ from dashboards.analysis import stats as st
 from dashboards.analysis.items import item_statistics
 from dashboards.analysis.profiles import RunMeta
 from dashboards.analysis.schema import BaseDifference, Detectability, PairedDifference, TrainingResult
-from dashboards.analysis.verdicts import SeedVerdict, detectability, seed_verdicts
+from dashboards.analysis.verdicts import SeedVerdict, detectability, run_accuracies, seed_verdicts
 from orchestrator.core.roles import REFERENCE
 
 NO_SEED = -1  # internal stand-in for a run whose seed is unknown (it then has no uniform partner)
@@ -107,6 +107,8 @@ def strategy_eval(eval_df: pd.DataFrame, runs: dict[str, RunMeta],
                           "accuracy_delta_vs_uniform": entry["accuracy"] - uniform_accuracy})
         out[str(strategy)] = entry
     rows = df[["strategy", "seed", "item", "correct"]]
+    for strategy, by_seed in run_accuracies(rows).items():
+        out[strategy]["accuracy_per_seed"] = {str(seed): acc for seed, acc in sorted(by_seed.items())}
     verdicts = seed_verdicts(rows)
     for strategy, extra in item_statistics(rows).items():
         for key, kind in (("vs_uniform", PairedDifference), ("vs_base", BaseDifference)):

@@ -239,6 +239,7 @@ class RunRecord:
     lora_params: dict[str, list[int]] | None = None  # per module, per layer
     frozen_base: dict[str, str] | None = None  # sha256 of every frozen weight: before training, after evaluation
     resumed_from_step: int | None = None
+    diverged_at_step: int | None = None  # the step from which its gradient norms stayed non-finite (it diverged)
     memory_plan: dict[str, Any] | None = None  # vLLM's share of the card and how it was derived; engine-start wait
     steps: int | None = None
     timings: dict[str, float] = field(default_factory=dict)

@@ -6,14 +6,17 @@ Allocation (a profile-dependent run reading its source run's profile) and the an
 study, vectorised) both call :func:`layer_importance` on per (run, layer, module) sums and counts of the
 profile's ``grad_norm``. One rule covers incomplete profiles:
 
-- a non-finite ``grad_norm`` (kept and flagged in the profile's ``nonfinite`` column) is left out;
-- each (layer, module) term is the mean over the steps where that module has a finite norm, so a missing
-  or non-finite step neither inflates nor deflates the layer;
+- a step with a non-finite ``grad_norm`` in any module (kept and flagged in the profile's ``nonfinite`` column)
+  is left out whole, so every module's mean is over the same steps (a module whose gradient went non-finite
+  alone would otherwise be averaged over fewer steps than its neighbours, e.g. only the early, larger ones);
+- each (layer, module) term is the mean over the steps where that module has a row, so a missing step
+  neither inflates nor deflates the layer;
 - S(l) is the sum of those means over the modules the run profiles; a layer lacking a module that the run
   has elsewhere gets NaN (its S(l) would not be comparable), and so does a run with no rows at all.
 
 On a complete, finite profile this is exactly Eq. 2. Callers report what was left out
-(:class:`ProfileImportance` counts it; the analysis warns per run).
+(:class:`ProfileImportance` counts it; the analysis warns per run), and a profile that ends in non-finite steps
+is a run that diverged (:func:`diverged_at`).
 
 >>> sums, counts = np.array([[[2.0, 4.0], [6.0, 8.0]]]), np.array([[[2, 2], [2, 2]]])
 >>> layer_importance(sums, counts).tolist()  # module means 1, 2 and 3, 4; summed over modules
@@ -45,6 +48,35 @@ def layer_importance(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return importance
 
 
+def diverged_at(steps: np.ndarray, nonfinite_steps: np.ndarray) -> int | None:
+    """The step from which a run's gradients stayed non-finite to its last profiled step (it diverged), or None.
+
+    ``steps``: the run's profiled steps; ``nonfinite_steps``: whether each had a non-finite grad_norm.
+
+    >>> diverged_at(np.array([1, 2, 3, 4]), np.array([False, True, True, True]))
+    2
+    >>> diverged_at(np.array([1, 2, 3, 4]), np.array([False, True, False, False])) is None  # recovered
+    True
+    """
+    order = np.argsort(steps)
+    bad = np.asarray(nonfinite_steps, dtype=bool)[order]
+    if bad.size == 0 or not bad[-1]:
+        return None
+    good = np.flatnonzero(~bad)
+    return int(np.asarray(steps)[order][good[-1] + 1 if good.size else 0])
+
+
+def profile_divergence(table) -> tuple[int | None, int | None]:
+    """(:func:`diverged_at`, last step) of one run's profile table (its ``total`` rows)."""
+    rows = total_rows(table)
+    if rows.num_rows == 0:
+        return None, None
+    step = rows.column("step").to_numpy()
+    norm = rows.column("grad_norm").to_numpy(zero_copy_only=False)
+    steps = np.unique(step)
+    return diverged_at(steps, np.isin(steps, np.unique(step[~np.isfinite(norm)]))), int(steps.max())
+
+
 def sums_and_counts(layer: np.ndarray, module_codes: np.ndarray, grad_norm: np.ndarray, num_layers: int,
                     num_modules: int) -> tuple[np.ndarray, np.ndarray]:
     """(L, M) sums and counts of the finite norms of one run's rows (layer index, module code, norm)."""
@@ -61,15 +93,17 @@ class ProfileImportance:
     """S(l) of one profiled run, and what the rule of this module left out."""
 
     values: list[float]
-    nonfinite: int  # rows left out because their grad_norm is not finite
+    nonfinite: int  # rows left out: those of the steps with a non-finite grad_norm in some module
     source: str  # the profile file ('' for rows given directly)
+    diverged_at: int | None = None  # the step from which the gradients stayed non-finite (:func:`diverged_at`)
 
     def note(self) -> str | None:
         """A one-line warning when rows were left out, else None."""
         if not self.nonfinite:
             return None
-        return (f"{_where(self.source)}: {self.nonfinite} non-finite grad_norm value(s) left out of the layer "
-                "importance (each module's mean is over its finite steps)")
+        diverged = f"; the run diverged: non-finite from step {self.diverged_at} on" if self.diverged_at else ""
+        return (f"{_where(self.source)}: {self.nonfinite} row(s) of steps with a non-finite grad_norm left out of "
+                f"the layer importance (every module's mean is over the same, finite steps){diverged}")
 
 
 def _where(source: str) -> str:
@@ -101,14 +135,19 @@ def importance_from_frame(frame, source: str = "") -> ProfileImportance:
         missing = np.flatnonzero(~present).tolist()
         raise StudyError(f"{where}: layers {missing[:5]} have no rows; a profile must cover every layer")
     grad = frame["grad_norm"].to_numpy(dtype=float)
-    sums, counts = sums_and_counts(layer, codes.astype(np.int64), grad, num_layers, len(modules))
+    step = frame["step"].to_numpy(dtype=np.int64)
+    bad_steps = np.unique(step[~np.isfinite(grad)])
+    keep = ~np.isin(step, bad_steps)  # the steps where every module is finite
+    all_steps = np.unique(step)
+    diverged = diverged_at(all_steps, np.isin(all_steps, bad_steps))
+    sums, counts = sums_and_counts(layer[keep], codes.astype(np.int64)[keep], grad[keep], num_layers, len(modules))
     values = layer_importance(sums[None], counts[None])[0]
     if not np.isfinite(values).all():
         bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
         raise StudyError(f"{where}: layer(s) {bad[:5]} have no finite gradient norm for some module; "
                          "the importance S(l) is undefined there")
-    return ProfileImportance(values=[float(v) for v in values], nonfinite=int((~np.isfinite(grad)).sum()),
-                             source=source)
+    return ProfileImportance(values=[float(v) for v in values], nonfinite=int((~keep).sum()), source=source,
+                             diverged_at=diverged)
 
 
 def importance_from_profile(path: str, run_id: str | None = None) -> ProfileImportance:

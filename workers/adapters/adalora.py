@@ -72,9 +72,15 @@ def audit_adalora(peft_model, layout: LayerLayout, init_r: int, config: StudyCon
     if problems:
         raise StudyError(f"AdaLoRA audit failed for {len(problems)} modules: {'; '.join(problems[:5])}")
     scale = config.lora.alpha / config.lora.rank
+    # Each module has init_r x (in + out) entries in P and Q plus init_r in E; a uniform LoRA at lora.rank has
+    # rank x (in + out). Pruning zeroes singular values but keeps every triplet trainable, so AdaLoRA trains more
+    # parameters than the uniform run whose rank budget it ends at: run.json says how many more.
+    uniform = sum(config.lora.rank * (count // init_r - 1) for count in module_params.values())
+    # PEFT divides lora_alpha by init_r (ranknum), not by a module's pruned rank, so the scale is alpha / rank for
+    # every module whatever its rank: the `constant` convention, whatever lora.scaling says for LoRA arms.
     return LoraAudit(layer_ranks=(init_r,) * layout.num_layers, module_params=module_params,
-                     trainable_params=trainable, scaling=config.lora.scaling,
-                     layer_scales=(scale,) * layout.num_layers)
+                     trainable_params=trainable, scaling="constant",
+                     layer_scales=(scale,) * layout.num_layers, uniform_params=uniform)
 
 
 def module_ranks(peft_model, layout: LayerLayout) -> dict[tuple[int, str], int]:
@@ -120,6 +126,17 @@ class AdaLoraAllocation(TrainerCallback):
         peft_model.base_model.update_and_allocate(state.global_step + 1)
         self.calls += 1
         self.run.profiler.set_ranks(module_ranks(peft_model, self.run.layout))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        """run.json's lora: how large the regulariser's gradient was against the policy gradient (global L2 norms,
+        per step; the profile's total rows leave it out), to judge orth_reg_weight under GRPO."""
+        by_step = self.run.profiler.excluded_ratio.get("orthogonality", {})
+        if by_step and self.run.record.lora is not None:
+            values = [by_step[step] for step in sorted(by_step)]
+            finite = [v for v in values if v == v]
+            self.run.record.lora["orthogonality_to_policy_grad"] = {
+                "weight": self.run.config.adalora.orth_reg_weight, "first": values[0], "last": values[-1],
+                "mean": sum(finite) / len(finite) if finite else None, "steps": len(values)}
 
 
 @register_adapter

@@ -113,6 +113,7 @@ class LoraAudit:
     trainable_params: int
     scaling: str  # the convention (orchestrator.core.lora_scaling)
     layer_scales: tuple[float, ...]  # each layer's scale (the same for every module of a layer)
+    uniform_params: int | None = None  # adapters whose budget is not parameters: what uniform LoRA at lora.rank has
 
     def layer_params(self) -> list[int]:
         """LoRA parameters per layer, summed over modules."""
@@ -129,6 +130,7 @@ class LoraAudit:
             "trainable_params": self.trainable_params,
             "scaling": self.scaling,
             "layer_scales": list(self.layer_scales),
+            **({"uniform_trainable_params": self.uniform_params} if self.uniform_params is not None else {}),
         }
 
 
