@@ -24,8 +24,20 @@ class RunState:
 
 
 def progress_line(states: dict[str, RunState]) -> str:
+    """The driver's one line: counts, each running run's phase, and how many wait for a slot.
+
+    >>> specs = (RunSpec("uniform", 0), RunSpec("uniform", 1))
+    >>> states = {spec.run_id: RunState(spec, status="running") for spec in specs}
+    >>> states["uniform-seed0"].progress = {"step": 3, "max_steps": 48}
+    >>> progress_line(states)
+    'runs: 0 done, 2 running, 0 pending | uniform-seed0 step 3/48, 1 queued'
+    """
     counts = {k: sum(s.status == k for s in states.values()) for k in ("completed", "running", "pending", "failed")}
-    parts = [f"{s.spec.run_id} {describe(s.progress)}" for s in states.values() if s.status == "running"]
+    running = [s for s in states.values() if s.status == "running"]
+    # Runs still waiting for a slot are counted, not listed: with a large grid they would drown the line.
+    parts = [f"{s.spec.run_id} {describe(s.progress)}" for s in running if s.progress]
+    waiting = sum(not s.progress for s in running)
+    parts += [f"{waiting} queued"] if waiting else []
     head = (f"runs: {counts['completed']} done, {counts['running']} running, {counts['pending']} pending"
             + (f", {counts['failed']} failed" if counts["failed"] else ""))
     return head + (" | " + ", ".join(parts) if parts else "")
