@@ -208,6 +208,33 @@ def test_nonfinite_norms_are_left_out_of_means_and_reported(tmp_path):
     assert any("uniform-seed0 has 2 non-finite grad_norm" in w for w in warnings), warnings
 
 
+def test_a_step_non_finite_in_one_module_leaves_the_same_steps_out_of_analysis_and_allocation(tmp_path):
+    # Eq. 2's one rule (issue 21): step 4 is small everywhere and non-finite in v_proj's layer 0. Left out whole,
+    # every module's mean is over steps 1-3 (shares 1/6, 1/3, 1/2); per-module step sets would give v_proj's layer
+    # 0 a mean over its three large steps and every other cell one over four, tilting the shares.
+    from orchestrator.core.importance import importance_from_profile
+
+    q, v = flat(4, [1.0, 2.0, 3.0]), flat(4, [1.0, 2.0, 3.0])
+    q[3], v[3] = 0.0, 0.0
+    v[3, 0] = np.nan
+    write_run(tmp_path, "uniform-seed0", [8, 8, 8])
+    write_profile(tmp_path, "uniform-seed0", {"q_proj": q, "v_proj": v}, [8, 8, 8])
+    summary, _ = summarize(tmp_path)
+    assert summary["landscape"]["layer_share"] == pytest.approx([1 / 6, 1 / 3, 1 / 2])
+    allocation = importance_from_profile(str(tmp_path / "profiles" / "uniform-seed0.parquet")).values
+    assert allocation == pytest.approx([2.0, 4.0, 6.0])
+
+
+def test_a_run_whose_norms_stay_non_finite_to_its_end_is_reported_as_diverged(tmp_path):
+    q = flat(4, [1.0, 2.0, 3.0])
+    q[2:, 1] = np.inf  # from step 3 on
+    write_run(tmp_path, "uniform-seed0", [8, 8, 8])
+    write_profile(tmp_path, "uniform-seed0", {"q_proj": q}, [8, 8, 8])
+    summary, warnings = summarize(tmp_path)
+    assert any("uniform-seed0 diverged: its gradient norms are non-finite from step 3" in w for w in warnings), warnings
+    assert summary["landscape"]["layer_share"] == pytest.approx([1 / 6, 1 / 3, 1 / 2])  # steps 1-2
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Amplification, controls and McNemar on hand-built studies.
 

@@ -165,7 +165,7 @@ def aggregate_profiles(profile_dir: Path, warnings: list[str], known_runs: set[s
         sum_lm=half_sum.sum(axis=1), count_lm=half_count.sum(axis=1), half_sum=half_sum, half_count=half_count,
         step_layer_sum=step_layer_sum[:, used], step_present=step_present[:, used], profile_rank=profile_rank,
         nonfinite=nonfinite, rows=rows, files=[p.name for p, _ in files],
-        diverged_at={str(run_index[r]): step for r, step in diverged.items() if step is not None},
+        diverged_at={str(list(run_index)[r]): step for r, step in diverged.items() if step is not None},
     )
 
 

@@ -67,7 +67,12 @@ def diverged_at(steps: np.ndarray, nonfinite_steps: np.ndarray) -> int | None:
 
 
 def profile_divergence(table) -> tuple[int | None, int | None]:
-    """(:func:`diverged_at`, last step) of one run's profile table (its ``total`` rows)."""
+    """(:func:`diverged_at`, last step) of one run's profile table (its ``total`` rows).
+
+    >>> import pyarrow as pa
+    >>> profile_divergence(pa.table({"step": [1, 1, 2, 2], "grad_norm": [1.0, 2.0, 3.0, float("nan")]}))
+    (2, 2)
+    """
     rows = total_rows(table)
     if rows.num_rows == 0:
         return None, None

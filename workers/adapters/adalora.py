@@ -133,10 +133,12 @@ class AdaLoraAllocation(TrainerCallback):
         by_step = self.run.profiler.excluded_ratio.get("orthogonality", {})
         if by_step and self.run.record.lora is not None:
             values = [by_step[step] for step in sorted(by_step)]
-            finite = [v for v in values if v == v]
+            finite = sorted(v for v in values if v == v)
+            # The median, not the mean: a step whose groups all have equal rewards has almost no policy gradient,
+            # and its ratio (1e4 and more on the laptop model) would dominate a mean.
             self.run.record.lora["orthogonality_to_policy_grad"] = {
                 "weight": self.run.config.adalora.orth_reg_weight, "first": values[0], "last": values[-1],
-                "mean": sum(finite) / len(finite) if finite else None, "steps": len(values)}
+                "median": finite[len(finite) // 2] if finite else None, "steps": len(values)}
 
 
 @register_adapter
