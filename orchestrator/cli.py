@@ -161,13 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except OSError as err:
-        from orchestrator.core.attempts import is_disk_full
+    except OSError as err:  # the driver's own writes (study.yaml, the lease, the report) on a full disk
+        from pathlib import Path
+
+        from orchestrator.core.attempts import disk_full_error, is_disk_full
 
         if not is_disk_full(err):
             raise
-        print(f"error: no space left writing {err.filename or 'a result'}; results written so far are kept: free "
-              "space and re-run the same command", file=sys.stderr)
+        print(f"error: {disk_full_error(err, Path(err.filename).parent if err.filename else Path.cwd())}",
+              file=sys.stderr)
         return 1
     except BrokenPipeError:  # e.g. `rankstudy plan ... | head`: the reader left; not an error of ours
         sys.stderr.close()

@@ -81,3 +81,22 @@ def test_bad_input_exits_nonzero_with_one_line_and_no_traceback(args, message):
     assert out.stdout == ""
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: ") and message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_full_disk_under_the_driver_is_one_line_naming_the_directory(monkeypatch, capsys, tmp_path):
+    # The driver's own writes (study.yaml, the lease, the report) on a full disk: the same one line as a run's.
+    import errno
+    import signal
+
+    import orchestrator.study
+    from orchestrator import cli
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "study.yaml"))
+
+    monkeypatch.setattr(orchestrator.study, "run_study", full)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # _cmd_run's SIGTERM handler: not in pytest
+    assert cli.main(["run", "configs/laptop.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no space left in the output directory {tmp_path} (") and err.count("\n") == 1
+    assert f"writing {tmp_path / 'study.yaml'}; results written so far are kept" in err

@@ -54,6 +54,7 @@ def _wait_for_checkpoint(run_dir: Path, step: int, driver: Output) -> dict:
     marker = run_dir / "checkpoints" / f"checkpoint-{step}" / "rankstudy_tables.done"
     while not marker.exists():
         assert driver.proc.poll() is None, driver.text()[-3000:]
+        time.sleep(0.1)  # not a busy loop: the runs it waits for share the 2 cores
     return json.loads((run_dir / "run.json").read_text())
 
 
