@@ -45,12 +45,13 @@ run:
 	$(VENV)/bin/rankstudy run configs/laptop.yaml --output runs/laptop
 
 # The laptop study's beyond-the-paper variant: AdaLoRA, a second re-profiling round, the per-reward gradient
-# decomposition (every 4th step) and the update geometry (checkpoints at steps 12 and 24), on the same cached model.
+# decomposition (every 4th step), the update geometry (checkpoints at steps 12 and 24) and the frozen weights'
+# gradient norm on every step (the rank-invariant control), on the same cached model.
 run-beyond:
 	$(VENV)/bin/rankstudy run configs/laptop.yaml --output runs/laptop-beyond \
 	  --set 'grid.strategies=[uniform, proportional, proportional_r2, adalora]' \
 	  --set profile.decompose_every=4 --set profile.geometry=true --set profile.geometry_top_k=4 \
-	  --set adalora.delta_t=2
+	  --set profile.weight_gradient_every=1 --set adalora.delta_t=2
 
 # The rank sweep (configs/laptop-ranks.yaml): uniform at ranks 1-16 under two scale rules, on `make run`'s cached
 # model; the report says first whether accuracy moves with rank.

@@ -7,7 +7,10 @@ by ``workers.run.execute_run``), one per variant, after a discarded warm-up run:
 - ``decompose``: ``profile.decompose_every = 1`` (every step decomposed: the worst case; the cost at every
   N-th step is about 1 + (ratio - 1) / N, reported for the paper's N = 50 too);
 - ``geometry``: ``profile.geometry`` at every checkpoint (every ``--steps / 2`` steps) and at the end;
-- ``adalora``: the adalora strategy (update_and_allocate after every step, the orthogonality regulariser).
+- ``adalora``: the adalora strategy (update_and_allocate after every step, the orthogonality regulariser);
+- ``weight_gradient``: ``profile.weight_gradient_every = 1`` (every module's ||dL/dW||_F on every step, the worst
+  case). Goal (issue 21): at most 1.10x plain's training time; judged on its own share of the training time,
+  the direct measure, since the ratio of two runs carries the machine's noise.
 
 Two figures per variant: ``train_time_ratio`` (its training time / plain's; a shared 2-core machine varies by
 +-15% between runs, so this carries that noise) and ``own_share_of_train`` (the measurement's own seconds,
@@ -26,6 +29,7 @@ import tempfile
 from benchmarks.common import laptop_config
 
 PAPER_DECOMPOSE_EVERY = 50
+WEIGHT_GRADIENT_GOAL = 1.10
 
 
 def _train_seconds(config, strategy: str = "uniform") -> tuple[float, dict]:
@@ -51,6 +55,8 @@ def run(steps: int = 8) -> dict:
         "geometry": (dataclasses.replace(base, profile=dataclasses.replace(profile, geometry=True)), "uniform",
                      "geometry_s"),
         "adalora": (dataclasses.replace(base, adalora=dataclasses.replace(base.adalora, delta_t=1)), "adalora", None),
+        "weight_gradient": (dataclasses.replace(base, profile=dataclasses.replace(profile, weight_gradient_every=1)),
+                            "uniform", "weight_gradient_s"),
     }
     _train_seconds(base)  # warm-up: imports, caches
     seconds, result = {}, {"steps": steps}
@@ -63,6 +69,9 @@ def run(steps: int = 8) -> dict:
             result[name]["own_share_of_train"] = round(timings[own_key] / seconds[name], 4)
     d = result["decompose"]["train_time_ratio"]
     result["decompose"][f"ratio_every_{PAPER_DECOMPOSE_EVERY}_steps"] = round(1 + (d - 1) / PAPER_DECOMPOSE_EVERY, 3)
+    w = result["weight_gradient"]
+    w["goal"] = f"<= {WEIGHT_GRADIENT_GOAL}x train time at N = 1"
+    w["within_goal"] = 1 + w["own_share_of_train"] <= WEIGHT_GRADIENT_GOAL
     return result
 
 

@@ -135,6 +135,8 @@ def control_table_html(control: NormalizedControl | None) -> str:
         columns.append(("per-parameter", control.per_parameter.strategies))
     for module, part in (control.single_module or {}).items():
         columns.append((f"{module} only", part.strategies))
+    if control.weight_gradient is not None:
+        columns.append(("frozen-weight gradient", control.weight_gradient.strategies))
     strategies = list(dict.fromkeys(s for _, part in columns for s in part))
     if not strategies:
         return ""

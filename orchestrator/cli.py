@@ -47,7 +47,7 @@ def _cmd_allocate(args: argparse.Namespace) -> int:
     importance = None
     if args.importance is not None:
         if args.importance.endswith(".parquet") or Path(args.importance).is_file():
-            found = importance_from_profile(args.importance, args.run_id)
+            found = importance_from_profile(args.importance, args.run_id, args.measure)
             if found.note():
                 print(f"warning: {found.note()}", file=sys.stderr)
             importance = found.values
@@ -85,6 +85,14 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from orchestrator.status import format_status, study_status
+
+    status = study_status(args.study_dir, stale_after_s=args.stale_after)
+    print(status.to_json() if args.json else format_status(status))
+    return 0 if status.complete else 1
+
+
 _terminated: list[int] = []  # the SIGTERM that reached the driver, if one did
 
 
@@ -107,6 +115,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from orchestrator.core.config import AllocationConfig
+    from orchestrator.core.contract import IMPORTANCE_MEASURES
+    from orchestrator.core.heartbeat import STALE_AFTER_S
     from orchestrator.core.strategies import default_bounds, registered_names
     from orchestrator.core.typed_yaml import help_of
 
@@ -136,10 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "it states otherwise is marked not robust")
     p.set_defaults(func=_cmd_analyze)
 
+    p = sub.add_parser("status", help="where each run of a study stands (exit 0 when every run completed)")
+    p.add_argument("study_dir")
+    p.add_argument("--json", action="store_true", help="print one JSON object: the runs, counts and the ETA")
+    p.add_argument("--stale-after", type=float, default=STALE_AFTER_S, metavar="SECONDS",
+                   help="a running run whose heartbeat is older than this is shown as stale (default: "
+                        "%(default)s)")
+    p.set_defaults(func=_cmd_status)
+
     p = sub.add_parser("allocate", help="print per-layer ranks as a JSON list")
     p.add_argument("--strategy", required=True, choices=registered_names(), help="a registered strategy")
     p.add_argument("--importance", help="comma-separated S(l) per layer, or a profile .parquet")
     p.add_argument("--run-id", help="with a profile holding several runs: the run to use")
+    p.add_argument("--measure", choices=list(IMPORTANCE_MEASURES), default=AllocationConfig().importance,
+                   help=f"with a profile: allocation.importance: {help_of(AllocationConfig, 'importance')}")
     p.add_argument("--num-layers", type=int, help="layer count for uniform/random without --importance")
     p.add_argument("--rank", type=int, required=True, help="uniform rank; budget = layers x rank")
     bounds = default_bounds()  # allocation.*'s defaults (orchestrator/core/config.py), one place

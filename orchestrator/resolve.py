@@ -31,6 +31,7 @@ from orchestrator.core.config import DataConfig, StudyConfig, load_config
 from orchestrator.core.errors import ConfigError, StudyError
 from orchestrator.core.plan import ResolvedStudy, StudyPlan, make_plan
 from orchestrator.core.sources import is_local_path
+from orchestrator.core.tracking import check_installed
 from orchestrator.core.typed_yaml import from_dict, to_dict
 from workers.families import FAMILIES
 from workers.tasks import get_task
@@ -73,7 +74,7 @@ def resolve_config(config: StudyConfig) -> StudyConfig:
     """One config resolved: model, data, rewards, strategies and profile sources checked, paths absolute."""
     config = dataclasses.replace(config, model=_resolve_model(config), data=_resolve_data(config),
                                  rewards=_resolve_rewards(config), allocation=_resolve_allocation(config),
-                                 cache_dir=_absolute(config.cache_dir, always=True))
+                                 cache_dir=_absolute(config.cache_dir, always=True), tracking=_resolve_tracking(config))
     chosen = [strategies.get_strategy(name, where=f"grid.strategies[{i}]")
               for i, name in enumerate(config.grid.strategies)]
     for strategy in chosen:
@@ -101,6 +102,15 @@ def _absolute(source: str | None, always: bool = False) -> str | None:
     if source is None or not (always or is_local_path(source)):
         return source
     return str(Path(source).expanduser().resolve())
+
+
+def _resolve_tracking(config: StudyConfig):
+    """The tracker's package must be importable here (one line naming the extra); a local uri made absolute."""
+    tracking = config.tracking
+    check_installed(tracking)
+    if tracking.uri is not None and "://" not in tracking.uri and not tracking.uri.startswith("file:"):
+        tracking = dataclasses.replace(tracking, uri=_absolute(tracking.uri, always=True))
+    return tracking
 
 
 def _resolve_model(config: StudyConfig):

@@ -155,10 +155,10 @@ def check_resources(specs: list[RunSpec]) -> None:
                 )
 
 
-def _prepare(config: StudyConfig):
+def _prepare(config: StudyConfig, study_dir: str | None = None):
     from workers.prepare import prepare_base_model  # torch/TRL only inside the task
 
-    return prepare_base_model(config)
+    return prepare_base_model(config, study_dir)
 
 
 def _preparation_cpus(cpus_per_run: float, preparations: int, configured: float | None = None) -> float:
@@ -174,7 +174,8 @@ def _preparation_cpus(cpus_per_run: float, preparations: int, configured: float 
     return max(cpus_per_run, min(max(nodes), share))
 
 
-def prepare_models(configs: list[StudyConfig], echo: Callable[[str], None] = print, poll_s: float = 30.0) -> list:
+def prepare_models(configs: list[StudyConfig], echo: Callable[[str], None] = print, poll_s: float = 30.0,
+                   study_dir: str | None = None) -> list:
     """Build and/or warm-start each config's base model, one Ray task each with a run's resources, all at once
     (each is cached by content); returns their ``PreparedModel`` s in order."""
     refs = []
@@ -191,7 +192,7 @@ def prepare_models(configs: list[StudyConfig], echo: Callable[[str], None] = pri
             # model took 12.9 s instead of 20.1 s here), unlike runs that share the cores.
             runtime_env={"env_vars": {**worker_env(config), "OMP_NUM_THREADS": str(int(cpus))}},
         )
-        refs.append(task.remote(config))
+        refs.append(task.remote(config, study_dir))
     start = time.monotonic()
     while True:
         _, pending = ray.wait(refs, num_returns=len(refs), timeout=poll_s)

@@ -21,8 +21,8 @@ import yaml
 from orchestrator import head_watch, resolve
 from orchestrator.core import contract
 from orchestrator.core.config import StudyConfig
-from orchestrator.core.contract import StudyPaths, atomic_write_bytes, atomic_write_table
-from orchestrator.core.plan import ResolvedStudy, format_plan
+from orchestrator.core.contract import StudyPaths, atomic_write_bytes, atomic_write_table, atomic_write_text
+from orchestrator.core.plan import ResolvedStudy, format_plan, plan_json
 from orchestrator.core.roles import SFT
 from orchestrator.core.study_yaml import record_study
 from orchestrator.core.typed_yaml import to_dict
@@ -98,7 +98,7 @@ def prepare_cells(study: ResolvedStudy, paths: StudyPaths, echo) -> ResolvedStud
             keys.setdefault(_preparation_key(cell.config), cell.config)
     if not keys:
         return study
-    prepared = dict(zip(keys, scheduler.prepare_models(list(keys.values()), echo), strict=True))
+    prepared = dict(zip(keys, scheduler.prepare_models(list(keys.values()), echo, study_dir=str(paths.root)), strict=True))
     configs = {}
     for cell in study.cells:
         config = cell.config
@@ -138,6 +138,7 @@ def run_study(config_path: str, overrides: list[str], output: str | None = None,
 def _run_held(study: ResolvedStudy, plan, paths: StudyPaths, echo, analyze: bool) -> int:
     config, study_dir = study.config, paths.root
     write_study_yaml(paths, study)
+    atomic_write_text(paths.plan, plan_json(plan))  # what `rankstudy status` lists, from any machine
     print(format_plan(plan), flush=True)
     print(f"output: {study_dir}", flush=True)
 

@@ -466,9 +466,9 @@ def test_profile_columns_read_are_only_the_needed_ones(synthetic_study, monkeypa
     real = loader.ds.dataset
     monkeypatch.setattr(loader.ds, "dataset", lambda *a, **k: SpyDataset(real(*a, **k)))
     summarize(synthetic_study)
-    # Profiles: the five columns Eq. 2 needs (strategy, seed and rank come from run.json); eval and
-    # metrics: no text columns (completions are read for a few examples only, file by file).
-    assert ["run_id", "step", "layer", "module", "grad_norm"] in requested
+    # Profiles: the five columns Eq. 2 needs (strategy, seed and rank come from run.json) and the weight-gradient
+    # control's; eval and metrics: no text columns (completions are read for a few examples only, file by file).
+    assert ["run_id", "step", "layer", "module", "grad_norm", "weight_grad_norm"] in requested
     assert all("completion" not in cols and "rank" not in cols for cols in requested), requested
 
 
@@ -622,7 +622,7 @@ def test_the_paper_comparison_says_what_the_numbers_say_either_way():
     context = {"model": "a tiny model", "task": "the arith task", "steps": 24}
     flat = paper_comparison(summary(2.0, 12.0, 0.8, 0.01), context)
     assert "the GRPO landscape is flatter than the SFT one." in flat[0]
-    assert "the effect survives both controls, as in the paper." in flat[1]
+    assert "the effect survives every control, as in the paper." in flat[1]
     assert ("Significantly different from uniform by the test over seeds: base (-10.0 points, adjusted p = 0.001), "
             "proportional (-2.0 points, adjusted p = 0.010)") in flat[2]
     assert "significantly different from the untrained base model: uniform" in flat[2]

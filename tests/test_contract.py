@@ -60,7 +60,7 @@ def test_paths_and_schemas():
                                 "reward_correctness"]
     assert schema.names[-1] == "rollout_digest" and schema.field("step_time_s").type == pa.float64()
     assert contract.PROFILE_SCHEMA.names == ["run_id", "strategy", "seed", "step", "layer", "module", "rank",
-                                             "grad_norm", "nonfinite", "component"]
+                                             "grad_norm", "nonfinite", "component", "weight_grad_norm"]
     assert contract.GEOMETRY_SCHEMA.names == ["run_id", "strategy", "seed", "step", "layer", "module", "rank",
                                               "update_norm", "effective_rank", "principal_overlap"]
 

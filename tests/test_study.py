@@ -14,7 +14,7 @@ import pytest
 from orchestrator.core.importance import importance_from_profile
 from orchestrator.core.strategies import allocate
 from orchestrator.lease import LEASE_NAME
-from tests.fixtures.studies import TRAINS, file_digests, rankstudy_run
+from tests.fixtures.studies import TRAINS, file_digests, rankstudy_run, rankstudy_status
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -52,6 +52,18 @@ def test_grid_writes_the_whole_contract(finished_study):
         ranks = rows.groupby("layer")["rank"].first().tolist()
         assert ranks == record["allocation"]
     assert "runs: 4 done, 0 running, 0 pending" in stdout
+
+
+def test_status_of_a_finished_study_lists_every_run_completed_and_exits_0(finished_study):
+    _, out, _ = finished_study
+    result = rankstudy_status(out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 5 and all(" completed; node " in line for line in lines[:4])
+    assert lines[-1] == "4 runs: 4 completed; complete; no driver holds the directory"
+    data = json.loads(rankstudy_status(out, "--json").stdout)
+    assert data["complete"] and {r["run_id"] for r in data["runs"]} == {
+        f"{s}-seed{seed}" for seed in (0, 1) for s in ("uniform", "proportional")}
 
 
 def test_proportional_runs_use_their_seeds_uniform_profile(finished_study):
@@ -145,6 +157,11 @@ def test_a_driver_told_to_stop_ends_promptly_and_the_study_resumes(write_study_c
     while not checkpoint.exists():
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.1)
+    # `rankstudy status` from outside, while it runs: the run's step and ETA, the driver holding the directory.
+    during = rankstudy_status(out)
+    assert during.returncode == 1, during.stdout + during.stderr
+    assert "uniform-seed0  running: step " in during.stdout and " of 6, eta " in during.stdout
+    assert "; driver: host " in during.stdout
     told = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     stdout, _ = proc.communicate(timeout=120)
@@ -153,6 +170,10 @@ def test_a_driver_told_to_stop_ends_promptly_and_the_study_resumes(write_study_c
     assert "terminated (SIGTERM); results written so far are kept" in stdout
     assert not (out / LEASE_NAME).exists() and checkpoint.exists()
     print(f"\ndriver ended {took:.1f} s after SIGTERM")
+    time.sleep(1.5)  # the run's heartbeat has stopped with its process: stale once older than --stale-after
+    after = rankstudy_status(out, "--stale-after", "1")
+    assert after.returncode == 1 and "uniform-seed0  stale: no heartbeat for " in after.stdout, after.stdout
+    assert "no driver holds the directory" in after.stdout
     resumed = rankstudy_run(config, out)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     record = json.loads((out / "runs" / "uniform-seed0" / "run.json").read_text())
@@ -222,6 +243,10 @@ def test_a_run_that_fails_for_good_is_reported_and_the_others_go_on(write_study_
     failed = json.loads((out / "runs" / "proportional-seed0" / "run.json").read_text())
     assert failed["status"] == "failed" and "3 layers" in failed["error"]
     assert not (out / "profiles" / "proportional-seed0.parquet").exists()
+    status = rankstudy_status(out)
+    assert status.returncode == 1
+    assert ("proportional-seed0  failed: StudyError: proportional-seed0: profile has 3 layers but the model has 4; "
+            "node ") in status.stdout
 
 
 def test_a_two_cell_study_runs_reports_across_cells_and_grows_by_a_value(write_study_config, tmp_path):

@@ -23,7 +23,9 @@ What is reached and why (each function says more):
   the latter also carries the per-reward advantages of a decomposed step through TRL's batch shuffle, and
   ``GRPOTrainer.beta``, ``reward_weights``, ``_metrics`` and ``_entropy_bonus_enabled`` are read or held
   for the extra loss evaluations of the decomposition (:class:`DecomposedGRPO`, :mod:`workers.decompose`);
-- ``torch._foreach_norm``: one fused kernel for all per-tensor gradient norms (the profiler).
+- ``torch._foreach_norm``: one fused kernel for all per-tensor gradient norms (the profiler);
+  ``torch._C._current_graph_task_id``: whether a forward hook runs inside backward (checkpointing's
+  recomputation), for the weight-gradient meter (:func:`in_backward`).
 - TRL's eager ``import vllm`` (whenever vLLM is installed): kept out of workers that generate with HF
   (:func:`keep_vllm_unimported`).
 """
@@ -135,6 +137,7 @@ class DecomposedGRPO:
     """
 
     decomposer: Any = None
+    weight_gradient_meter: Any = None  # workers/weight_gradient.py, armed on its steps for the ordinary loss only
     # name -> fn(model) -> scalar: terms added to TRL's loss (AdaLoRA's regulariser), each its own component.
     loss_terms: dict[str, Callable[[Any], Any]] | None = None
 
@@ -206,6 +209,9 @@ class DecomposedGRPO:
                 del self._get_per_token_logps_and_entropies  # the class's method again
             restore_rng()
             self.decomposer.note_clip(step, *self._clipped_tokens(inputs, captured[0] if captured else None))
+        meter = getattr(self, "weight_gradient_meter", None)
+        if meter is not None and model.training and meter.due(self.state.global_step + 1):
+            meter.arm(self.state.global_step + 1)  # this forward and its backward only (the profiler collects)
         loss = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
         profiler = getattr(self, "gradient_profiler", None)
@@ -241,6 +247,14 @@ def foreach_norm(tensors: list) -> list:
     import torch
 
     return torch._foreach_norm(tensors)
+
+
+def in_backward() -> bool:
+    """Whether autograd is running a backward pass now (``torch._C._current_graph_task_id``): a forward hook
+    that fires then is gradient checkpointing's recomputation (workers/weight_gradient.py)."""
+    import torch
+
+    return torch._C._current_graph_task_id() != -1
 
 
 # -- TRL's colocated vLLM engine ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 
 from orchestrator.core.config import StudyConfig
 from orchestrator.core.plan import RunSpec
+from workers.tracking import tracker_args
 
 
 def grpo_args(config: StudyConfig, spec: RunSpec, checkpoint_dir: Path, on_gpu: bool) -> tuple[Any, dict | None]:
@@ -47,7 +48,6 @@ def grpo_args(config: StudyConfig, spec: RunSpec, checkpoint_dir: Path, on_gpu: 
         save_strategy="steps",
         save_steps=g.checkpoint_every,
         save_total_limit=2,
-        report_to=[],
         disable_tqdm=True,
         use_cpu=not on_gpu,
         # bf16 autocast and checkpointing pay off on GPU; on CPU they made a step 1.8x slower (measured).
@@ -55,6 +55,8 @@ def grpo_args(config: StudyConfig, spec: RunSpec, checkpoint_dir: Path, on_gpu: 
         gradient_checkpointing=on_gpu,
         dataloader_num_workers=0,
     )
+    # The experiment tracker (none by default): report_to, the run named by its id (workers/tracking.py).
+    kwargs.update(tracker_args(config.tracking, spec.run_id, config.name))
     memory_plan = None
     if g.use_vllm:
         from orchestrator.core.gpu_packing import vllm_share_record

@@ -15,11 +15,15 @@ Runs without Ray (tests, a laptop); the scheduler runs it as one Ray task with a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
 from orchestrator.core.config import StudyConfig
+from orchestrator.core.contract import run_id
+from orchestrator.core.roles import SFT
 from workers.tasks import get_task
+from workers.tracking import tracker_args, tracking_environment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +32,9 @@ class PreparedModel:
     sft_profile: str | None = None  # the warm start's profile parquet (strategy "sft"), if any
 
 
-def prepare_base_model(config: StudyConfig) -> PreparedModel:
+def prepare_base_model(config: StudyConfig, study_dir: str | None = None) -> PreparedModel:
+    """The cell's base model: built (``model.build``) and warm-started (``warm_start``), each cached by content.
+    With ``study_dir``, a warm start that trains reports to the study's experiment tracker as ``sft-seed<s>``."""
     cache = Path(config.cache_dir)
     model_dir = config.model.name_or_path
     task = get_task(config.data.task)
@@ -44,10 +50,15 @@ def prepare_base_model(config: StudyConfig) -> PreparedModel:
     from workers.warmstart import SFT_PROFILE, warm_start
 
     w = config.warm_start
-    entry = warm_start(
-        Path(model_dir), config.data, cache / "warmstart", steps=w.steps, learning_rate=w.learning_rate,
-        batch_size=w.batch_size, max_length=w.max_length, seed=w.seed, limit=w.limit,
-        target_modules=config.lora.target_modules, plain_answer_pattern=w.plain_answer_pattern,
-        plain_answer_share=w.plain_answer_share,
-    )
+    run_name = run_id(SFT, w.seed)
+    track = study_dir is not None and config.tracking.enabled
+    with (tracking_environment(config.tracking, Path(study_dir), config.name, run_name, {"strategy": SFT, "seed": w.seed})
+          if track else contextlib.nullcontext()):
+        entry = warm_start(
+            Path(model_dir), config.data, cache / "warmstart", steps=w.steps, learning_rate=w.learning_rate,
+            batch_size=w.batch_size, max_length=w.max_length, seed=w.seed, limit=w.limit,
+            target_modules=config.lora.target_modules, plain_answer_pattern=w.plain_answer_pattern,
+            plain_answer_share=w.plain_answer_share,
+            tracker=tracker_args(config.tracking, run_name, config.name) if track else None,
+        )
     return PreparedModel(str(entry), str(entry / SFT_PROFILE))

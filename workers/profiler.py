@@ -20,7 +20,9 @@ The ``rank`` column is each module's rank at that step: fixed for an allocation 
 whatever :meth:`GradientProfiler.set_ranks` last reported for a strategy whose ranks change while training.
 Rows of the ordinary gradient carry ``component = "total"``. :meth:`GradientProfiler.capture_component` adds
 rows for one component of the same step's gradient (workers/decompose.py: one per reward, and ``kl``), from
-gradients computed beside the optimizer's, never from ``.grad``. The table's schema is the contract's
+gradients computed beside the optimizer's, never from ``.grad``. With a :attr:`GradientProfiler.weight_meter`
+(``profile.weight_gradient_every``), the total rows of its steps also carry ``weight_grad_norm``, the frozen
+weight's gradient norm (workers/weight_gradient.py); it is null on every other row. The table's schema is the contract's
 (:data:`orchestrator.core.contract.PROFILE_SCHEMA`).
 """
 
@@ -77,6 +79,8 @@ class GradientProfiler:
         self.checks: list = []  # fn(step, grads) called on every captured step's gradients, before the norms
         self._excluded: dict[int, dict[str, list]] = {}  # step -> loss term -> its gradient, out of the total rows
         self.excluded_ratio: dict[str, dict[int, float]] = {}  # loss term -> step -> |its grad| / |the rest|
+        self.weight_meter = None  # a WeightGradientMeter (same row order), read on each capture
+        self._weight_norms: dict[int, list[float]] = {}  # step -> ||dL/dW||_F per group (measured steps)
 
     @classmethod
     def for_lora(cls, model: torch.nn.Module, layout: LayerLayout, ranks: list[int], labels: RunLabels):
@@ -113,6 +117,10 @@ class GradientProfiler:
         grads = self._without_excluded(step, grads)
         self.missing_rows += len({self._group_list[i] for i, g in enumerate(grads) if g is None})
         values = self._group_norms(grads)
+        if self.weight_meter is not None:
+            weights = self.weight_meter.collect(step)
+            if weights is not None:
+                self._weight_norms[step] = weights
         self._steps.append(step)
         self._norms.append(values)
         self._step_ranks.append(self._ranks)
@@ -168,6 +176,17 @@ class GradientProfiler:
     def steps(self) -> list[int]:
         return list(self._steps)
 
+    def layer_shares(self) -> dict[int, float]:
+        """Each layer's share of the last captured step's total gradient norm (summed over its modules), as the
+        trackers log it beside TRL's scalars; {} before the first step or when the total is not finite."""
+        if not self._norms:
+            return {}
+        per_layer: dict[int, float] = {}
+        for (layer, _module), value in zip(self._keys, self._norms[-1], strict=True):
+            per_layer[layer] = per_layer.get(layer, 0.0) + value
+        total = sum(per_layer.values())
+        return {layer: v / total for layer, v in per_layer.items()} if math.isfinite(total) and total > 0 else {}
+
     @property
     def keys(self) -> list[tuple[int, str]]:
         """The profiled (layer, module) groups, in row order within a step."""
@@ -193,9 +212,14 @@ class GradientProfiler:
         norms = table.column("grad_norm").to_pylist()
         ranks = table.column("rank").to_pylist()
         kinds = table.column("component").to_pylist() if "component" in table.column_names else [TOTAL] * len(steps)
+        weights = (table.column("weight_grad_norm").to_pylist() if "weight_grad_norm" in table.column_names
+                   else [None] * len(steps))
+        self._weight_norms = {}
         for i in range(0, len(steps), n):
             if kinds[i] == TOTAL:
                 by_step[steps[i]] = (norms[i : i + n], ranks[i : i + n])
+                if any(w is not None for w in weights[i : i + n]):
+                    self._weight_norms[steps[i]] = [math.nan if w is None else w for w in weights[i : i + n]]
             else:
                 components.setdefault(steps[i], {})[kinds[i]] = norms[i : i + n]
         self._steps = sorted(by_step)
@@ -218,6 +242,9 @@ class GradientProfiler:
                 blocks.append((step, component, norms, self._step_ranks[i]))
         n = len(self._keys)
         flat = [v for *_, norms, _ranks in blocks for v in norms]
+        no_weight = [None] * n
+        weight = [w for step, component, *_ in blocks
+                  for w in (self._weight_norms.get(step, no_weight) if component == TOTAL else no_weight)]
         lab = self.labels
         return pa.table(
             {
@@ -231,6 +258,7 @@ class GradientProfiler:
                 "grad_norm": flat,
                 "nonfinite": [not math.isfinite(v) for v in flat],
                 "component": [component for _s, component, *_ in blocks for _ in range(n)],
+                "weight_grad_norm": weight,
             },
             schema=PROFILE_SCHEMA,
         )

@@ -44,14 +44,13 @@ from orchestrator.core.contract import (
     FAILED,
     RunRecord,
     StudyPaths,
-    atomic_write_json,
     atomic_write_table,
     run_tables,
 )
 from orchestrator.core.errors import RunStopped, StudyError
-from orchestrator.core.importance import importance_from_profile, profile_divergence
+from orchestrator.core.importance import importance_from_profile
 from orchestrator.core.plan import RunSpec
-from workers import compat
+from workers import compat, run_notes
 from workers.adapters import get_adapter
 from workers.decompose import Decomposer
 from workers.evaluate import evaluate, generate_greedy_hf, prompt_token_ids
@@ -60,7 +59,9 @@ from workers.grpo_args import grpo_args
 from workers.machine import machine_cpu
 from workers.model import LayerLayout, discover_layers, load_model_and_tokenizer
 from workers.profiler import GradientProfiler, ProfilerCallback, RunLabels, check_unsharded
+from workers.progress_file import ProgressFile
 from workers.tasks import get_task
+from workers.tracking import tracking_environment
 from workers.trainer import (
     CheckpointTables,
     ProfiledGRPOTrainer,
@@ -69,6 +70,7 @@ from workers.trainer import (
     checkpoint_step,
     latest_checkpoint,
 )
+from workers.weight_gradient import WeightGradientMeter
 from workers.weights import frozen_digest
 
 Report = Callable[[dict], None]
@@ -97,17 +99,15 @@ class GRPORun:
         self.checkpoint_tables: CheckpointTables | None = None
         self.decomposer: Decomposer | None = None
         self.geometry: GeometryRecorder | None = None
+        self.progress_file: ProgressFile | None = None
         self.trainer: ProfiledGRPOTrainer | None = None
 
     def report(self, progress: dict) -> None:
-        """Progress to the caller (the actor, then the driver's line) and to progress.json, for anyone watching the
-        directory: a test waiting for a step, `tail`, a status command. A failed write (full disk) is not fatal."""
+        """Progress to progress.json (the run's heartbeat, for anyone watching the directory: `rankstudy status`,
+        a test waiting for a step) and, with its pace, to the caller (the actor, then the driver's line)."""
+        if self.progress_file is not None:
+            progress = self.progress_file.update(progress)
         self._report_to(progress)
-        try:
-            atomic_write_json(self.paths.progress(self.spec.run_id), {**progress, "attempt": self.record.attempt,
-                                                                      "pid": os.getpid(), "time": attempts.now()})
-        except OSError:
-            pass
 
     # -- protocol -------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -172,6 +172,8 @@ class GRPORun:
                 return generate_greedy_hf(self.trainer.model, self.tokenizer, batch, cfg.grpo.max_completion_length,
                                           batch_size=len(batch))
 
+        self.report({"phase": "eval", "eval_done": 0, "eval_total": len(prompts)})
+
         def progress(done, total):
             self._stop_if_requested(f"during evaluation ({done}/{total} items); resumes from the latest checkpoint")
             self.report({"phase": "eval", "eval_done": done, "eval_total": total})
@@ -188,36 +190,21 @@ class GRPORun:
             self.trainer.model.save_pretrained(str(self.paths.adapter(run_id)))
             profile = self.profiler.table()
             atomic_write_table(self.paths.table("profiles", run_id), profile)
-            self._record_divergence(profile)
+            run_notes.note_divergence(self.record, profile)
             atomic_write_table(self.paths.table("metrics", run_id), self.recorder.table())
         if self.adapter.ranks_change and self.profiler is not None:
-            self._record_final_ranks()
+            run_notes.note_final_ranks(self.record, self.ranks, self.profiler.current_ranks(), self.layout)
         if self.geometry is not None:
             self.geometry.capture(self.trainer.state.global_step, self.profiler.current_ranks())
             atomic_write_table(self.paths.table("geometry", run_id), self.geometry.table())
         atomic_write_table(self.paths.table("eval", run_id), eval_table)
-        # The optional measurements' own cost (inside train_s): make bench reports it as a ratio.
-        if self.decomposer is not None:
-            self.timings["decompose_s"] = sum(self.decomposer.seconds.values())
-            dropped = self.decomposer.dropped
-            if dropped:
-                first = min(dropped)
-                self.record.warnings.append(
-                    f"profile.decompose_every: the component rows of {len(dropped)} decomposed step(s) "
-                    f"{sorted(dropped)[:5]} were left out; step {first}: {dropped[first]}")
-        if self.geometry is not None:
-            self.timings["geometry_s"] = self.geometry.seconds
-        correct = sum(1 for verdict in eval_table.column("correct").to_pylist() if verdict)  # None: no such reward
-        self.timings["total_s"] = sum(v for k, v in self.timings.items() if k.endswith("_s") and k not in
-                                      ("decompose_s", "geometry_s"))
         record = self.record
+        run_notes.note_measurements(record, self.timings, self.decomposer, self.geometry,
+                                    self.profiler.weight_meter if self.profiler is not None else None)
+        run_notes.note_profile(record, self.profiler)
         record.status, record.timings = COMPLETED, self.timings
         attempts.end_attempt(record.attempts, attempts.COMPLETED)
-        record.steps = len(self.profiler.steps) if self.profiler is not None else 0
-        if self.profiler is not None and self.profiler.missing_rows:
-            rows = len(self.profiler.steps) * len(self.profiler.keys)
-            record.warnings.append(f"{self.profiler.missing_rows} of {rows} profile rows had a parameter without a "
-                                   "gradient; recorded as NaN (nonfinite), not 0")
+        correct = sum(1 for verdict in eval_table.column("correct").to_pylist() if verdict)  # None: no such reward
         record.eval = {"n": eval_table.num_rows, "correct": correct, "accuracy": correct / max(eval_table.num_rows, 1)}
         record.finished_at = attempts.now()
         self.paths.write_record(record)  # last: the run is complete only once its tables are all in place
@@ -264,6 +251,8 @@ class GRPORun:
         record.attempts = attempts.start_attempt(previous.attempts if previous is not None else [], record.attempt,
                                                  self.control, record.host, record.pid)
         self.paths.write_record(record)
+        self.progress_file = ProgressFile(self.paths.progress(self.spec.run_id), record.attempt)
+        self.progress_file.start()
 
     def _setup_model(self) -> None:
         m = self.config.model
@@ -273,15 +262,16 @@ class GRPORun:
 
     def _setup_allocation(self) -> None:
         spec, record, num_layers = self.spec, self.record, self.layout.num_layers
-        importance = None
+        importance, measure = None, self.config.allocation.importance
         if spec.depends_on is not None:
             if not self.paths.is_complete(spec.depends_on):
                 raise StudyError(f"{spec.run_id}: needs the profile of {spec.depends_on}, which has not completed")
             path = str(self.paths.table("profiles", spec.depends_on))
-            importance = importance_from_profile(path, spec.depends_on)
+            importance = importance_from_profile(path, spec.depends_on, measure)
         elif spec.profile_path is not None:
-            importance = importance_from_profile(spec.profile_path)
+            importance = importance_from_profile(spec.profile_path, measure=measure)
         if importance is not None:
+            record.importance_measure = measure
             if len(importance.values) != num_layers:
                 raise StudyError(f"{spec.run_id}: profile has {len(importance.values)} layers but the model has "
                                  f"{num_layers}")
@@ -351,6 +341,9 @@ class GRPORun:
             self.decomposer.profiler = self.profiler
             self.profiler.checks.append(self.decomposer.verify)
             trainer.decomposer = self.decomposer
+        if cfg.profile.weight_gradient_every:
+            trainer.weight_gradient_meter = self.profiler.weight_meter = WeightGradientMeter(
+                trainer.model, layout, cfg.profile.weight_gradient_every, checkpointing=trainer.args.gradient_checkpointing)
         if cfg.profile.geometry:
             self.geometry = GeometryRecorder(trainer.model, layout, self.labels, cfg.profile.geometry_top_k)
         self.checkpoint_tables = CheckpointTables(self.profiler, self.recorder, self.geometry)
@@ -360,27 +353,11 @@ class GRPORun:
         # With tqdm off, transformers prints every log dict; the driver shows progress from our recorder instead.
         trainer.remove_callback(PrinterCallback)
 
-    def _record_final_ranks(self) -> None:
-        """Ranks that changed while training: run.json keeps the start, the end per module, and per layer their mean."""
-        ranks = self.profiler.current_ranks()
-        layout, record = self.layout, self.record
-        record.initial_allocation = list(self.ranks)
-        record.module_ranks = {m: [ranks[(layer, m)] for layer in range(layout.num_layers)] for m in layout.modules}
-        record.allocation = [round(sum(ranks[(layer, m)] for m in layout.modules) / len(layout.modules))
-                             for layer in range(layout.num_layers)]
-
     def _grpo_args(self):
         args, memory_plan = grpo_args(self.config, self.spec, self.paths.checkpoints(self.spec.run_id),
                                       on_gpu=torch.cuda.is_available())
         self.record.memory_plan = memory_plan
         return args
-
-    def _record_divergence(self, profile) -> None:
-        """A run whose gradient norms are non-finite from some step to its end diverged: run.json says from when."""
-        self.record.diverged_at_step, last = profile_divergence(profile)
-        if self.record.diverged_at_step is not None:
-            self.record.warnings.append(f"diverged: the gradient norms are non-finite from step "
-                                        f"{self.record.diverged_at_step} to the last step {last}")
 
     def _check_frozen_base(self) -> None:
         """The base weights must be bitwise what they were before training (LoRA trains only the adapter)."""
@@ -405,7 +382,12 @@ def execute_run(config: StudyConfig, spec: RunSpec, study_dir: str | os.PathLike
     paths = StudyPaths(study_dir)
     if paths.is_complete(spec.run_id):
         return paths.read_record(spec.run_id)
-    run = GRPORun(config, spec, study_dir, report, control)
+    tags = {"strategy": spec.strategy, "seed": spec.seed, **spec.cell}
+    with tracking_environment(config.tracking, paths.root, config.name, spec.run_id, tags):
+        return _execute(GRPORun(config, spec, study_dir, report, control), paths)
+
+
+def _execute(run: GRPORun, paths: StudyPaths) -> RunRecord:
     try:
         run.setup()
         if run.strategy.trains:
@@ -420,6 +402,9 @@ def execute_run(config: StudyConfig, spec: RunSpec, study_dir: str | os.PathLike
             raise err from None
         run.fail(err)
         raise
+    finally:
+        if run.progress_file is not None:
+            run.progress_file.close()
 
 
 def _one_line(err: BaseException) -> str:

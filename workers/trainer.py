@@ -20,6 +20,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -67,9 +68,27 @@ def trl_metric_columns(rewards: Mapping[str, Callable]) -> dict[str, str]:
     return {"reward": "reward", **per_reward, **TRL_STEP_METRICS}
 
 
-class ProfiledGRPOTrainer(ProfileBeforeClipping, DecomposedGRPO, GRPOTrainer):
-    """GRPOTrainer whose gradient profiler sees the gradients before clipping, and whose loss can be decomposed
-    per reward (workers/decompose.py) on the steps ``profile.decompose_every`` names."""
+LAYER_SHARE_KEY = "profile/layer_share/{layer:02d}"  # the trackers' name of a layer's share (train/ prefixed)
+
+
+class LogLayerShares:
+    """Trainer mixin: each training log (every ``logging_steps``) carries the profiler's per-layer shares of the
+    step's LoRA gradient, so an experiment tracker shows the landscape beside TRL's scalars. Added before the
+    trainer's own ``log`` hands the dict to the tracker callbacks (a callback's ``on_log`` would come after them)."""
+
+    gradient_profiler: Any = None
+
+    def log(self, logs, *args, **kwargs):
+        if self.gradient_profiler is not None and "loss" in logs and self.args.report_to:
+            logs.update({LAYER_SHARE_KEY.format(layer=layer): share
+                         for layer, share in self.gradient_profiler.layer_shares().items()})
+        return super().log(logs, *args, **kwargs)
+
+
+class ProfiledGRPOTrainer(LogLayerShares, ProfileBeforeClipping, DecomposedGRPO, GRPOTrainer):
+    """GRPOTrainer whose gradient profiler sees the gradients before clipping, whose loss can be decomposed per
+    reward (workers/decompose.py) on the steps ``profile.decompose_every`` names, and whose logs carry the
+    per-layer shares for an experiment tracker."""
 
 
 class StepRecorder(TrainerCallback):

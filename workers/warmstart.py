@@ -122,6 +122,7 @@ def warm_start(
     callbacks: Sequence[Any] = (),
     plain_answer_pattern: str | None = None,
     plain_answer_share: float = 0.9,
+    tracker: dict[str, Any] | None = None,
 ) -> Path:
     """Fully fine-tune ``base_model_dir`` on the training split of ``data`` (its task, source and system
     prompt) with SFT; return the cached model dir.
@@ -132,6 +133,7 @@ def warm_start(
     ``callbacks`` (transformers ``TrainerCallback`` s, e.g. a gradient profiler) are passed to ``SFTTrainer``;
     they run only when the warm start actually trains, not when a cached entry is reused.
     ``plain_answer_pattern`` / ``plain_answer_share``: ``warm_start``'s (:func:`plain_answers`).
+    ``tracker``: TrainingArguments of the experiment tracker (workers/tracking.py), not part of the cache key.
     """
     base_model_dir, cache_root = Path(base_model_dir), Path(cache_root)
     if steps < 1 or batch_size < 1 or max_length < 1 or learning_rate <= 0:
@@ -157,7 +159,7 @@ def warm_start(
     staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.training-", dir=cache_root))
     try:
         started = time.monotonic()
-        losses = _train(base_model_dir, data, staging, settings, callbacks)
+        losses = _train(base_model_dir, data, staging, settings, callbacks, tracker or {})
         record = {
             "key": key, "base_model_dir": str(base_model_dir), "train_data": train_data, **settings,
             "warm_start_version": WARM_START_VERSION, "final_train_loss": losses["final"],
@@ -192,7 +194,8 @@ def _examples_that_fit(examples: list[dict], tokenizer: Any, max_length: int) ->
 
 
 def _train(
-    base_model_dir: Path, data: DataConfig, out_dir: Path, settings: dict[str, Any], callbacks: Sequence[Any]
+    base_model_dir: Path, data: DataConfig, out_dir: Path, settings: dict[str, Any], callbacks: Sequence[Any],
+    tracker: dict[str, Any],
 ) -> dict[str, float]:
     """Run SFTTrainer and save model + tokenizer into ``out_dir``; return the final and mean train loss."""
     import datasets
@@ -209,7 +212,7 @@ def _train(
     model, tokenizer = load_model_and_tokenizer(str(base_model_dir))
     dataset = datasets.Dataset.from_list(_sft_examples(data, settings, tokenizer))
     with tempfile.TemporaryDirectory(prefix="warmstart-trainer-") as trainer_dir:
-        config = _sft_config(trainer_dir, settings)
+        config = _sft_config(trainer_dir, settings, tracker)
         profiler = GradientProfiler.for_full_weights(
             model, discover_layers(model, settings["target_modules"]),
             RunLabels(run_id(SFT, settings["seed"]), SFT, settings["seed"]),
@@ -260,7 +263,7 @@ def plain_answers(questions: Sequence[str], pattern: str | None, share: float | 
     return [bool(compiled.search(q)) and (zlib.crc32(q.encode()) % 1000) / 1000 < share for q in questions]
 
 
-def _sft_config(trainer_dir: str, settings: dict[str, Any]):
+def _sft_config(trainer_dir: str, settings: dict[str, Any], tracker: dict[str, Any]):
     """TRL's SFTConfig for the warm start: CPU, float32, completion-only loss, nothing saved by the trainer."""
     from trl import SFTConfig
 
@@ -278,10 +281,10 @@ def _sft_config(trainer_dir: str, settings: dict[str, Any]):
         bf16=False,
         fp16=False,
         gradient_checkpointing=False,  # on CPU it only costs time (measured-here.md)
-        report_to=[],
         disable_tqdm=True,
         logging_steps=max(1, steps // 10),
         save_strategy="no",
+        **{"report_to": [], **tracker},
     )
 
 

@@ -7,7 +7,10 @@ reduces the rows with one ``numpy.bincount`` over integer (run, step, layer, mod
 - per (run, layer, module): sum and count of finite ``grad_norm`` (Eq. 2, module shares, both controls),
 - per (run, half, layer, module): the same over the first floor(T/2) profiled steps and the rest
   (temporal stability),
-- per (run, step, layer): the sum over modules (the layer x step heatmap).
+- per (run, step, layer): the sum over modules (the layer x step heatmap),
+- per (run, layer, module): sum and count of ``weight_grad_norm`` over the steps that measured it (null elsewhere),
+  with the same rule: a measured step with a non-finite value in any module is left out whole (the
+  weight-gradient control; absent when no file has the column).
 
 Non-finite norms are kept in the files (flagged) but left out of sums and counts here, so a mean over a
 run's steps is the mean of its finite values; the caller warns about them with the counts returned. A file
@@ -28,8 +31,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from dashboards.analysis.load import PROFILE_OPTIONAL, PROFILE_REQUIRED, usable_parquet_files
-from orchestrator.core.contract import TOTAL
+from orchestrator.core.contract import IMPORTANCE_MEASURES, TOTAL
 from orchestrator.core.importance import diverged_at
+
+WEIGHT_COLUMN = IMPORTANCE_MEASURES["weight_grad"]
 
 
 @dataclass
@@ -53,6 +58,8 @@ class ProfileAggregates:
     rows: np.ndarray  # (R,) rows read
     files: list[str] = field(default_factory=list)
     diverged_at: dict[str, int] = field(default_factory=dict)  # run id -> the step its norms stayed non-finite from
+    weight_sum_lm: np.ndarray | None = None  # (R, L, M) sum of finite weight_grad_norm on measured steps
+    weight_count_lm: np.ndarray | None = None
 
     def select(self, rows: list[int]) -> ProfileAggregates:
         """The aggregates of some runs only (rows of the run axis, in the given order)."""
@@ -62,7 +69,9 @@ class ProfileAggregates:
             seeds=[self.seeds[r] for r in rows], sum_lm=self.sum_lm[idx], count_lm=self.count_lm[idx],
             half_sum=self.half_sum[idx], half_count=self.half_count[idx], step_layer_sum=self.step_layer_sum[idx],
             step_present=self.step_present[idx], profile_rank=self.profile_rank[idx], nonfinite=self.nonfinite[idx],
-            rows=self.rows[idx])
+            rows=self.rows[idx],
+            weight_sum_lm=None if self.weight_sum_lm is None else self.weight_sum_lm[idx],
+            weight_count_lm=None if self.weight_count_lm is None else self.weight_count_lm[idx])
 
 
 def _dictionary_lookup(array: pa.DictionaryArray, index: dict[str, int]) -> np.ndarray:
@@ -144,6 +153,7 @@ def aggregate_profiles(profile_dir: Path, warnings: list[str], known_runs: set[s
     pair_run, pair_step = pair_keys // n_step_values, pair_keys % n_step_values
     dense, counts, pair_rows, pair_nonfinite = _bincount_cells(key, table["grad_norm"].to_numpy(), pair_keys.size,
                                                                n_layers, n_mod)
+    weight_sum, weight_count = _weight_sums(table, key, pair_run, n_runs, pair_keys.size, n_layers, n_mod)
     del key  # the largest array (one int64 per row): freed before the per-run sums
     # Eq. 2's rule (orchestrator/core/importance.py): a step with a non-finite norm in any module is left out whole.
     bad_pair = pair_nonfinite > 0
@@ -166,7 +176,27 @@ def aggregate_profiles(profile_dir: Path, warnings: list[str], known_runs: set[s
         step_layer_sum=step_layer_sum[:, used], step_present=step_present[:, used], profile_rank=profile_rank,
         nonfinite=nonfinite, rows=rows, files=[p.name for p, _ in files],
         diverged_at={str(list(run_index)[r]): step for r, step in diverged.items() if step is not None},
+        weight_sum_lm=weight_sum, weight_count_lm=weight_count,
     )
+
+
+def _weight_sums(table: pa.Table, key: np.ndarray, pair_run: np.ndarray, n_runs: int, n_pairs: int, n_layers: int,
+                 n_mod: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(R, L, M) sums and counts of ``weight_grad_norm`` over the measured steps (null rows are not measured);
+    a measured step with a non-finite value in any module is left out whole. (None, None) without any value."""
+    if WEIGHT_COLUMN not in table.column_names or table[WEIGHT_COLUMN].null_count == table.num_rows:
+        return None, None
+    column = table[WEIGHT_COLUMN]
+    measured = pc.is_valid(column).to_numpy(zero_copy_only=False)
+    values = pc.fill_null(column, np.nan).to_numpy(zero_copy_only=False)
+    dense, counts, _rows, pair_nonfinite = _bincount_cells(key[measured], values[measured], n_pairs, n_layers, n_mod)
+    bad_pair = pair_nonfinite > 0
+    dense[bad_pair], counts[bad_pair] = 0.0, 0
+    sums = np.zeros((n_runs, n_layers, n_mod))
+    count = np.zeros((n_runs, n_layers, n_mod), dtype=np.int64)
+    np.add.at(sums, pair_run, dense)
+    np.add.at(count, pair_run, counts)
+    return sums, count
 
 
 def _read_total_rows(files: list[tuple[Path, pa.Schema]], warnings: list[str]) -> pa.Table | None:
@@ -174,6 +204,7 @@ def _read_total_rows(files: list[tuple[Path, pa.Schema]], warnings: list[str]) -
     are left out (a warning)."""
     columns = list(PROFILE_REQUIRED)
     first = files[0][1]
+    weighted = any(WEIGHT_COLUMN in file_schema.names for _, file_schema in files)
     string_cols = [c for c in ("run_id", "strategy", "module") if c in columns]
     # The first file's types, with strings as dictionaries (integer codes, no Python strings); other
     # files are cast to it while scanning.
@@ -186,6 +217,9 @@ def _read_total_rows(files: list[tuple[Path, pa.Schema]], warnings: list[str]) -
         # rows of files written before the column read as total.
         schema = schema.append(pa.field("component", pa.string()))
         dataset_filter = ds.field("component").is_null() | (ds.field("component") == TOTAL)
+    if weighted:  # files without the column read it as null (not measured)
+        schema = schema.append(pa.field(WEIGHT_COLUMN, pa.float64()))
+        columns.append(WEIGHT_COLUMN)
     table = ds.dataset([str(p) for p, _ in files], format=fmt, schema=schema).to_table(columns=columns,
                                                                                         filter=dataset_filter)
     if any(table[c].null_count for c in ("run_id", "step", "layer", "module")):

@@ -31,6 +31,7 @@ from dashboards.analysis.profiles import RunMeta
 from dashboards.analysis.schema import (
     AdaLoraSeed,
     AdaLoraSummary,
+    ControlStrategy,
     Decomposition,
     DecompositionStrategy,
     Geometry,
@@ -103,8 +104,10 @@ def round_zero_source(first_round: str | None, runs: dict[str, RunMeta]) -> str:
     return strategy if seed is not None else f"profile {source}"
 
 
-def rounds_summary(strategy_entries: dict[str, StrategyResult], runs: dict[str, RunMeta]) -> Rounds | None:
-    """Max/min ratio and allocation per re-profiling round; None unless the cell has a round beyond the first."""
+def rounds_summary(strategy_entries: dict[str, StrategyResult], runs: dict[str, RunMeta],
+                   weight_gradient: dict[str, ControlStrategy] | None = None) -> Rounds | None:
+    """Max/min ratio and allocation per re-profiling round (and the max/min on the frozen weights' gradient, from
+    ``weight_gradient``, where measured); None unless the cell has a round beyond the first."""
     chain = {0: REFERENCE}
     for name in registered_names():
         k = get_strategy(name).allocation_round
@@ -123,7 +126,8 @@ def rounds_summary(strategy_entries: dict[str, StrategyResult], runs: dict[str, 
         rounds.append(Round(round=k, strategy=name, max_min_ratio=entry.max_min_ratio,
                             max_min_ratio_per_seed=dict(entry.max_min_ratio_per_seed), allocation_per_seed=allocations,
                             allocation_max_min=st.nan_mean(rank_ratio) if rank_ratio else math.nan,
-                            accuracy=entry.item_accuracy))
+                            accuracy=entry.item_accuracy,
+                            weight_gradient_max_min=(weight_gradient or {}).get(name, ControlStrategy()).max_min_ratio))
     return Rounds(rounds)
 
 

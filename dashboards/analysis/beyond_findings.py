@@ -32,7 +32,12 @@ def rounds_findings(rounds: Rounds | None) -> list[str]:
     trend = ("rises with every round (the feedback loop compounds)" if len(ratios) > 1 and
              all(b > a for a, b in zip(ratios, ratios[1:], strict=False)) else
              "does not rise monotonically over the rounds" if len(ratios) > 1 else "has too few rounds to compare")
-    return [f"Re-profiling rounds: the max/min ratio of each round's own profile is {', '.join(steps)}; it {trend}."]
+    out = f"Re-profiling rounds: the max/min ratio of each round's own profile is {', '.join(steps)}; it {trend}."
+    weight = [r for r in rounds.rounds if _finite(r.weight_gradient_max_min)]
+    if weight:
+        out += (" On the frozen weights' gradient (rank-invariant): " + ", ".join(
+            f"round {r.round} {_num(r.weight_gradient_max_min)}x" for r in weight) + ".")
+    return [out]
 
 
 def decomposition_findings(decomposition: Decomposition | None) -> list[str]:

@@ -39,6 +39,7 @@ from dashboards.analysis.schema import (
     SFTLandscape,
     SingleModuleControl,
     StrategyResult,
+    WeightGradientControl,
     shallow,
 )
 from dashboards.analysis.training import eval_examples, reward_curves, strategy_eval, training_summary
@@ -74,7 +75,8 @@ def analyze_cell(study_dir: Path, runs: dict[str, RunMeta], eval_df: pd.DataFram
         result.profile_warnings.append("profiles: no usable profile; landscape, amplification, heatmap and "
                                        "controls are skipped")
     summary.strategies = _strategy_entries(runs, eval_stats, profile_strategies)
-    summary.rounds = rounds_summary(summary.strategies, runs)
+    weight = summary.normalized_control.weight_gradient if summary.normalized_control else None
+    summary.rounds = rounds_summary(summary.strategies, runs, weight.strategies if weight else None)
     summary.decomposition, result.frames["component_shares"] = decomposition_summary(components, importance, runs)
     summary.geometry, result.frames["geometry"] = geometry_summary(geometry, importance, runs)
     summary.adalora, result.frames["rank_steps"] = adalora_summary(rank_steps, runs)
@@ -220,8 +222,25 @@ def _control_analysis(prof: ProfileAggregates, runs: dict[str, RunMeta], grpo: l
             strategies=_control_strategies(part))
         if module == shown:
             control_frames.append(part.shares.assign(control=f"{module} only"))
+    control.weight_gradient = _weight_gradient_control(prof, runs, grpo, warnings, control_frames)
     frames["control_shares"] = pd.concat(control_frames, ignore_index=True) if control_frames else pd.DataFrame()
     return control
+
+
+def _weight_gradient_control(prof: ProfileAggregates, runs: dict[str, RunMeta], grpo: list[int], warnings: list[str],
+                             control_frames: list[pd.DataFrame]) -> WeightGradientControl | None:
+    """Eq. 2 on the frozen weights' gradient norms, where runs measured them (None where none did)."""
+    if prof.weight_sum_lm is None:
+        return None
+    weight = layer_importance(prof.weight_sum_lm, prof.weight_count_lm)
+    measured = {prof.run_ids[r]: weight[r] for r in grpo if prof.weight_count_lm[r].sum() > 0}
+    if not any(runs[r].strategy == REFERENCE for r in measured):
+        warnings.append(f"profiles: no {REFERENCE} run measured weight_grad_norm (profile.weight_gradient_every); "
+                        "the weight-gradient control is skipped")
+        return None
+    part = importance_stats(measured, runs, None)
+    control_frames.append(part.shares.assign(control="weight gradient"))
+    return WeightGradientControl(landscape=part.landscape, strategies=_control_strategies(part), n_runs=len(measured))
 
 
 def _control_strategies(part: ImportanceStats) -> dict[str, ControlStrategy]:

@@ -143,8 +143,12 @@ def strategy_findings(strategies: dict[str, StrategyResult], robustness: Robustn
     return out
 
 
+WEIGHT_GRADIENT_LABEL = "frozen-weight gradient ||dL/dW|| (rank-invariant)"
+
+
 def _control_parts(control: NormalizedControl) -> list[tuple[str, dict]]:
-    """(label, strategies) of each control the findings state: per parameter, then one module (q_proj)."""
+    """(label, strategies) of each control the findings state: per parameter, one module (q_proj), then the
+    frozen weights' gradient where it was measured."""
     parts = []
     if control.per_parameter is not None:
         parts.append(("per-parameter normalised norms", control.per_parameter.strategies))
@@ -152,6 +156,8 @@ def _control_parts(control: NormalizedControl) -> list[tuple[str, dict]]:
     if single:
         module = "q_proj" if "q_proj" in single else next(iter(single))
         parts.append((f"{module} alone (identical shape in every layer)", single[module].strategies))
+    if control.weight_gradient is not None:
+        parts.append((WEIGHT_GRADIENT_LABEL, control.weight_gradient.strategies))
     return parts
 
 
@@ -302,7 +308,8 @@ def _amplification(strategies: dict[str, StrategyResult], control: NormalizedCon
     control = control or NormalizedControl()
     single = control.single_module.get("q_proj")
     survives = []
-    for label, part in (("per-parameter", control.per_parameter), ("single-module (q_proj)", single)):
+    for label, part in (("per-parameter", control.per_parameter), ("single-module (q_proj)", single),
+                        ("frozen-weight gradient", control.weight_gradient)):
         rs = [v.rank_shift_corr for v in (part.strategies if part is not None else {}).values()
               if v.rank_shift_corr is not None]
         if rs:
@@ -310,9 +317,15 @@ def _amplification(strategies: dict[str, StrategyResult], control: NormalizedCon
     if survives:
         kept = [label for label, ok, _ in survives if ok]
         text += (" Under the controls r = " + "; ".join(f"{label} {rs}" for label, _, rs in survives) + ": the "
-                 + ("effect survives both controls, as in the paper." if len(kept) == len(survives) else
+                 + ("effect survives every control, as in the paper." if len(kept) == len(survives) else
                     "effect does not survive the controls, unlike in the paper: at this size it is largely the "
-                    "parameter count." if not kept else f"effect survives only the {kept[0]} control."))
+                    "parameter count." if not kept else f"effect survives only the {' and '.join(kept)} control(s)."))
+        weight = next((ok for label, ok, _ in survives if label == "frozen-weight gradient"), None)
+        if weight is not None:
+            text += (" On the frozen weights' gradient, which no LoRA rank or scaling touches, "
+                     + ("allocated rank still predicts the shift: the amplification is not only mechanical."
+                        if weight else "allocated rank no longer predicts the shift: the amplification is the "
+                        "LoRA gradient's dependence on rank, not a change in where the objective pulls."))
     return text + not_robust_note(robustness, *(control_key(label) for label, _ in _control_parts(control)))
 
 

@@ -175,9 +175,20 @@ class SingleModuleControl:
 
 
 @dataclass
+class WeightGradientControl:
+    """The landscape and amplification on ||dL/dW||_F of the frozen weights (profile.weight_gradient_every): a
+    norm that does not depend on the LoRA rank or scaling, so an amplification left here is not mechanical."""
+
+    landscape: ProfileLandscape
+    strategies: dict[str, ControlStrategy]
+    n_runs: int = 0  # GRPO runs with measured steps
+
+
+@dataclass
 class NormalizedControl:
     per_parameter: PerParameterControl | None = None
     single_module: dict[str, SingleModuleControl] = field(default_factory=dict)
+    weight_gradient: WeightGradientControl | None = None
 
 
 @dataclass
@@ -235,6 +246,7 @@ class Round:
     allocation_per_seed: dict[str, list[int]]
     allocation_max_min: Num
     accuracy: Num
+    weight_gradient_max_min: Num = None  # the round's landscape on the frozen weights' gradient (where measured)
 
 
 @dataclass

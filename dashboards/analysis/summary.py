@@ -11,7 +11,8 @@ into the study's cells and computes each cell's :class:`~dashboards.analysis.sch
   against uniform on items paired by (seed, item), the item-level statistics, trainable params, the max/min
   ratio of its own landscape and the rank-vs-share-shift correlation (the amplification effect);
 - ``normalized_control``: the landscape and amplification again with norms divided by
-  sqrt(LoRA parameters of the module), and for each single module alone;
+  sqrt(LoRA parameters of the module), for each single module alone, and (``weight_gradient``) on the frozen
+  weights' gradient norms where runs measured them (``profile.weight_gradient_every``: rank-invariant);
 - ``sft``: the landscape of the SFT warm-start profiles (strategy ``sft``) when there are any;
 - ``training``: final training reward per strategy (the paper's "identical reward curves");
 - the beyond-the-paper parts (rounds, decomposition, geometry, adalora), the findings in words and the

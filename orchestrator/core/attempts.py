@@ -31,6 +31,20 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def unix_time(stamp: str | None) -> float | None:
+    """The unix time of a :func:`now` stamp (None for None or a stamp it cannot read).
+
+    >>> unix_time("2026-12-07T03:00:00+0000"), unix_time("yesterday")
+    (1796612400.0, None)
+    """
+    from datetime import datetime
+
+    try:
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z").timestamp() if stamp else None
+    except (TypeError, ValueError):
+        return None
+
+
 @dataclass
 class RunControl:
     """What the scheduler gives one attempt besides its spec: the node it runs on, and the stop request.

@@ -29,7 +29,7 @@ from orchestrator.core.contract import MAX_RUN_ID_LENGTH, cell_slug, run_id
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.typed_yaml import from_dict, to_dict
 
-FIXED_SECTIONS = ("grid", "resources", "name", "cache_dir")
+FIXED_SECTIONS = ("grid", "resources", "tracking", "name", "cache_dir")
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,14 @@ from typing import Any, Literal
 
 import yaml
 
+from orchestrator.core.contract import IMPORTANCE_MEASURES
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.lora_scaling import SCALINGS
 from orchestrator.core.measurements import ProfileSettings
 from orchestrator.core.model_config import LocalModelBuild, ModelConfig, WarmStartConfig
 from orchestrator.core.projections import PROJECTION_MODULES
 from orchestrator.core.roles import BASE, REFERENCE
+from orchestrator.core.tracking import TrackingSettings
 from orchestrator.core.typed_yaml import apply_override, documented, from_dict
 
 __all__ = ["LocalModelBuild", "ModelConfig", "WarmStartConfig"]  # the base-model sections live in model_config
@@ -100,6 +102,12 @@ class AllocationConfig:
         "(its run of the same seed and cell; default `uniform`) or a path to a profile .parquet.",
         default=REFERENCE,
     )
+    importance: str = documented(
+        "Which gradient S(l) (Eq. 2) sums for allocation and re-profiling rounds: `lora_grad`, the LoRA "
+        "adapter's (the paper's; depends on each module's rank and scaling), or `weight_grad`, the frozen "
+        "weight's ||dL/dW||_F (rank-invariant; the source run must measure it: profile.weight_gradient_every).",
+        default="lora_grad",
+    )
 
     def __post_init__(self):
         if self.multiple < 1:
@@ -118,6 +126,8 @@ class AllocationConfig:
                 f"random_range: must be [low, high] with r_min ({self.r_min}) <= low <= high <= r_max "
                 f"({self.r_max}), both multiples of {self.multiple}, got {list(self.random_range)}"
             )
+        if self.importance not in IMPORTANCE_MEASURES:
+            raise ConfigError(f"importance: must be one of {', '.join(IMPORTANCE_MEASURES)}, got {self.importance!r}")
         if not self.profile_from.strip():
             raise ConfigError("profile_from: must name a strategy of the grid (e.g. `uniform`) or a profile .parquet")
 
@@ -305,6 +315,8 @@ class StudyConfig:
                                           "geometry.", default_factory=ProfileSettings)
     grid: GridConfig = documented("The strategy x seed grid.", default_factory=GridConfig)
     resources: ResourcesConfig = documented("Ray resources per run.", default_factory=ResourcesConfig)
+    tracking: TrackingSettings = documented("Experiment tracker the runs report to (orchestrator/core/tracking.py).",
+                                            default_factory=TrackingSettings)
     warm_start: WarmStartConfig | None = documented(
         "SFT warm start before the grid (null = none); profiled as strategy `sft`.", default=None
     )
@@ -324,6 +336,10 @@ class StudyConfig:
             )
         if self.rewards is not None and (not self.rewards or len(set(self.rewards)) != len(self.rewards)):
             raise ConfigError(f"rewards: must be a non-empty list without repeats, got {list(self.rewards)}")
+        if a.importance == "weight_grad" and not self.profile.weight_gradient_every \
+                and not a.profile_from.endswith(".parquet"):
+            raise ConfigError("allocation.importance: weight_grad needs the source run to measure the weight "
+                              "gradient: set profile.weight_gradient_every (e.g. 1), or use importance lora_grad")
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:

@@ -2,6 +2,7 @@
 
 ```
 DIR/study.yaml                 resolved config, package versions, git commit
+DIR/plan.json                  the latest invocation's grid: one object per run (run_id, depends_on, ...)
 DIR/runs/<run_id>/run.json     a RunRecord: spec, cell axes, status, allocation, importance, LoRA audit, timings
 DIR/runs/<run_id>/adapter/     the trained LoRA adapter (PEFT format)
 DIR/profiles/<run_id>.parquet  PROFILE_SCHEMA: one row per optimizer step x layer x module
@@ -22,7 +23,8 @@ Profile rows carry a ``component``: ``total`` for the ordinary per-step rows (th
 and, on the steps where ``profile.decompose_every`` splits the policy gradient, one row per reward name and one
 for ``kl`` (workers/decompose.py). Every statistic of the paper (Eq. 2, landscape, amplification, allocation)
 reads the ``total`` rows only; a profile written before the column existed reads as all ``total``
-(:func:`total_rows`).
+(:func:`total_rows`). ``weight_grad_norm`` (null unless measured: ``profile.weight_gradient_every``) is the
+frozen weight's gradient norm on the ``total`` rows of the measured steps (workers/weight_gradient.py).
 
 Run ids are ``<strategy>-seed<seed>`` in a study without axes, and ``<strategy>-seed<seed>__<cell>`` with
 them, where the cell part names each axis by the last part of its dotted key (the whole key where two axes
@@ -61,8 +63,12 @@ MAX_RUN_ID_LENGTH = 200  # file names (<run_id>.parquet) must stay below the usu
 PROFILE_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("strategy", pa.string()), ("seed", pa.int64()), ("step", pa.int64()),
     ("layer", pa.int64()), ("module", pa.string()), ("rank", pa.int64()), ("grad_norm", pa.float64()),
-    ("nonfinite", pa.bool_()), ("component", pa.string()),
+    ("nonfinite", pa.bool_()), ("component", pa.string()), ("weight_grad_norm", pa.float64()),
 ])
+# The profile column each S(l) source reads (config ``allocation.importance``; the analysis's controls):
+# ``grad_norm`` is the LoRA gradient's norm (every step), ``weight_grad_norm`` the frozen weight's
+# ||dL/dW||_F (on the steps ``profile.weight_gradient_every`` measures, null on the others and on component rows).
+IMPORTANCE_MEASURES = {"lora_grad": "grad_norm", "weight_grad": "weight_grad_norm"}
 GEOMETRY_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("strategy", pa.string()), ("seed", pa.int64()), ("step", pa.int64()),
     ("layer", pa.int64()), ("module", pa.string()), ("rank", pa.int64()), ("update_norm", pa.float64()),
@@ -233,6 +239,7 @@ class RunRecord:
     module_ranks: dict[str, list[int]] | None = None  # ranks that change: per module, per layer, at the end
     importance: list[float] | None = None  # S(l) the allocation used, when it used one
     importance_source: str | None = None  # the profile it came from
+    importance_measure: str | None = None  # which norm S(l) summed: an IMPORTANCE_MEASURES key (allocation.importance)
     importance_nonfinite: int | None = None  # profile rows left out of S(l) (non-finite grad_norm)
     trainable_params: int | None = None
     lora: dict[str, Any] | None = None  # the LoRA audit: layer ranks, layer params, scaling
@@ -289,6 +296,11 @@ class StudyPaths:
     @property
     def study_yaml(self) -> Path:
         return self.root / "study.yaml"
+
+    @property
+    def plan(self) -> Path:
+        """The latest invocation's grid (``rankstudy plan --json``), which ``rankstudy status`` reads."""
+        return self.root / "plan.json"
 
     @property
     def runs_dir(self) -> Path:

@@ -14,7 +14,9 @@ profile's ``grad_norm``. One rule covers incomplete profiles:
 - S(l) is the sum of those means over the modules the run profiles; a layer lacking a module that the run
   has elsewhere gets NaN (its S(l) would not be comparable), and so does a run with no rows at all.
 
-On a complete, finite profile this is exactly Eq. 2. Callers report what was left out
+On a complete, finite profile this is exactly Eq. 2. The same rule sums the frozen weight's gradient norms
+(``allocation.importance: weight_grad``: the ``weight_grad_norm`` column, over the steps that measured it) in
+place of the LoRA gradient's. Callers report what was left out
 (:class:`ProfileImportance` counts it; the analysis warns per run), and a profile that ends in non-finite steps
 is a run that diverged (:func:`diverged_at`).
 
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from orchestrator.core.contract import total_rows
+from orchestrator.core.contract import IMPORTANCE_MEASURES, total_rows
 from orchestrator.core.errors import StudyError
 
 PROFILE_COLUMNS = ("run_id", "step", "layer", "module", "grad_norm")
@@ -115,8 +117,8 @@ def _where(source: str) -> str:
     return f"profile {source}" if source else "profile"
 
 
-def importance_from_frame(frame, source: str = "") -> ProfileImportance:
-    """S(l) of ONE run's profile rows (a DataFrame with step, layer, module, grad_norm).
+def importance_from_frame(frame, source: str = "", column: str = "grad_norm") -> ProfileImportance:
+    """S(l) of ONE run's profile rows (a DataFrame with step, layer, module and ``column``, a norm).
 
     >>> import pandas as pd
     >>> df = pd.DataFrame({"step": [1, 1, 2, 2], "layer": [0, 1, 0, 1], "module": ["q_proj"] * 4,
@@ -139,7 +141,7 @@ def importance_from_frame(frame, source: str = "") -> ProfileImportance:
     if not present.all():
         missing = np.flatnonzero(~present).tolist()
         raise StudyError(f"{where}: layers {missing[:5]} have no rows; a profile must cover every layer")
-    grad = frame["grad_norm"].to_numpy(dtype=float)
+    grad = frame[column].to_numpy(dtype=float)
     step = frame["step"].to_numpy(dtype=np.int64)
     bad_steps = np.unique(step[~np.isfinite(grad)])
     keep = ~np.isin(step, bad_steps)  # the steps where every module is finite
@@ -155,19 +157,28 @@ def importance_from_frame(frame, source: str = "") -> ProfileImportance:
                              diverged_at=diverged)
 
 
-def importance_from_profile(path: str, run_id: str | None = None) -> ProfileImportance:
-    """S(l) from a profile .parquet holding one run (or the rows of ``run_id``)."""
+def importance_from_profile(path: str, run_id: str | None = None, measure: str = "lora_grad") -> ProfileImportance:
+    """S(l) from a profile .parquet holding one run (or the rows of ``run_id``), summing the norms ``measure``
+    names (:data:`orchestrator.core.contract.IMPORTANCE_MEASURES`)."""
+    import pyarrow.compute as pc
     import pyarrow.lib
     import pyarrow.parquet as pq
 
+    column = IMPORTANCE_MEASURES[measure]
     try:
         names = pq.read_schema(path).names
-        table = total_rows(pq.read_table(path, columns=[*PROFILE_COLUMNS, *(["component"] if "component" in names
-                                                                             else [])]))
+        optional = [c for c in ("component", column) if c in names and c not in PROFILE_COLUMNS]
+        table = total_rows(pq.read_table(path, columns=[*PROFILE_COLUMNS, *optional]))
     except FileNotFoundError:
         raise StudyError(f"profile {path} does not exist") from None
     except (pyarrow.lib.ArrowInvalid, KeyError, OSError) as err:
         raise StudyError(f"profile {path}: not a profile parquet with columns {list(PROFILE_COLUMNS)} ({err})") from None
+    if column != "grad_norm":  # measured on some steps only: null means not measured (a NaN is non-finite)
+        if column not in table.column_names or table.column(column).null_count == table.num_rows:
+            raise StudyError(f"profile {path}: no {column} values (importance {measure}): the run that wrote it did "
+                             "not measure them; re-run it with profile.weight_gradient_every set, or use importance "
+                             "lora_grad")
+        table = table.filter(pc.is_valid(table.column(column)))
     df = table.to_pandas()
     runs = sorted(df["run_id"].unique())
     if run_id is not None:
@@ -176,4 +187,4 @@ def importance_from_profile(path: str, run_id: str | None = None) -> ProfileImpo
             raise StudyError(f"profile {path}: no rows for run {run_id} (runs in file: {runs[:5]})")
     elif len(runs) > 1:
         raise StudyError(f"profile {path}: holds {len(runs)} runs ({runs[:5]}); pick one with --run-id")
-    return importance_from_frame(df, source=str(path))
+    return importance_from_frame(df, source=str(path), column=column)

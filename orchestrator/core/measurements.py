@@ -10,6 +10,8 @@ run without it), so each has an off switch:
 - ``geometry``: at every checkpoint and at the end, each module's update dW = s B A is measured: norm,
   effective rank, and its share inside W0's top-``geometry_top_k`` singular subspace (workers/geometry.py),
   written to DIR/geometry.
+- ``weight_gradient_every``: on every N-th step, each module's frozen-weight gradient norm ||dL/dW||_F at the
+  merged point (workers/weight_gradient.py): the rank-invariant importance, a profile column.
 """
 
 from __future__ import annotations
@@ -30,9 +32,15 @@ class ProfileSettings:
         "its share in the frozen W0's top-k singular subspace (DIR/geometry).", default=False)
     geometry_top_k: int = documented("k of the principal subspace of W0 the geometry measures the update against.",
                                 default=16)
+    weight_gradient_every: int = documented(
+        "Every N optimizer steps, record each module's frozen-weight gradient norm ||dL/dW||_F (the gradient a "
+        "full fine-tune would see; independent of LoRA rank and scaling) in the profile's weight_grad_norm "
+        "column; one d_out x d_in matmul per module on those steps. 0 = off.", default=0)
 
     def __post_init__(self):
         if self.decompose_every < 0:
             raise ConfigError(f"decompose_every: must be >= 0 (0 = off), got {self.decompose_every}")
+        if self.weight_gradient_every < 0:
+            raise ConfigError(f"weight_gradient_every: must be >= 0 (0 = off), got {self.weight_gradient_every}")
         if self.geometry_top_k < 1:
             raise ConfigError(f"geometry_top_k: must be a positive integer, got {self.geometry_top_k}")

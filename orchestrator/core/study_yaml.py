@@ -10,7 +10,7 @@ task_descriptions:  {task name: one-line description} of the tasks the cells use
 
 :func:`record_study` writes it when a study directory is new and otherwise compares: a directory that holds a
 study with other settings is refused in one line naming the first difference; only the grid (strategies, seeds,
-axis values) and resources may change between invocations, and the file is rewritten only when the grid grows,
+axis values), resources and tracking may change between invocations, and the file is rewritten only when the grid grows,
 so re-running the same command leaves it byte-identical. :func:`read_study_yaml` is the one reader (the report,
 the analysis); it never raises for a missing or unreadable file.
 """
@@ -31,9 +31,9 @@ from orchestrator.core.typed_yaml import to_dict
 if TYPE_CHECKING:
     from orchestrator.core.plan import ResolvedStudy
 
-# Sections that may change between invocations on the same DIR: they decide which cells run and where, not
-# what a cell computes. Growing the grid (more seeds, another strategy) runs only the new cells.
-MUTABLE_SECTIONS = ("grid", "resources")
+# Sections that may change between invocations on the same DIR: they decide which cells run, where, and who
+# watches them, not what a cell computes. Growing the grid (more seeds, another strategy) runs only the new cells.
+MUTABLE_SECTIONS = ("grid", "resources", "tracking")
 
 
 @dataclass
@@ -115,7 +115,7 @@ def record_study(paths: StudyPaths, study: ResolvedStudy, *, normalise: Callable
             "use another --output or restore the original settings to resume it"
         )
     grid = _grown_grid(old.get("grid", {}), resolved["grid"])
-    if grid == old.get("grid") and resolved["resources"] == old.get("resources"):
+    if grid == old.get("grid") and all(resolved[k] == old.get(k) for k in MUTABLE_SECTIONS if k != "grid"):
         return
     existing["config"] = {**resolved, "grid": grid}
     atomic_write_text(paths.study_yaml, yaml.safe_dump(existing, sort_keys=False))
