@@ -76,13 +76,25 @@ def _cmd_allocate(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from dashboards.report import write_report
 
-    study_dir = Path(args.study_dir)
-    if not study_dir.is_dir():
-        raise StudyError(f"study directory {study_dir} does not exist")
-    html = write_report(study_dir.resolve(), echo=lambda line: print(line, file=sys.stderr),
-                        replicates=[Path(r) for r in args.replicate])
-    print(f"report: {html}")
+    paths, replicates = _local_study(args.study_dir), [_local_study(r).root for r in args.replicate]
+    html = write_report(paths.root, echo=lambda line: print(line, file=sys.stderr), replicates=replicates)
+    paths.push(paths.report_dir)
+    print(f"report: {paths.remote.uri_of('report/index.html') if paths.remote else html}")
     return 0
+
+
+def _local_study(location: str):
+    """A study directory to read: a local one as it is, one in object storage pulled into its staging copy
+    (without checkpoints and adapters)."""
+    from orchestrator.core.contract import StudyPaths
+    from orchestrator.core.storage import is_uri
+
+    paths = StudyPaths(location if is_uri(location) else Path(location).resolve())
+    if paths.remote is not None and not paths.remote.pull_study():
+        raise StudyError(f"{location}: no study there (the storage holds no file under it)")
+    if not paths.root.is_dir():
+        raise StudyError(f"study directory {location} does not exist")
+    return paths
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -110,7 +122,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # By default SIGTERM ends Python at once, skipping every `finally`: the local Ray cluster and the study's
     # lease would outlive the driver. As an exception it unwinds like Ctrl-C: Ray shut down, lease released.
     signal.signal(signal.SIGTERM, _raise_terminated)
-    return run_study(args.config, args.set, output=args.output, analyze=not args.no_analyze)
+    return run_study(args.config, args.set, output=args.output, analyze=not args.no_analyze,
+                     output_shared=args.output_shared)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,8 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the strategy x seed grid on Ray and write Parquet results")
     add_config_args(p)
-    p.add_argument("--output", help="study directory (default: runs/<name>); must be shared by all nodes")
+    p.add_argument("--output", help="study directory (default: runs/<name>): shared by all nodes, or a pyarrow.fs "
+                   "URI (s3://bucket/path?endpoint_override=host:port, gs://...)")
     p.add_argument("--no-analyze", action="store_true", help="skip the report at the end")
+    p.add_argument("--output-shared", action="store_true",
+                   help="a local --output that every node mounts, even if a node does not see a new file at once "
+                        "(skips the check that refuses a local output some node of the cluster does not see)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("plan", help="validate a config and print its run grid (loads no model)")

@@ -81,9 +81,13 @@ def read_lease(path: Path) -> LeaseRecord | None:
 class StudyLease:
     """The driver's hold on a study directory: ``acquire()`` or :class:`LeaseHeld`; ``release()`` at the end."""
 
-    def __init__(self, study_dir: Path, echo=print, ttl_s: float | None = None):
+    def __init__(self, study_dir: Path, echo=print, ttl_s: float | None = None, publish=None, withdraw=None):
         self.path = Path(study_dir) / LEASE_NAME
         self.echo = echo
+        # A study in object storage (orchestrator/core/storage.py): the lease file is uploaded after each write and
+        # deleted at release, so a driver elsewhere that pulls the study first sees it (best effort: two drivers
+        # starting within one upload of each other can both proceed; a POSIX directory has no such window).
+        self.publish, self.withdraw = publish or (lambda: None), withdraw or (lambda: None)
         self.ttl_s = ttl_s if ttl_s is not None else lease_ttl_s()
         now = time.time()
         self.record = LeaseRecord(uuid.uuid4().hex, socket.gethostname(), os.getpid(),
@@ -108,6 +112,7 @@ class StudyLease:
                 stale.unlink(missing_ok=True)
                 self.echo(f"taking over {self.path.parent} from a driver whose lease expired ({held.describe(now)})")
             if self._link_new():
+                self._publish()
                 self._thread = threading.Thread(target=self._beat, name="study-lease", daemon=True)
                 self._thread.start()
                 return self
@@ -132,12 +137,22 @@ class StudyLease:
         held = read_lease(self.path)
         if held is not None and held.token == self.record.token:
             self.path.unlink(missing_ok=True)
+            try:
+                self.withdraw()
+            except OSError as err:
+                self.echo(f"warning: could not remove the lease from the storage: {err}")
 
     def __enter__(self) -> StudyLease:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+    def _publish(self) -> None:
+        try:
+            self.publish()
+        except OSError as err:  # the storage is unreachable for a moment: the next beat tries again
+            self.echo(f"warning: could not upload the lease to the storage: {err}")
 
     def _write_temp(self) -> Path:
         temp = self.path.with_name(f"{LEASE_NAME}.{self.record.token}.tmp")
@@ -166,6 +181,7 @@ class StudyLease:
             self.record = LeaseRecord(**{**asdict(self.record), "heartbeat": time.time()})
             try:
                 os.replace(self._write_temp(), self.path)
+                self._publish()
             except OSError as err:  # e.g. a full disk: the old lease stays whole; try again at the next beat
                 self.path.with_name(f"{LEASE_NAME}.{self.record.token}.tmp").unlink(missing_ok=True)
                 self.echo(f"warning: could not renew the lease on {self.path.parent}: {err.strerror or err}")

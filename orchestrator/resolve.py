@@ -31,6 +31,7 @@ from orchestrator.core.config import DataConfig, StudyConfig, load_config
 from orchestrator.core.errors import ConfigError, StudyError
 from orchestrator.core.plan import ResolvedStudy, StudyPlan, make_plan
 from orchestrator.core.sources import is_local_path
+from orchestrator.core.storage import is_uri
 from orchestrator.core.tracking import check_installed
 from orchestrator.core.typed_yaml import from_dict, to_dict
 from workers.families import FAMILIES
@@ -74,7 +75,9 @@ def resolve_config(config: StudyConfig) -> StudyConfig:
     """One config resolved: model, data, rewards, strategies and profile sources checked, paths absolute."""
     config = dataclasses.replace(config, model=_resolve_model(config), data=_resolve_data(config),
                                  rewards=_resolve_rewards(config), allocation=_resolve_allocation(config),
-                                 cache_dir=_absolute(config.cache_dir, always=True), tracking=_resolve_tracking(config))
+                                 cache_dir=config.cache_dir if is_uri(config.cache_dir) else _absolute(config.cache_dir,
+                                                                                                       always=True),
+                                 tracking=_resolve_tracking(config))
     chosen = [strategies.get_strategy(name, where=f"grid.strategies[{i}]")
               for i, name in enumerate(config.grid.strategies)]
     for strategy in chosen:

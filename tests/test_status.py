@@ -13,7 +13,7 @@ from orchestrator.core.heartbeat import STALE_AFTER_S
 from orchestrator.status import study_status
 from workers.progress_file import ProgressFile
 
-NOW = float(int(time.time()))  # the CLI reads the clock: the study is written as of now
+NOW = 1_800_000_000.0  # the hand-written studies' clock; the CLI's test writes its study as of the real now
 
 
 def _stamp(t: float) -> str:
@@ -38,6 +38,10 @@ def _record(paths: StudyPaths, run_id: str, status: str, started: float, ended: 
 
 @pytest.fixture
 def study(tmp_path):
+    return write_study(tmp_path, NOW)
+
+
+def write_study(tmp_path, now: float):
     """uniform-seed0 completed; uniform-seed1 running at step 12/48; proportional-seed0 not started (its uniform
     run completed); proportional-seed1 waiting for uniform-seed1; random-seed0 failed; reduced-seed1 says running
     but its heartbeat stopped 10 minutes ago."""
@@ -47,14 +51,14 @@ def study(tmp_path):
             {"run_id": "proportional-seed1", "depends_on": "uniform-seed1"},
             {"run_id": "random-seed0", "depends_on": None}, {"run_id": "reduced-seed1", "depends_on": "uniform-seed1"}]
     atomic_write_text(paths.plan, json.dumps(plan))
-    _record(paths, "uniform-seed0", "completed", NOW - 900, NOW - 600)
-    _record(paths, "uniform-seed1", "running", NOW - 100)
+    _record(paths, "uniform-seed0", "completed", now - 900, now - 600)
+    _record(paths, "uniform-seed1", "running", now - 100)
     atomic_write_json(paths.progress("uniform-seed1"), {"phase": "train", "step": 12, "max_steps": 48,
-                                                        "s_per_step": 5.0, "attempt": 1, "heartbeat": NOW - 3})
-    _record(paths, "random-seed0", "failed", NOW - 500, NOW - 400, error="StudyError: profile has 3 layers")
-    _record(paths, "reduced-seed1", "running", NOW - 2000)
+                                                        "s_per_step": 5.0, "attempt": 1, "heartbeat": now - 3})
+    _record(paths, "random-seed0", "failed", now - 500, now - 400, error="StudyError: profile has 3 layers")
+    _record(paths, "reduced-seed1", "running", now - 2000)
     atomic_write_json(paths.progress("reduced-seed1"), {"phase": "train", "step": 30, "max_steps": 48,
-                                                        "s_per_step": 5.0, "attempt": 1, "heartbeat": NOW - 600})
+                                                        "s_per_step": 5.0, "attempt": 1, "heartbeat": now - 600})
     return tmp_path
 
 
@@ -76,7 +80,8 @@ def test_each_state_is_read_from_the_directory(study):
     assert status.eta_s == pytest.approx(200 + 4 * 300)
 
 
-def test_the_cli_prints_a_line_per_run_and_exits_1_until_all_completed(study, capsys):
+def test_the_cli_prints_a_line_per_run_and_exits_1_until_all_completed(tmp_path, capsys):
+    study = write_study(tmp_path, float(int(time.time())))  # the CLI reads the clock
     assert main(["status", str(study)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 7

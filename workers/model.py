@@ -23,6 +23,7 @@ from torch import nn
 
 from orchestrator.core.errors import StudyError
 from orchestrator.core.sources import is_local_path
+from orchestrator.core.storage import fetch, is_uri
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -37,6 +38,8 @@ def load_model_and_tokenizer(name_or_path: str, dtype: str = "float32", revision
 
     if dtype not in DTYPES:
         raise StudyError(f"model.dtype: must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if is_uri(name_or_path):  # a prepared model in an object-storage cache_dir: this node's copy of it
+        name_or_path = str(fetch(name_or_path))
     if is_local_path(name_or_path):
         source = Path(name_or_path).expanduser()
         if not source.is_dir():

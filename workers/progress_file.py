@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from orchestrator.core.contract import atomic_write_json
@@ -25,8 +26,10 @@ from orchestrator.core.heartbeat import HEARTBEAT_S
 
 
 class ProgressFile:
-    def __init__(self, path: Path, attempt: int, period_s: float = HEARTBEAT_S):
+    def __init__(self, path: Path, attempt: int, period_s: float = HEARTBEAT_S,
+                 publish: Callable[[], None] | None = None):
         self.path, self.period_s = path, period_s
+        self.publish = publish  # after each write: a study in object storage uploads the file
         self._lock = threading.Lock()
         self._identity = {"attempt": attempt, "pid": os.getpid(), "host": socket.gethostname()}
         self._state: dict = {"phase": "setup", **self._identity, "updated": time.time()}
@@ -77,5 +80,7 @@ class ProgressFile:
     def _write(self) -> None:
         try:
             atomic_write_json(self.path, {**self._state, "heartbeat": time.time()})
+            if self.publish is not None:
+                self.publish()
         except OSError:
             pass

@@ -44,7 +44,6 @@ from orchestrator.core.contract import (
     FAILED,
     RunRecord,
     StudyPaths,
-    atomic_write_table,
     run_tables,
 )
 from orchestrator.core.errors import RunStopped, StudyError
@@ -68,7 +67,8 @@ from workers.trainer import (
     StepRecorder,
     StopAtStepBoundary,
     checkpoint_step,
-    latest_checkpoint,
+    publish_checkpoint,
+    resume_checkpoint,
 )
 from workers.weight_gradient import WeightGradientMeter
 from workers.weights import frozen_digest
@@ -129,20 +129,12 @@ class GRPORun:
 
     def train(self) -> None:
         start = time.perf_counter()
-        ckpt_root = self.paths.checkpoints(self.spec.run_id)
-        resume = latest_checkpoint(ckpt_root)
-        reason = self.adapter.restart_reason
-        if resume is not None and reason is not None:
-            shutil.rmtree(ckpt_root, ignore_errors=True)
-            self.record.warnings.append(f"{self.strategy.name}: restarted from step 0, not resumed from "
-                                        f"{resume.name}: {reason}")
-            resume = None
+        resume, restarted = resume_checkpoint(self.paths, self.paths.checkpoints(self.spec.run_id),
+                                              self.adapter.restart_reason)
+        if restarted is not None:
+            self.record.warnings.append(f"{self.strategy.name}: {restarted}")
         if resume is not None:
-            # Checkpoints newer than the last complete one were cut off mid-save: drop them.
             resume_step = checkpoint_step(resume)
-            for stale in ckpt_root.iterdir():
-                if (checkpoint_step(stale) or 0) > resume_step:
-                    shutil.rmtree(stale, ignore_errors=True)
             self.checkpoint_tables.restore(resume)
             self.record.resumed_from_step = resume_step
             self.paths.write_record(self.record)
@@ -188,16 +180,17 @@ class GRPORun:
         self._check_frozen_base()
         if self.strategy.trains:
             self.trainer.model.save_pretrained(str(self.paths.adapter(run_id)))
+            self.paths.push(self.paths.adapter(run_id))
             profile = self.profiler.table()
-            atomic_write_table(self.paths.table("profiles", run_id), profile)
+            self.paths.write_table("profiles", run_id, profile)
             run_notes.note_divergence(self.record, profile)
-            atomic_write_table(self.paths.table("metrics", run_id), self.recorder.table())
+            self.paths.write_table("metrics", run_id, self.recorder.table())
         if self.adapter.ranks_change and self.profiler is not None:
             run_notes.note_final_ranks(self.record, self.ranks, self.profiler.current_ranks(), self.layout)
         if self.geometry is not None:
             self.geometry.capture(self.trainer.state.global_step, self.profiler.current_ranks())
-            atomic_write_table(self.paths.table("geometry", run_id), self.geometry.table())
-        atomic_write_table(self.paths.table("eval", run_id), eval_table)
+            self.paths.write_table("geometry", run_id, self.geometry.table())
+        self.paths.write_table("eval", run_id, eval_table)
         record = self.record
         run_notes.note_measurements(record, self.timings, self.decomposer, self.geometry,
                                     self.profiler.weight_meter if self.profiler is not None else None)
@@ -212,6 +205,8 @@ class GRPORun:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.paths.checkpoints(self.spec.run_id), ignore_errors=True)
+        if self.paths.remote is not None:
+            self.paths.remote.delete(self.paths.checkpoints(self.spec.run_id).relative_to(self.paths.root))
         self.trainer = self.model = None
         gc.collect()
         if torch.cuda.is_available():
@@ -251,7 +246,8 @@ class GRPORun:
         record.attempts = attempts.start_attempt(previous.attempts if previous is not None else [], record.attempt,
                                                  self.control, record.host, record.pid)
         self.paths.write_record(record)
-        self.progress_file = ProgressFile(self.paths.progress(self.spec.run_id), record.attempt)
+        progress = self.paths.progress(self.spec.run_id)
+        self.progress_file = ProgressFile(progress, record.attempt, publish=lambda: self.paths.push(progress))
         self.progress_file.start()
 
     def _setup_model(self) -> None:
@@ -266,6 +262,7 @@ class GRPORun:
         if spec.depends_on is not None:
             if not self.paths.is_complete(spec.depends_on):
                 raise StudyError(f"{spec.run_id}: needs the profile of {spec.depends_on}, which has not completed")
+            self.paths.pull(self.paths.table("profiles", spec.depends_on))
             path = str(self.paths.table("profiles", spec.depends_on))
             importance = importance_from_profile(path, spec.depends_on, measure)
         elif spec.profile_path is not None:
@@ -346,7 +343,8 @@ class GRPORun:
                 trainer.model, layout, cfg.profile.weight_gradient_every, checkpointing=trainer.args.gradient_checkpointing)
         if cfg.profile.geometry:
             self.geometry = GeometryRecorder(trainer.model, layout, self.labels, cfg.profile.geometry_top_k)
-        self.checkpoint_tables = CheckpointTables(self.profiler, self.recorder, self.geometry)
+        self.checkpoint_tables = CheckpointTables(self.profiler, self.recorder, self.geometry,
+                                                  publish=lambda ckpt: publish_checkpoint(self.paths, ckpt))
         for callback in (self.recorder, ProfilerCallback(self.profiler), self.checkpoint_tables,
                          *self.adapter.callbacks(self)):
             trainer.add_callback(callback)
@@ -384,7 +382,11 @@ def execute_run(config: StudyConfig, spec: RunSpec, study_dir: str | os.PathLike
         return paths.read_record(spec.run_id)
     tags = {"strategy": spec.strategy, "seed": spec.seed, **spec.cell}
     with tracking_environment(config.tracking, paths.root, config.name, spec.run_id, tags):
-        return _execute(GRPORun(config, spec, study_dir, report, control), paths)
+        try:
+            return _execute(GRPORun(config, spec, study_dir, report, control), paths)
+        finally:
+            if paths.remote is not None and config.tracking.backend == "tensorboard" and config.tracking.uri is None:
+                paths.push(paths.root / "tracking" / "tensorboard" / spec.run_id)  # the event files, as they are
 
 
 def _execute(run: GRPORun, paths: StudyPaths) -> RunRecord:

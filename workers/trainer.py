@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -172,10 +173,12 @@ class CheckpointTables(TrainerCallback):
     """Saves profile + metrics (+ geometry) rows with every checkpoint; :func:`latest_checkpoint` finds complete
     ones. With a geometry recorder, the update's geometry is measured at each checkpoint first."""
 
-    def __init__(self, profiler: GradientProfiler, recorder: StepRecorder, geometry=None):
+    def __init__(self, profiler: GradientProfiler, recorder: StepRecorder, geometry=None,
+                 publish: Callable[[Path], None] | None = None):
         self.profiler = profiler
         self.recorder = recorder
         self.geometry = geometry
+        self.publish = publish  # uploads a complete checkpoint (object storage: publish_checkpoint)
 
     def on_save(self, args, state, control, **kwargs):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -190,6 +193,8 @@ class CheckpointTables(TrainerCallback):
         # look like NaN gradients once written).
         marker = {"step": state.global_step, "missing_rows": self.profiler.missing_rows}
         (ckpt / CHECKPOINT_MARKER).write_text(json.dumps(marker))
+        if self.publish is not None:
+            self.publish(ckpt)
 
     def restore(self, ckpt: Path) -> None:
         self.profiler.restore(pq.read_table(ckpt / "rankstudy_profile.parquet"))
@@ -210,6 +215,52 @@ def checkpoint_step(path: Path) -> int | None:
     """
     suffix = path.name.removeprefix("checkpoint-")
     return int(suffix) if path.name.startswith("checkpoint-") and suffix.isdigit() else None
+
+
+def publish_checkpoint(paths, ckpt: Path) -> None:
+    """Upload a complete checkpoint to the study's object storage, its marker last, and drop the store's copies
+    of the checkpoints training has since removed (``save_total_limit``). A local study: nothing to do."""
+    if paths.remote is None:
+        return
+    marker = ckpt / CHECKPOINT_MARKER
+    for path in sorted(p for p in ckpt.rglob("*") if p.is_file() and p != marker):
+        paths.push(path)
+    paths.push(marker)
+    for name in paths.remote.subdirs(ckpt.parent.relative_to(paths.root)):
+        if not (ckpt.parent / name).exists():
+            paths.remote.delete(ckpt.parent.relative_to(paths.root) / name)
+
+
+def fetch_latest_checkpoint(paths, checkpoint_dir: Path) -> None:
+    """Before a resume from object storage: the staging copy keeps only checkpoints the store has whole (a local
+    one may never have finished uploading), plus the store's newest complete one, downloaded if missing."""
+    if paths.remote is None:
+        return
+    relative = checkpoint_dir.relative_to(paths.root)
+    stored = [n for n in paths.remote.subdirs(relative) if checkpoint_step(Path(n)) is not None
+              and paths.remote.exists(relative / n / CHECKPOINT_MARKER)]
+    if checkpoint_dir.is_dir():
+        for local in checkpoint_dir.iterdir():
+            if local.name not in stored:
+                shutil.rmtree(local, ignore_errors=True)
+    newest = max(stored, key=lambda n: checkpoint_step(Path(n)), default=None)
+    if newest is not None and not (checkpoint_dir / newest / CHECKPOINT_MARKER).exists():
+        paths.pull(checkpoint_dir / newest)
+
+
+def resume_checkpoint(paths, checkpoint_dir: Path, restart_reason: str | None) -> tuple[Path | None, str | None]:
+    """The complete checkpoint an attempt resumes from (None: from step 0), and why it restarts instead when the
+    strategy cannot resume (``restart_reason``); newer checkpoints, cut off mid-save, are dropped."""
+    fetch_latest_checkpoint(paths, checkpoint_dir)  # a study in object storage: this node may not have it
+    resume = latest_checkpoint(checkpoint_dir)
+    if resume is not None and restart_reason is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        return None, f"restarted from step 0, not resumed from {resume.name}: {restart_reason}"
+    if resume is not None:
+        for stale in checkpoint_dir.iterdir():
+            if (checkpoint_step(stale) or 0) > checkpoint_step(resume):
+                shutil.rmtree(stale, ignore_errors=True)
+    return resume, None
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:

@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,8 @@ def warm_start(
     plain_answer_pattern: str | None = None,
     plain_answer_share: float = 0.9,
     tracker: dict[str, Any] | None = None,
+    fetch: Callable[[Path], Any] | None = None,
+    publish: Callable[[Path], Any] | None = None,
 ) -> Path:
     """Fully fine-tune ``base_model_dir`` on the training split of ``data`` (its task, source and system
     prompt) with SFT; return the cached model dir.
@@ -134,6 +136,8 @@ def warm_start(
     they run only when the warm start actually trains, not when a cached entry is reused.
     ``plain_answer_pattern`` / ``plain_answer_share``: ``warm_start``'s (:func:`plain_answers`).
     ``tracker``: TrainingArguments of the experiment tracker (workers/tracking.py), not part of the cache key.
+    ``fetch(entry)`` / ``publish(entry)``: a cache in object storage (workers/prepare.py) downloads the entry
+    before it is looked for here, and uploads it once it is in place.
     """
     base_model_dir, cache_root = Path(base_model_dir), Path(cache_root)
     if steps < 1 or batch_size < 1 or max_length < 1 or learning_rate <= 0:
@@ -150,6 +154,8 @@ def warm_start(
     train_data = get_task(data.task).source_key(data, "train")
     key = warm_start_key(base_model_dir, train_data, settings)
     entry = cache_root / key[:16]
+    if fetch is not None:
+        fetch(entry)
     marker = read_marker(entry)
     if marker is not None and marker.get("key") == key:
         _log(f"warm start: reusing {entry}")
@@ -168,6 +174,8 @@ def warm_start(
         }
         atomic_write_text(staging / MARKER, json.dumps(record, indent=2, sort_keys=True) + "\n")
         _move_into_place(staging, entry, key)
+        if publish is not None:
+            publish(entry)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _log(f"warm start: saved {entry} (final loss {record['final_train_loss']:.3f}, {record['duration_s']:.1f} s)")

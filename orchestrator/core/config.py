@@ -321,7 +321,8 @@ class StudyConfig:
         "SFT warm start before the grid (null = none); profiled as strategy `sft`.", default=None
     )
     cache_dir: str = documented(
-        "Built models and warm starts, reused across studies by content hash (shared storage on a cluster).",
+        "Built models and warm starts, reused across studies by content hash: a path (shared by the nodes of a "
+        "cluster) or a pyarrow.fs URI (s3://bucket/cache?..., gs://...).",
         default="runs/cache",
     )
 

@@ -34,21 +34,24 @@ always gets the same id, so a re-run finds its results), unique within a study a
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import re
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from orchestrator.core.atomic import (  # noqa: F401 - the contract's writers, re-exported for its users
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_table,
+    atomic_write_text,
+)
 from orchestrator.core.errors import StudyError
 
 TABLES = ("profiles", "metrics", "eval", "geometry")  # every table of the contract
@@ -288,10 +291,16 @@ class RunRecord:
 
 # -- paths -------------------------------------------------------------------------------------------------
 class StudyPaths:
-    """Where each file of the contract lives for one study directory."""
+    """Where each file of the contract lives for one study directory: a local path, or an object-storage URI
+    (``s3://...``: orchestrator/core/storage.py), whose paths are those of this machine's staging copy; then
+    reading a run.json pulls it first and the writes below push what they wrote (:attr:`remote`)."""
 
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+        from orchestrator.core.storage import RemoteDir, is_uri, local_path
+
+        self.remote = RemoteDir.parse(str(root)) if is_uri(root) else None
+        self.location = str(root)  # as given: what a process on another node opens
+        self.root = self.remote.staging if self.remote else local_path(root)
 
     @property
     def study_yaml(self) -> Path:
@@ -336,6 +345,7 @@ class StudyPaths:
 
     def read_record(self, run_id: str) -> RunRecord | None:
         path = self.run_json(run_id)
+        self.pull(path)
         if not path.exists():
             return None
         try:
@@ -345,54 +355,26 @@ class StudyPaths:
 
     def write_record(self, record: RunRecord) -> None:
         atomic_write_json(self.run_json(record.run_id), record.to_json())
+        self.push(self.run_json(record.run_id))
+
+    def write_table(self, kind: str, run_id: str, table: pa.Table) -> None:
+        atomic_write_table(self.table(kind, run_id), table)
+        self.push(self.table(kind, run_id))
 
     def is_complete(self, run_id: str) -> bool:
         record = self.read_record(run_id)
         return (record is not None and record.status == COMPLETED
-                and all(self.table(kind, run_id).exists() for kind in record.tables))
+                and all(self.exists(self.table(kind, run_id)) for kind in record.tables))
 
+    # -- object storage (no-ops for a local directory) -------------------------------------------------------
+    def exists(self, path: Path) -> bool:
+        return self.remote.exists(path.relative_to(self.root)) if self.remote else path.exists()
 
-# -- atomic writes -----------------------------------------------------------------------------------------
-_UMASK = os.umask(0)  # read the process umask (the only way is to set it) and restore it at once
-os.umask(_UMASK)
+    def push(self, path: Path) -> None:
+        """Upload a file or directory of the staging copy."""
+        if self.remote:
+            self.remote.push(path.relative_to(self.root))
 
-
-@contextlib.contextmanager
-def _atomic_target(path: Path) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; once the block has written it, fsync and rename it into place.
-
-    The dot-prefixed temp name is skipped by pyarrow's dataset discovery (pandas.read_parquet on a directory).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        # mkstemp creates the file 0600; results are shared (a cluster's output directory, a report sent to
-        # colleagues), so give it the mode an ordinary open() would: 0666 less the umask.
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with _atomic_target(path) as tmp:
-        Path(tmp).write_bytes(data)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: Path, record: Mapping[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def atomic_write_table(path: Path, table: pa.Table) -> None:
-    """Write a Parquet file atomically (temp file in the same directory, then rename)."""
-    with _atomic_target(path) as tmp:
-        pq.write_table(table, tmp)
+    def pull(self, path: Path) -> bool:
+        """Download a file or directory into the staging copy; whether it exists (locally: whether it is there)."""
+        return self.remote.pull(path.relative_to(self.root)) if self.remote else path.exists()
