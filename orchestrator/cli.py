@@ -76,14 +76,15 @@ def _cmd_allocate(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from dashboards.report import write_report
 
-    paths, replicates = _local_study(args.study_dir), [_local_study(r).root for r in args.replicate]
+    paths = _local_study(args.study_dir)
+    replicates = [_local_study(r, must_exist=False).root for r in args.replicate]  # the report words a bad one
     html = write_report(paths.root, echo=lambda line: print(line, file=sys.stderr), replicates=replicates)
     paths.push(paths.report_dir)
     print(f"report: {paths.remote.uri_of('report/index.html') if paths.remote else html}")
     return 0
 
 
-def _local_study(location: str):
+def _local_study(location: str, must_exist: bool = True):
     """A study directory to read: a local one as it is, one in object storage pulled into its staging copy
     (without checkpoints and adapters)."""
     from orchestrator.core.contract import StudyPaths
@@ -92,7 +93,7 @@ def _local_study(location: str):
     paths = StudyPaths(location if is_uri(location) else Path(location).resolve())
     if paths.remote is not None and not paths.remote.pull_study():
         raise StudyError(f"{location}: no study there (the storage holds no file under it)")
-    if not paths.root.is_dir():
+    if must_exist and not paths.root.is_dir():
         raise StudyError(f"study directory {location} does not exist")
     return paths
 

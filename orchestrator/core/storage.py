@@ -59,8 +59,8 @@ def unshared_output_error(root: Path, unseen: list[str], nodes: int) -> str:
     """The one line that refuses a local output some nodes of the cluster do not see (Ray Train refuses a local
     storage_path on a multi-node cluster likewise).
 
-    >>> unshared_output_error(Path("/data/s"), ["10.0.0.8 (ab12cd34)"], 3)[:96]
-    '--output /data/s is not shared: 1 of the 3 nodes (10.0.0.8 (ab12cd34)) do not see it; runs there '
+    >>> unshared_output_error(Path("/data/s"), ["10.0.0.8 (ab12cd34)"], 3).split(";")[0]
+    '--output /data/s is not shared: 1 of the 3 nodes (10.0.0.8 (ab12cd34)) do not see it'
     """
     return (f"--output {root} is not shared: {len(unseen)} of the {nodes} nodes ({', '.join(unseen[:3])}"
             f"{', ...' if len(unseen) > 3 else ''}) do not see it; runs there would write where no other process "
