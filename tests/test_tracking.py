@@ -90,3 +90,20 @@ def test_wandb_is_offline_unless_asked_and_names_the_run(tmp_path):
         "WANDB_MODE"] == "online"
     assert json.loads(tracker_environment(TrackingSettings(backend="mlflow"), tmp_path, "s", "r", {"seed": 1})[
         "MLFLOW_TAGS"]) == {"study": "s", "seed": "1"}
+
+
+def test_a_warm_start_that_trains_reports_to_the_tracker_as_the_sft_run(tiny_model_dir, gsm8k_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from orchestrator.core.tracking import TrackingSettings
+    from tests.fixtures.tiny import TINY_TEST_SETTINGS, gsm8k_data
+    from workers.tracking import tracker_args, tracking_environment
+    from workers.warmstart import warm_start
+
+    settings = TrackingSettings(backend="tensorboard")
+    with tracking_environment(settings, tmp_path, "study", "sft-seed0", {"strategy": "sft"}):
+        warm_start(tiny_model_dir, gsm8k_data(str(gsm8k_dir / "train.jsonl")), tmp_path / "cache",
+                   **{**TINY_TEST_SETTINGS, "steps": 2}, tracker=tracker_args(settings, "sft-seed0", "study"))
+    events = EventAccumulator(str(tmp_path / "tracking" / "tensorboard" / "sft-seed0"))
+    events.Reload()
+    assert "train/loss" in events.Tags()["scalars"]
