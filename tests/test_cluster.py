@@ -20,7 +20,16 @@ import pytest
 import yaml
 
 from orchestrator.lease import LEASE_NAME
-from tests.fixtures.studies import FAULT_STUDY, REPO, Output, assert_same_tables, driver_env, rankstudy_run
+from tests.fixtures.studies import (
+    FAULT_STUDY,
+    REPO,
+    Output,
+    assert_same_tables,
+    checkpoint_done,
+    driver_env,
+    rankstudy_run,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.cluster]
 
@@ -51,10 +60,11 @@ def _node_of_pid(cluster, pid: int):
 
 
 def _wait_for_checkpoint(run_dir: Path, step: int, driver: Output) -> dict:
-    marker = run_dir / "checkpoints" / f"checkpoint-{step}" / "rankstudy_tables.done"
-    while not marker.exists():
-        assert driver.proc.poll() is None, driver.text()[-3000:]
-        time.sleep(0.1)  # not a busy loop: the runs it waits for share the 2 cores
+    def written() -> bool:
+        assert driver.proc.poll() is None, driver.text()[-3000:]  # (its output is read by `driver`'s thread)
+        return checkpoint_done(run_dir, step).exists()
+
+    wait_until(written, f"checkpoint {step} of {run_dir.name}", timeout=600)
     return json.loads((run_dir / "run.json").read_text())
 
 

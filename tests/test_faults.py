@@ -14,23 +14,21 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from tests.fixtures.studies import FAULT_STUDY, Output, assert_same_tables, rankstudy_run
+from tests.fixtures.studies import FAULT_STUDY, Output, assert_same_tables, rankstudy_run, wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def _wait_for_step(run_dir, step: int, timeout=300) -> dict:
     """The run's progress.json once it reports ``step`` (or later): the attempt that reported it, its pid."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def reached() -> dict | None:
         try:
             progress = json.loads((run_dir / "progress.json").read_text())
-            if progress.get("step", 0) >= step:
-                return progress
         except (FileNotFoundError, ValueError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{run_dir.name} did not reach step {step} within {timeout} s")
+            return None
+        return progress if progress.get("step", 0) >= step else None
+
+    return wait_until(reached, f"{run_dir.name} reached step {step}", timeout=timeout, interval=0.05)
 
 
 def _gone_within(pid: int, timeout: float) -> float:

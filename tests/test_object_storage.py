@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pyarrow.fs as pafs
 import pytest
@@ -22,6 +21,7 @@ from tests.fixtures.studies import (
     driver_env,
     rankstudy_run,
     rankstudy_status,
+    wait_until,
 )
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -93,10 +93,8 @@ def test_a_study_in_object_storage_resumes_from_its_uploaded_checkpoint(s3_endpo
     fs, root = pafs.FileSystem.from_uri(uri)
     marker = f"{root}/runs/uniform-seed0/checkpoints/checkpoint-2/rankstudy_tables.done"
     proc = rankstudy_run(config, uri, wait=False, env=env)
-    deadline = time.monotonic() + 300
-    while fs.get_file_info(marker).type == pafs.FileType.NotFound:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
-        time.sleep(0.2)
+    wait_until(lambda: fs.get_file_info(marker).type != pafs.FileType.NotFound, "its first checkpoint upload", proc,
+               interval=0.2)
     during = rankstudy_status(uri)  # from the store: the running run, at its step
     assert during.returncode == 1 and "uniform-seed0  running: step " in during.stdout, during.stdout
     proc.send_signal(signal.SIGTERM)

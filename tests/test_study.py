@@ -14,7 +14,14 @@ import pytest
 from orchestrator.core.importance import importance_from_profile
 from orchestrator.core.strategies import allocate
 from orchestrator.lease import LEASE_NAME
-from tests.fixtures.studies import TRAINS, file_digests, rankstudy_run, rankstudy_status
+from tests.fixtures.studies import (
+    TRAINS,
+    checkpoint_done,
+    file_digests,
+    rankstudy_run,
+    rankstudy_status,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -105,10 +112,7 @@ def test_sigkilled_worker_resumes_from_checkpoint_with_each_step_once(write_stud
     out = tmp_path / "kill"
     proc = rankstudy_run(config, out, wait=False)
     run_dir = out / "runs" / "uniform-seed0"
-    deadline = time.monotonic() + 300
-    while not (run_dir / "checkpoints" / "checkpoint-2" / "rankstudy_tables.done").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.1)
+    wait_until(checkpoint_done(run_dir, 2).exists, "its first checkpoint", proc)
     pid = json.loads((run_dir / "run.json").read_text())["pid"]
     os.kill(pid, signal.SIGKILL)
     stdout, _ = proc.communicate(timeout=600)
@@ -132,10 +136,7 @@ def test_a_second_driver_on_a_running_study_refuses_and_the_first_finishes(write
     out = tmp_path / "second"
     first = rankstudy_run(config, out, wait=False)
     lease = out / LEASE_NAME
-    deadline = time.monotonic() + 120
-    while not lease.exists():
-        assert first.poll() is None and time.monotonic() < deadline, "the first driver never took the lease"
-        time.sleep(0.1)
+    wait_until(lease.exists, "the first driver took the lease", first, timeout=120)
     second = rankstudy_run(config, out)
     assert second.returncode == 2, second.stdout[-2000:]
     assert second.stderr.startswith(f"error: {out} is held by another rankstudy run (host ")
@@ -152,11 +153,8 @@ def test_a_driver_told_to_stop_ends_promptly_and_the_study_resumes(write_study_c
                                 grpo={"max_steps": 6, "checkpoint_every": 2})
     out = tmp_path / "term"
     proc = rankstudy_run(config, out, wait=False)
-    checkpoint = out / "runs" / "uniform-seed0" / "checkpoints" / "checkpoint-2" / "rankstudy_tables.done"
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.1)
+    checkpoint = checkpoint_done(out / "runs" / "uniform-seed0", 2)
+    wait_until(checkpoint.exists, "its first checkpoint", proc)
     # `rankstudy status` from outside, while it runs: the run's step and ETA, the driver holding the directory.
     during = rankstudy_status(out)
     assert during.returncode == 1, during.stdout + during.stderr
