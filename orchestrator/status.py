@@ -86,17 +86,18 @@ def study_status(study_dir: str | Path, now: float | None = None, stale_after_s:
     if not paths.root.is_dir():
         raise StudyError(f"{paths.root} is not a directory")
     now = time.time() if now is None else now
-    planned = _planned_runs(paths)
+    staged = StudyPaths(paths.root)  # what was just pulled (the same directory for a local study): read once
+    planned = _planned_runs(staged)
     if not planned:
-        raise StudyError(f"{paths.root} holds no study: no plan.json and no runs/<run_id>/run.json")
-    records = {run_id: paths.read_record(run_id) for run_id in planned}
+        raise StudyError(f"{paths.location} holds no study: no plan.json and no runs/<run_id>/run.json")
+    records = {run_id: staged.read_record(run_id) for run_id in planned}
     eval_s, run_s = typical_durations([r for r in records.values() if r is not None])
     runs = [_run_status(paths, run_id, depends_on, records[run_id], records, now, stale_after_s, eval_s)
             for run_id, depends_on in planned.items()]
     running = [r.eta_s for r in runs if r.state == RUNNING]
     left = sum(r.state in (WAITING, NOT_STARTED, STALE, FAILED) for r in runs)
     eta = study_remaining_s(running, left, run_s) if running or left else 0.0
-    return StudyStatus(str(paths.root), runs, eta, _driver(paths, now))
+    return StudyStatus(paths.location, runs, eta, _driver(paths, now))
 
 
 def _planned_runs(paths: StudyPaths) -> dict[str, str | None]:
@@ -120,14 +121,14 @@ def _run_status(paths: StudyPaths, run_id: str, depends_on: str | None, record, 
     status = RunStatus(run_id, NOT_STARTED, depends_on=depends_on)
     if record is None:
         dependency = records.get(depends_on) if depends_on else None
-        if depends_on and not (dependency is not None and paths.is_complete(depends_on)):
+        if depends_on and not (dependency is not None and paths.is_complete(depends_on, dependency)):
             status.state = WAITING
         return status
     log = record.attempts or []
     status.attempts = len(log) or record.attempt
     status.node = _node(log[-1]) if log else record.host
     status.wall_s = _wall_s(log, now)
-    if record.status == COMPLETED and paths.is_complete(run_id):
+    if record.status == COMPLETED and paths.is_complete(run_id, record):
         status.state = COMPLETED
         return status
     if record.status == FAILED:

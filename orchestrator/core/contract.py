@@ -361,8 +361,9 @@ class StudyPaths:
         atomic_write_table(self.table(kind, run_id), table)
         self.push(self.table(kind, run_id))
 
-    def is_complete(self, run_id: str) -> bool:
-        record = self.read_record(run_id)
+    def is_complete(self, run_id: str, record: RunRecord | None = None) -> bool:
+        """Whether the run completed: its run.json (``record``, when already read) says so and its tables exist."""
+        record = record if record is not None else self.read_record(run_id)
         return (record is not None and record.status == COMPLETED
                 and all(self.exists(self.table(kind, run_id)) for kind in record.tables))
 
